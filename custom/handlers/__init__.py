@@ -1,1 +1,23 @@
+"""Ignite/MONAI handlers: bundle writing, label-quality monitoring, evaluation reports."""
 
+from custom.handlers.bundle_writer import BundleWriter, latest_checkpoint, plain_state_dict, write_bundle
+from custom.handlers.label_quality import LabelQualityHandler, foreground_dice_per_sample
+
+__all__ = [
+    "BundleWriter",
+    "LabelQualityHandler",
+    "SegmentationReportHandler",
+    "foreground_dice_per_sample",
+    "latest_checkpoint",
+    "plain_state_dict",
+    "write_bundle",
+]
+
+
+def __getattr__(name: str):
+    # the evaluation report pulls in MONAI metrics; import it on first use only
+    if name == "SegmentationReportHandler":
+        from custom.handlers.segmentation_report import SegmentationReportHandler
+
+        return SegmentationReportHandler
+    raise AttributeError(name)

@@ -1,0 +1,253 @@
+"""Supervoxels for SP-guided learning (methods.md §2; SP-guided Sec. 2.1) and how well they fit a label map.
+
+:func:`compute_supervoxels` runs 3D SLIC on the image intensity with the voxel spacing taken into account and the
+number of supervoxels scaled to the physical volume. Two backends:
+
+- ``"sitk"`` (default): SimpleITK ``SLICImageFilter`` (Lowekamp et al., scalable SLIC). Measured here on the 30 LA
+  volumes (about 150-240 x 130-160 x 88 voxels), one thread each: about 0.6-1.2 s per volume, against about 3 s for
+  scikit-image on the same volume and parameters.
+- ``"skimage"``: ``skimage.segmentation.slic``.
+
+Both use the same distance, D^2 = (I - I_k)^2 + compactness^2 * sum_d (dx_d / S_d)^2 with S_d the grid step along
+axis d, so ``compactness`` weighs space against intensity in units of the intensity. The image is z-scored first
+(``normalize=True``) so that one compactness fits any MRI; 0.5 with 216 voxels per supervoxel (a 6^3 grid at
+isotropic spacing) was tuned on LA (mean achievable segmentation accuracy 0.987 on clean labels).
+
+Quality against a label map (vectorised with ``np.bincount``, no loop over supervoxels):
+
+- :func:`achievable_segmentation_accuracy` (ASA): the voxel accuracy obtained when every supervoxel takes its
+  majority label: ``sum_k max_c n_kc / N`` with ``n_kc`` the number of voxels of supervoxel k labelled c.
+- :func:`undersegmentation_error`, two definitions (see its docstring).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = [
+    "SUPERVOXEL_BACKENDS",
+    "DEFAULT_VOXELS_PER_SEGMENT",
+    "DEFAULT_COMPACTNESS",
+    "DEFAULT_MAX_ITERATIONS",
+    "supervoxel_grid_step",
+    "compute_supervoxels",
+    "relabel_contiguous_numpy",
+    "supervoxel_label_counts",
+    "achievable_segmentation_accuracy",
+    "undersegmentation_error",
+]
+
+SUPERVOXEL_BACKENDS = ("sitk", "skimage")
+DEFAULT_VOXELS_PER_SEGMENT = 216
+DEFAULT_COMPACTNESS = 0.5
+DEFAULT_MAX_ITERATIONS = 5
+
+
+def _check_spacing(spacing: Sequence[float] | float | None, ndim: int) -> np.ndarray:
+    if spacing is None:
+        return np.ones(ndim, dtype=np.float64)
+    spacing_arr = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (ndim,)).copy()
+    if not np.all(np.isfinite(spacing_arr)) or np.any(spacing_arr <= 0):
+        raise ValueError(f"spacing must be positive and finite, got {spacing}.")
+    return spacing_arr
+
+
+def supervoxel_grid_step(
+    shape: Sequence[int],
+    spacing: Sequence[float] | float | None = None,
+    n_segments: int | None = None,
+    voxels_per_segment: float = DEFAULT_VOXELS_PER_SEGMENT,
+) -> np.ndarray:
+    """Initial SLIC grid step per axis, in voxels, for cubic supervoxels in physical space.
+
+    The physical edge of a supervoxel is ``(physical volume / n_segments) ** (1/3)`` when ``n_segments`` is given,
+    else the edge of a cube holding ``voxels_per_segment`` voxels; the step along axis d is that edge divided by
+    ``spacing[d]`` (rounded, at least 1 and at most the axis length).
+
+    Returns:
+        int64 array of shape ``(ndim,)`` in the array's axis order.
+
+    Raises:
+        ValueError: non-positive ``n_segments``/``voxels_per_segment`` or spacing, or an empty shape.
+    """
+    shape_arr = np.asarray(shape, dtype=np.int64)
+    if shape_arr.ndim != 1 or shape_arr.size == 0 or np.any(shape_arr <= 0):
+        raise ValueError(f"shape must be a non-empty sequence of positive ints, got {tuple(shape)}.")
+    spacing_arr = _check_spacing(spacing, shape_arr.size)
+    voxel_volume = float(np.prod(spacing_arr))
+    if n_segments is not None:
+        if int(n_segments) < 1:
+            raise ValueError(f"n_segments must be >= 1, got {n_segments}.")
+        segment_volume = float(np.prod(shape_arr)) * voxel_volume / int(n_segments)
+    else:
+        if not voxels_per_segment > 0:
+            raise ValueError(f"voxels_per_segment must be > 0, got {voxels_per_segment}.")
+        segment_volume = float(voxels_per_segment) * voxel_volume
+    edge = segment_volume ** (1.0 / shape_arr.size)
+    step = np.rint(edge / spacing_arr).astype(np.int64)
+    return np.clip(step, 1, shape_arr)
+
+
+def relabel_contiguous_numpy(ids: np.ndarray) -> np.ndarray:
+    """Map the ids present in ``ids`` to ``0..K-1`` (in increasing order of the original id), as int32."""
+    _, inverse = np.unique(np.asarray(ids).ravel(), return_inverse=True)
+    return inverse.reshape(np.shape(ids)).astype(np.int32)
+
+
+def compute_supervoxels(
+    image: np.ndarray,
+    spacing: Sequence[float] | float | None = None,
+    n_segments: int | None = None,
+    voxels_per_segment: float = DEFAULT_VOXELS_PER_SEGMENT,
+    compactness: float = DEFAULT_COMPACTNESS,
+    backend: str = "sitk",
+    normalize: bool = True,
+    max_iterations: int = DEFAULT_MAX_ITERATIONS,
+    enforce_connectivity: bool = True,
+    num_threads: int = 1,
+) -> np.ndarray:
+    """3D SLIC supervoxels of a single-channel image.
+
+    Args:
+        image: intensity array ``(H, W, D)`` (any real dtype; 2D also works).
+        spacing: voxel size per axis in mm, in the array's axis order (``None`` = isotropic 1).
+        n_segments: wanted number of supervoxels; when ``None`` it is scaled to the volume as
+            ``voxels / voxels_per_segment``. SLIC returns roughly this many (connectivity enforcement adds/merges).
+        voxels_per_segment: supervoxel size in voxels when ``n_segments`` is ``None``.
+        compactness: weight of the spatial distance against the intensity distance (intensity units; see module).
+        backend: ``"sitk"`` (SimpleITK ``SLICImageFilter``) or ``"skimage"`` (``skimage.segmentation.slic``).
+        normalize: z-score the intensities first (mean 0, std 1 over the volume) so ``compactness`` is portable.
+        max_iterations: SLIC k-means iterations.
+        enforce_connectivity: merge disconnected fragments (both backends support it).
+        num_threads: threads for the SimpleITK backend (use 1 when running one process per case).
+
+    Returns:
+        int32 array of the image's shape with contiguous supervoxel ids ``0..K-1``.
+
+    Raises:
+        ValueError: bad backend, compactness, iteration or thread count, a non-finite image, or an image that is
+            not 2D/3D.
+    """
+    if backend not in SUPERVOXEL_BACKENDS:
+        raise ValueError(f"backend must be one of {SUPERVOXEL_BACKENDS}, got {backend!r}.")
+    if not compactness > 0:
+        raise ValueError(f"compactness must be > 0, got {compactness}.")
+    if int(max_iterations) < 1:
+        raise ValueError(f"max_iterations must be >= 1, got {max_iterations}.")
+    if int(num_threads) < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}.")
+    image = np.asarray(image)
+    if image.ndim not in (2, 3):
+        raise ValueError(f"image must be 2D or 3D, got shape {image.shape}.")
+    image = image.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(image)):
+        raise ValueError("image contains NaN or infinite values.")
+    spacing_arr = _check_spacing(spacing, image.ndim)
+    step = supervoxel_grid_step(image.shape, spacing_arr, n_segments, voxels_per_segment)
+    if normalize:
+        std = float(image.std())
+        image = (image - float(image.mean())) / (std if std > 0 else 1.0)
+
+    if backend == "sitk":
+        import SimpleITK as sitk
+
+        sitk_image = sitk.GetImageFromArray(np.ascontiguousarray(image))
+        # SimpleITK orders axes (x, y, z) = reversed numpy order
+        sitk_image.SetSpacing([float(s) for s in spacing_arr[::-1]])
+        slic_filter = sitk.SLICImageFilter()
+        slic_filter.SetSuperGridSize([int(s) for s in step[::-1]])
+        slic_filter.SetSpatialProximityWeight(float(compactness))
+        slic_filter.SetMaximumNumberOfIterations(int(max_iterations))
+        slic_filter.SetEnforceConnectivity(bool(enforce_connectivity))
+        slic_filter.SetNumberOfThreads(int(num_threads))
+        segments = sitk.GetArrayFromImage(slic_filter.Execute(sitk_image))
+    else:
+        from skimage.segmentation import slic
+
+        n_wanted = int(n_segments) if n_segments is not None else max(1, int(round(image.size / np.prod(step))))
+        segments = slic(
+            image.astype(np.float64),
+            n_segments=n_wanted,
+            compactness=float(compactness),
+            max_num_iter=int(max_iterations),
+            spacing=spacing_arr,
+            enforce_connectivity=bool(enforce_connectivity),
+            channel_axis=None,
+            start_label=0,
+        )
+    return relabel_contiguous_numpy(segments)
+
+
+def supervoxel_label_counts(supervoxels: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Contingency table ``n[k, c]`` = number of voxels in supervoxel ``k`` with label ``c``.
+
+    Args:
+        supervoxels: non-negative integer ids, any shape.
+        label: non-negative integer labels, same shape.
+
+    Returns:
+        int64 array ``(K, C)`` with ``K = max id + 1`` and ``C = max label + 1``.
+
+    Raises:
+        ValueError: shapes differ, arrays are empty, not integer-valued or hold negative values.
+    """
+    supervoxels = np.asarray(supervoxels)
+    label = np.asarray(label)
+    if supervoxels.shape != label.shape:
+        raise ValueError(f"supervoxels {supervoxels.shape} and label {label.shape} must have the same shape.")
+    if supervoxels.size == 0:
+        raise ValueError("supervoxels and label must not be empty.")
+    sv = _as_index(supervoxels, "supervoxels").ravel()
+    lab = _as_index(label, "label").ravel()
+    num_classes = int(lab.max()) + 1
+    num_supervoxels = int(sv.max()) + 1
+    counts = np.bincount(sv * num_classes + lab, minlength=num_supervoxels * num_classes)
+    return counts.reshape(num_supervoxels, num_classes)
+
+
+def _as_index(array: np.ndarray, name: str) -> np.ndarray:
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.bool_)):
+        if not np.all(np.mod(array, 1) == 0):
+            raise ValueError(f"{name} must hold integer values.")
+    out = array.astype(np.int64)
+    if out.min() < 0:
+        raise ValueError(f"{name} must be non-negative.")
+    return out
+
+
+def achievable_segmentation_accuracy(supervoxels: np.ndarray, label: np.ndarray) -> float:
+    """ASA: voxel accuracy when every supervoxel takes its majority label, ``sum_k max_c n_kc / N``.
+
+    1.0 means every supervoxel lies inside one label region.
+    """
+    counts = supervoxel_label_counts(supervoxels, label)
+    return float(counts.max(axis=1).sum() / counts.sum())
+
+
+def undersegmentation_error(supervoxels: np.ndarray, label: np.ndarray, definition: str = "corrected") -> float:
+    """How much supervoxels leak across label boundaries (the label regions are the per-class voxel sets).
+
+    Definitions, with ``n_kc`` the voxels of supervoxel k labelled c, ``|k|`` its size and N the voxel count:
+
+    - ``"corrected"`` (Neubert & Protzel 2012): ``sum_k sum_c min(n_kc, |k| - n_kc) / N``. Each straddling
+      supervoxel is charged the smaller side of its split, once per label region it touches. In [0, 1] for
+      binary labels, where it equals ``2 * (1 - ASA)``.
+    - ``"levinshtein"`` (Levinshtein et al. 2009, as in SLIC): ``(sum_c sum_{k: n_kc > 0} |k| - N) / N``. For
+      binary labels this is the fraction of voxels lying in supervoxels that straddle a label boundary; it can
+      exceed 1 with many classes. (The SP-guided paper's figures, 0.32 and 1.0, are presumably of this kind.)
+
+    Raises:
+        ValueError: unknown definition, or as :func:`supervoxel_label_counts`.
+    """
+    if definition not in ("corrected", "levinshtein"):
+        raise ValueError(f"definition must be 'corrected' or 'levinshtein', got {definition!r}.")
+    counts = supervoxel_label_counts(supervoxels, label)
+    total = counts.sum()
+    sizes = counts.sum(axis=1, keepdims=True)
+    if definition == "corrected":
+        leak = np.minimum(counts, sizes - counts)
+        return float(leak.sum() / total)
+    touched = (counts > 0) * sizes
+    return float((touched.sum() - total) / total)

@@ -1,0 +1,197 @@
+"""Mean-teacher training on HQ + LQ batches, with ALC's adaptive label refinement and sample selection.
+
+``MeanTeacherTrainer`` implements methods.md §1 (seed 003, ALC). Its two switches give the ablations:
+
+==========================  ===============  ===============
+variant                     refine_labels    select_samples
+==========================  ===============  ===============
+ALC                         True             True
+ALC w/o label selection     True             False
+ALC w/o label refinement    False            True
+Mean Teacher                False            False
+==========================  ===============  ===============
+
+LQ targets: selected samples are trained against the refined label (the noisy label when refinement is off) with
+weight ``lambda_sel``; unselected samples against their noisy label with weight ``lambda_noisy``. Without selection
+every LQ sample counts as selected when refinement is on; plain Mean Teacher trains all LQ samples on their noisy
+labels with ``lambda_noisy`` *(decision, documented in docs/methods/alc.md)*.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from monai.engines.utils import IterationEvents
+from monai.utils.enums import CommonKeys as Keys
+
+from custom.engines.base import NoisyLabelTrainer
+from custom.losses.ramps import sigmoid_rampup
+from custom.losses.segmentation_losses import ce_dice_loss, consistency_mse
+from custom.networks.ema import ema_update
+from custom.refinement import teacher_fusion as tf
+
+__all__ = ["MeanTeacherTrainer"]
+
+
+class MeanTeacherTrainer(NoisyLabelTrainer):
+    """Student/EMA-teacher trainer for two-stream batches (first ``batch_hq`` samples HQ, the rest LQ).
+
+    Args:
+        teacher: a network of the student's architecture (its weights are overwritten by the EMA).
+        num_classes: ``C``.
+        batch_hq: number of HQ samples at the start of each batch (the two-stream loader guarantees it).
+        ema_decay: EMA decay (0.99); warm-up ``alpha = min(1 - 1/(t+1), decay)``.
+        consistency_weight: ``w_max`` of the sigmoid ramp (0.1).
+        rampup_iterations: ramp length in iterations (MTCL: 75% of training); ``None`` uses 75% of
+            ``max_epochs * epoch_length``.
+        refine_labels / select_samples: see the module docstring.
+        num_samples: ``T``, teacher perturbations (8).
+        noise_std / noise_clip: input perturbation ``clamp(noise_std * N(0,1), -clip, clip)``.
+        mc_chunk: teacher samples per forward chunk (bounds memory; ``None`` = all ``T`` at once).
+        tau: temperature of the softmax fusion weights. fusion_mode: ``"softmax"`` or ``"inverse"``.
+        uncertainty_mode: ``"weighted_kl"``, ``"mean_kl"`` or ``"entropy"``.
+        selection_ratio: ``rho``; ``k = ceil(rho * batch_lq)`` samples are kept.
+        lambda_sel / lambda_noisy: LQ loss weights.
+        kwargs: ``SupervisedTrainer`` arguments (device, max_epochs, train_data_loader, network, optimizer, ...).
+    """
+
+    def __init__(
+        self,
+        *,
+        teacher: torch.nn.Module,
+        num_classes: int,
+        batch_hq: int,
+        ema_decay: float = 0.99,
+        consistency_weight: float = 0.1,
+        rampup_iterations: int | None = None,
+        refine_labels: bool = True,
+        select_samples: bool = True,
+        num_samples: int = 8,
+        noise_std: float = 0.1,
+        noise_clip: float = 0.2,
+        mc_chunk: int | None = None,
+        tau: float = 1.0,
+        fusion_mode: str = "softmax",
+        uncertainty_mode: str = "weighted_kl",
+        keep_noisy_if_uncertain: bool = False,
+        selection_ratio: float = 0.5,
+        lambda_sel: float = 5.0,
+        lambda_noisy: float = 0.5,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        if batch_hq < 0:
+            raise ValueError(f"batch_hq must be >= 0, got {batch_hq}.")
+        if num_samples < 1:
+            raise ValueError(f"num_samples (T) must be >= 1, got {num_samples}.")
+        if not 0.0 < selection_ratio <= 1.0:
+            raise ValueError(f"selection_ratio must be in (0, 1], got {selection_ratio}.")
+        self.teacher = teacher.to(self.state.device)
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.teacher.load_state_dict(self.network.state_dict())
+        self.num_classes = num_classes
+        self.batch_hq = batch_hq
+        self.ema_decay = ema_decay
+        self.consistency_weight = consistency_weight
+        total = (self.state.max_epochs or 1) * (self.state.epoch_length or 1)
+        self.rampup_iterations = int(0.75 * total) if rampup_iterations is None else int(rampup_iterations)
+        self.refine_labels = refine_labels
+        self.select_samples = select_samples
+        self.num_samples = num_samples
+        self.noise_std = noise_std
+        self.noise_clip = noise_clip
+        self.mc_chunk = mc_chunk
+        self.tau = tau
+        self.fusion_mode = fusion_mode
+        self.uncertainty_mode = uncertainty_mode
+        self.keep_noisy_if_uncertain = keep_noisy_if_uncertain
+        self.selection_ratio = selection_ratio
+        self.lambda_sel = lambda_sel
+        self.lambda_noisy = lambda_noisy
+
+    # ------------------------------------------------------------------ teacher side (no gradient)
+    def teacher_targets(self, x_lq: torch.Tensor, noisy: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Teacher predictions for the LQ patches: consistency target, refined labels, selection mask.
+
+        Returns a dict with ``teacher_probs`` (B_lq, C, *S), ``refined_label`` (B_lq, 1, *S) long,
+        ``selected`` (B_lq,) bool and ``uncertainty`` (B_lq,) float.
+        """
+        b_lq = x_lq.shape[0]
+        needs_samples = self.refine_labels or self.select_samples
+        with torch.no_grad():
+            # the teacher's first perturbed sample doubles as the consistency target: it is exactly
+            # f'(x + xi) with dropout active, as in UA-MT/MTCL, and saves one forward pass
+            probs = tf.perturbed_teacher_predictions(
+                self.teacher, x_lq, num_samples=self.num_samples if needs_samples else 1,
+                noise_std=self.noise_std, noise_clip=self.noise_clip, mc_chunk=self.mc_chunk,
+            )
+            out: dict[str, torch.Tensor] = {"teacher_probs": probs[0]}
+            if needs_samples:
+                divergence = tf.kl_to_mean(probs)
+                weights = tf.fusion_weights(divergence, tau=self.tau, mode=self.fusion_mode)
+                fused = tf.fuse_predictions(probs, weights)
+                uncertainty = tf.sample_uncertainty(divergence, weights, probs=probs, mode=self.uncertainty_mode)
+                out["uncertainty"] = uncertainty
+                out["refined_label"] = (
+                    tf.refined_labels(fused, noisy_labels=noisy, keep_noisy_if_uncertain=self.keep_noisy_if_uncertain)
+                    if self.refine_labels
+                    else noisy
+                )
+                out["selected"] = (
+                    tf.select_lowest_uncertainty(uncertainty, self.selection_ratio)
+                    if self.select_samples
+                    else torch.ones(b_lq, dtype=torch.bool, device=x_lq.device)
+                )
+            else:
+                out["refined_label"] = noisy
+                out["selected"] = torch.zeros(b_lq, dtype=torch.bool, device=x_lq.device)
+        return out
+
+    def ramp_weight(self, iteration: int) -> float:
+        return self.consistency_weight * sigmoid_rampup(iteration, self.rampup_iterations)
+
+    # ------------------------------------------------------------------ one step
+    def compute_loss(self, engine: MeanTeacherTrainer, batch: dict[str, Any]) -> torch.Tensor:
+        image, label = batch["image"], batch["label"].long()
+        b_hq = self.batch_hq
+        x_lq, noisy = image[b_hq:], label[b_hq:]
+        logits = engine.inferer(image, engine.network)
+        engine.state.output[Keys.PRED] = logits
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+
+        loss_hq = ce_dice_loss(logits[:b_hq], label[:b_hq]) if b_hq > 0 else logits.sum() * 0.0
+        if x_lq.shape[0] == 0:
+            return loss_hq
+        targets = self.teacher_targets(x_lq, noisy)
+        logits_lq = logits[b_hq:]
+        loss_con = consistency_mse(logits_lq, targets["teacher_probs"])
+        selected = targets["selected"].to(logits.dtype)
+        per_sample_sel = ce_dice_loss(logits_lq, targets["refined_label"], reduction="none")
+        per_sample_noisy = (
+            per_sample_sel if not self.refine_labels else ce_dice_loss(logits_lq, noisy, reduction="none")
+        )
+        # means over the selected / unselected samples without a host sync (empty sets contribute 0)
+        n_sel = selected.sum()
+        n_uns = selected.numel() - n_sel
+        loss_sel = (per_sample_sel * selected).sum() / n_sel.clamp_min(1)
+        loss_noisy = (per_sample_noisy * (1 - selected)).sum() / n_uns.clamp_min(1)
+        w = self.ramp_weight(engine.state.iteration)
+        loss = loss_hq + w * (loss_con + self.lambda_sel * loss_sel + self.lambda_noisy * loss_noisy)
+        engine.state.output.update(
+            {
+                "loss_hq": loss_hq.detach(), "loss_con": loss_con.detach(), "loss_sel": loss_sel.detach(),
+                "loss_noisy": loss_noisy.detach(), "ramp_weight": w,
+                "noisy_label": noisy, "refined_label": targets["refined_label"], "selected": targets["selected"],
+            }
+        )
+        if "uncertainty" in targets:
+            engine.state.output["uncertainty"] = targets["uncertainty"]
+        if isinstance(batch.get("clean_label"), torch.Tensor):
+            engine.state.output["clean_label"] = batch["clean_label"][b_hq:]
+        return loss
+
+    def after_step(self, engine: MeanTeacherTrainer) -> None:
+        ema_update(self.teacher, engine.network, engine.state.iteration, self.ema_decay)
+

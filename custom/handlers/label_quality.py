@@ -1,0 +1,144 @@
+"""Label-quality monitoring: how close the labels a method trains on are to the clean labels, over training.
+
+Trainers put integer maps into ``engine.state.output``: ``noisy_label`` (what the dataset says), ``refined_label``
+(what the method trains on after correction) and ``clean_label`` (known only in simulated-noise studies). The
+handler accumulates the foreground Dice of both against clean on the device (one host sync per epoch) and writes
+``label_quality.csv``, TensorBoard scalars and, at the end, ``label_quality.png``. Used by ALC, MTCL and SP-guided.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from ignite.engine import Engine, Events
+
+from custom.io import atomic_output, write_csv
+
+__all__ = ["LabelQualityHandler", "foreground_dice_per_sample"]
+
+
+def foreground_dice_per_sample(pred: torch.Tensor, ref: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Mean foreground Dice per sample of two integer label maps ``(B, 1, *S)`` -> ``(B,)``.
+
+    Classes absent from both maps of a sample are skipped; a sample with no foreground in either map scores 1.
+    """
+    if pred.shape != ref.shape:
+        raise ValueError(f"label maps must have the same shape, got {tuple(pred.shape)} and {tuple(ref.shape)}.")
+    b = pred.shape[0]
+    pred = pred.reshape(b, -1).long()
+    ref = ref.reshape(b, -1).long()
+    classes = torch.arange(1, num_classes, device=pred.device).view(1, -1, 1)
+    p = pred.unsqueeze(1) == classes  # (B, C-1, V)
+    r = ref.unsqueeze(1) == classes
+    inter = (p & r).sum(-1).float()
+    total = p.sum(-1).float() + r.sum(-1).float()
+    present = total > 0
+    dice = torch.where(present, 2 * inter / total.clamp_min(1), torch.zeros_like(total))
+    count = present.sum(-1)
+    return torch.where(count > 0, dice.sum(-1) / count.clamp_min(1), torch.ones_like(dice[:, 0]))
+
+
+class LabelQualityHandler:
+    """Log the Dice of noisy and refined training labels against clean labels per epoch.
+
+    Args:
+        output_dir: folder of ``label_quality.csv`` / ``label_quality.png`` (and TensorBoard events if enabled).
+        num_classes: ``C``.
+        tensorboard: also write TensorBoard scalars ``label_quality/noisy_dice`` and ``label_quality/refined_dice``.
+    """
+
+    def __init__(self, output_dir: str, num_classes: int, tensorboard: bool = True):
+        self.output_dir = Path(output_dir)
+        self.num_classes = int(num_classes)
+        self.tensorboard = tensorboard
+        self.rows: list[dict] = []
+        self._writer = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._sums: dict[str, torch.Tensor] = {}
+        self._count: torch.Tensor | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+        engine.add_event_handler(Events.COMPLETED, self.completed)
+
+    def iteration_completed(self, engine: Engine) -> None:
+        out = engine.state.output
+        clean = out.get("clean_label") if isinstance(out, dict) else None
+        if not isinstance(clean, torch.Tensor):
+            return
+        for name in ("noisy_label", "refined_label"):
+            labels = out.get(name)
+            if isinstance(labels, torch.Tensor) and labels.shape == clean.shape:
+                dice = foreground_dice_per_sample(labels, clean, self.num_classes).sum()
+                self._sums[name] = self._sums.get(name, 0) + dice
+        n = torch.tensor(clean.shape[0], device=clean.device)
+        self._count = n if self._count is None else self._count + n
+
+    def epoch_completed(self, engine: Engine) -> None:
+        if self._count is None:
+            return
+        count = float(self._count)  # one host sync per epoch
+        row = {"epoch": engine.state.epoch, "iteration": engine.state.iteration}
+        for name in ("noisy_label", "refined_label"):
+            if name in self._sums:
+                row[name.replace("_label", "_dice")] = round(float(self._sums[name]) / count, 5)
+        self.rows.append(row)
+        self._reset()
+        if _is_rank0():
+            write_csv(self.rows, self.output_dir / "label_quality.csv")
+            if self.tensorboard:
+                self._log_tensorboard(row)
+        engine.logger.info(f"label quality (vs clean): {row}")
+
+    def _log_tensorboard(self, row: dict) -> None:
+        try:
+            if self._writer is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(log_dir=str(self.output_dir / "logs"))
+        except ImportError:
+            self.tensorboard = False
+            return
+        for key in ("noisy_dice", "refined_dice"):
+            if key in row:
+                self._writer.add_scalar(f"label_quality/{key}", row[key], row["iteration"])
+        self._writer.flush()
+
+    def completed(self, engine: Engine) -> None:
+        if not self.rows or not _is_rank0():
+            return
+        plot_label_quality(self.rows, self.output_dir / "label_quality.png")
+
+
+def plot_label_quality(rows: list[dict], path: Path) -> Path | None:
+    """PNG of noisy/refined label Dice versus iteration; ``None`` when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    its = [r["iteration"] for r in rows]
+    for key, style in (("noisy_dice", "--"), ("refined_dice", "-")):
+        values = [r.get(key) for r in rows]
+        if any(v is not None for v in values):
+            ax.plot(its, values, style, marker="o", label=key.replace("_", " "))
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("Dice vs clean labels")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _is_rank0() -> bool:
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0

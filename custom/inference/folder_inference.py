@@ -1,0 +1,417 @@
+"""Segment every NIfTI image of a folder with a trained network and write label maps beside a report.
+
+This module is copied verbatim into trained bundles (``scripts/folder_inference.py``) and must
+run without the ``custom`` package: it imports only torch, numpy, nibabel, monai, tqdm and the
+standard library.
+
+Each output ``<case><suffix>.nii.gz`` has exactly the input file's voxel grid (shape and
+affine; the header is copied) and holds integer labels. A case that fails (missing or corrupt
+file, not 3D, wrong geometry after inversion, any exception) is reported and skipped; the other
+cases are still written. The per-case report is a CSV with the columns
+``case, input, output, status, message, seconds``.
+
+Example::
+
+    pre, post = default_inference_transforms(pixdim=(0.625, 0.625, 0.625))
+    inferer = monai.inferers.SlidingWindowInferer(roi_size=(112, 112, 80), overlap=0.5)
+    rows = infer_folder(net, "images/", "segmentations/", pre, inferer, post, device="cuda")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import (
+    Activationsd,
+    AsDiscreted,
+    Compose,
+    EnsureChannelFirstd,
+    Invertd,
+    LoadImaged,
+    NormalizeIntensityd,
+    Orientationd,
+    Spacingd,
+)
+from tqdm import tqdm
+
+__all__ = [
+    "REPORT_COLUMNS",
+    "SetAsideStrayKeysd",
+    "default_inference_transforms",
+    "infer_folder",
+    "list_nifti_files",
+]
+
+logger = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+REPORT_COLUMNS = ("case", "input", "output", "status", "message", "seconds")
+
+
+# ---------------------------------------------------------------------------------------------
+# transforms
+
+
+class SetAsideStrayKeysd:
+    """Move non-dict entries whose key starts with ``f"{key}_"`` into one dict under ``stash_key``.
+
+    MONAI 1.6.1 ``Spacingd`` calls ``.update()`` on every entry whose key starts with
+    ``f"{key}_"`` (meant for ``image_meta_dict``); a string such as MONAI Label's ``image_path``
+    then crashes it. This transform, placed first, keeps such values (``d[stash_key]["image_path"]``)
+    while hiding them from later transforms. Dict-like entries (real meta dicts) are left in place.
+
+    Args:
+        keys: the image keys later transforms process, e.g. ``"image"``.
+        stash_key: where the set-aside values go; must not itself start with ``f"{key}_"``.
+
+    Raises:
+        ValueError: when ``keys`` is empty or ``stash_key`` would be caught by the same rule.
+    """
+
+    def __init__(self, keys: str | Sequence[str], stash_key: str = "set_aside") -> None:
+        self.keys = (keys,) if isinstance(keys, str) else tuple(keys)
+        if not self.keys or not all(isinstance(k, str) and k for k in self.keys):
+            raise ValueError(f"keys must be one or more non-empty strings, got {keys!r}.")
+        if any(stash_key.startswith(f"{k}_") for k in self.keys):
+            raise ValueError(f"stash_key {stash_key!r} must not start with any of {[f'{k}_' for k in self.keys]}.")
+        self.stash_key = stash_key
+
+    def __call__(self, data: Mapping[Any, Any]) -> dict[Any, Any]:
+        d = dict(data)
+        stray = [
+            k
+            for k in d
+            if isinstance(k, str)
+            and any(k.startswith(f"{key}_") for key in self.keys)
+            and not isinstance(d[k], Mapping)
+        ]
+        if stray:
+            stash = dict(d.get(self.stash_key) or {})
+            for k in stray:
+                stash[k] = d.pop(k)
+            d[self.stash_key] = stash
+        return d
+
+
+def default_inference_transforms(
+    pixdim: Sequence[float] | None,
+    image_key: str = "image",
+    pred_key: str = "pred",
+    axcodes: str = "RAS",
+    normalize: bool = True,
+    nonzero: bool = False,
+) -> tuple[Compose, Compose]:
+    """The standard pre- and postprocessing around a segmentation network.
+
+    Preprocessing of ``{image_key: path}``: set aside stray ``f"{image_key}_*"`` strings
+    (:class:`SetAsideStrayKeysd`), load with nibabel, channel first, reorient to ``axcodes``,
+    resample to ``pixdim`` (bilinear; skipped when ``pixdim`` is None) and z-score the intensities
+    (``NormalizeIntensityd``; skipped when ``normalize`` is False). Postprocessing of
+    ``data[pred_key]`` (logits ``(C, H, W, D)``): softmax, ``Invertd`` back to the input grid
+    (linear interpolation of the probabilities) and argmax to a ``(1, H, W, D)`` label map.
+
+    Args:
+        pixdim: the training voxel size in mm, e.g. ``(0.625, 0.625, 0.625)``; None keeps the native grid.
+        image_key: key of the image path / tensor.
+        pred_key: key of the network output.
+        axcodes: orientation used in training.
+        normalize: z-score the image; False when the training pipeline scaled intensities otherwise
+            (then build the preprocessing yourself) or not at all.
+        nonzero: z-score over non-zero voxels only (must match the training pipeline).
+
+    Returns:
+        ``(preprocessing, postprocessing)`` as MONAI ``Compose``.
+
+    Raises:
+        ValueError: for a ``pixdim`` that is not positive numbers.
+    """
+    if pixdim is not None:
+        values = np.atleast_1d(np.asarray(pixdim, dtype=np.float64))
+        if values.ndim != 1 or values.size not in (1, 3) or np.any(values <= 0) or not np.all(np.isfinite(values)):
+            raise ValueError(f"pixdim must be one or three positive numbers, got {pixdim!r}.")
+        pixdim = tuple(float(v) for v in np.broadcast_to(values, (3,)))
+    steps: list[Callable] = [
+        SetAsideStrayKeysd(image_key),
+        LoadImaged(keys=image_key, reader="NibabelReader", image_only=True),
+        EnsureChannelFirstd(keys=image_key),
+        Orientationd(keys=image_key, axcodes=axcodes, labels=None),  # None: axis labels from the MetaTensor space
+    ]
+    if pixdim is not None:
+        steps.append(Spacingd(keys=image_key, pixdim=pixdim, mode="bilinear"))
+    if normalize:
+        steps.append(NormalizeIntensityd(keys=image_key, nonzero=nonzero, channel_wise=True))
+    preprocessing = Compose(steps)
+    postprocessing = Compose(
+        [
+            Activationsd(keys=pred_key, softmax=True),
+            Invertd(keys=pred_key, transform=preprocessing, orig_keys=image_key, nearest_interp=False, to_tensor=True),
+            AsDiscreted(keys=pred_key, argmax=True),
+        ]
+    )
+    return preprocessing, postprocessing
+
+
+# ---------------------------------------------------------------------------------------------
+# files
+
+
+def _case_name(path: Path) -> str | None:
+    for suffix in NIFTI_SUFFIXES:
+        if path.name.endswith(suffix):
+            return path.name[: -len(suffix)]
+    return None
+
+
+def list_nifti_files(input_dir_or_files: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+    """The input images: a folder's ``*.nii`` / ``*.nii.gz`` files (sorted, hidden files skipped),
+    a single NIfTI path, or an explicit list of paths (kept in order, existence checked later).
+
+    Raises:
+        FileNotFoundError: naming the folder when it does not exist or holds no NIfTI file, or
+            when an explicit list is empty.
+    """
+    if isinstance(input_dir_or_files, (str, os.PathLike)):
+        path = Path(input_dir_or_files)
+        if path.is_dir():
+            files = sorted(
+                p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and _case_name(p) is not None
+            )
+            if not files:
+                raise FileNotFoundError(f"{path}: no NIfTI files (*.nii, *.nii.gz) in this folder")
+            return files
+        if _case_name(path) is not None:
+            return [path]
+        raise FileNotFoundError(f"{path}: no such folder")
+    files = [Path(p) for p in input_dir_or_files]
+    if not files:
+        raise FileNotFoundError("no input files given")
+    return files
+
+
+@contextlib.contextmanager
+def _atomic_path(final: Path) -> Iterator[Path]:
+    """A temporary name beside ``final`` (same suffix, so writers pick the same format), renamed on success."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if final.name.endswith(".nii.gz") else final.suffix
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp" + suffix, dir=final.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def _write_report(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    with _atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(REPORT_COLUMNS))
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def _input_geometry(path: Path) -> tuple[np.ndarray, tuple[int, ...], Any]:
+    """``(affine, spatial shape, header)`` of a 3D NIfTI file; raises with the problem otherwise."""
+    if not path.is_file():
+        raise FileNotFoundError("file not found")
+    try:
+        image = nib.load(str(path))
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise ValueError(f"cannot read NIfTI ({type(exc).__name__}: {exc})") from exc
+    shape = tuple(int(s) for s in image.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise ValueError(f"expected a 3D image, got shape {shape}")
+    return np.asarray(image.affine, dtype=np.float64), shape, image.header
+
+
+def _label_dtype(labels: np.ndarray) -> np.dtype:
+    low, high = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
+    if low >= 0 and high <= np.iinfo(np.uint8).max:
+        return np.dtype(np.uint8)
+    if low >= np.iinfo(np.int16).min and high <= np.iinfo(np.int16).max:
+        return np.dtype(np.int16)
+    raise ValueError(f"labels in [{low}, {high}] do not fit int16")
+
+
+def _write_labels(labels: np.ndarray, affine: np.ndarray, header: Any, path: Path) -> None:
+    # the input header is copied and its affine passed unchanged, so nibabel keeps the input's
+    # sform/qform (codes included) verbatim: the output grid is exactly the input grid
+    header = header.copy() if isinstance(header, nib.Nifti1Header) else None
+    image = nib.Nifti1Image(labels, affine, header=header)
+    image.set_data_dtype(labels.dtype)
+    image.header.set_slope_inter(1.0, 0.0)  # labels are stored verbatim, never rescaled
+    image.header["cal_min"], image.header["cal_max"] = 0, 0
+    with _atomic_path(path) as tmp:
+        nib.save(image, str(tmp))
+
+
+# ---------------------------------------------------------------------------------------------
+# inference
+
+
+def _predict_case(
+    network: torch.nn.Module,
+    path: Path,
+    preprocessing: Callable,
+    inferer: Callable,
+    postprocessing: Callable,
+    device: torch.device,
+    image_key: str,
+    pred_key: str,
+    amp: bool,
+) -> tuple[np.ndarray, Any]:
+    """Label map on the postprocessed grid, and the postprocessed prediction (for its affine)."""
+    data = preprocessing({image_key: str(path)})
+    if not isinstance(data, Mapping):
+        raise ValueError(f"preprocessing must return one dict, got {type(data).__name__}")
+    image = data[image_key]
+    if not isinstance(image, torch.Tensor):
+        image = torch.as_tensor(np.asarray(image))
+    with torch.no_grad(), torch.autocast(device_type=device.type, enabled=amp and device.type == "cuda"):
+        pred = inferer(image.unsqueeze(0).to(device), network)
+    if isinstance(pred, (list, tuple)):  # deep-supervision networks: the first output is the full-resolution one
+        pred = pred[0]
+    data = dict(data)
+    data[pred_key] = pred[0].float()
+    data = postprocessing(data)
+    result = data[pred_key]
+    labels = result.detach().cpu().numpy() if isinstance(result, torch.Tensor) else np.asarray(result)
+    if labels.ndim == 4:
+        if labels.shape[0] != 1:
+            raise ValueError(
+                f"postprocessing left {labels.shape[0]} channels; expected a label map (add AsDiscreted(argmax=True))"
+            )
+        labels = labels[0]
+    return labels, result
+
+
+def _check_and_cast(labels: np.ndarray, result: Any, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+    if labels.shape != shape:
+        raise ValueError(
+            f"prediction shape {labels.shape} after postprocessing differs from the input shape {shape} "
+            "(does postprocessing invert the spatial preprocessing with Invertd?)"
+        )
+    if isinstance(result, MetaTensor):
+        result_affine = np.asarray(result.affine.detach().cpu(), dtype=np.float64)
+        if result_affine.shape == (4, 4) and not np.allclose(result_affine, affine, rtol=1e-4, atol=1e-3):
+            raise ValueError(
+                "prediction affine after postprocessing differs from the input affine "
+                f"({np.round(result_affine, 4).tolist()} vs {np.round(affine, 4).tolist()})"
+            )
+    rounded = np.rint(labels)
+    if not np.allclose(rounded, labels):
+        raise ValueError("postprocessed prediction is not an integer label map (add AsDiscreted(argmax=True))")
+    return rounded.astype(_label_dtype(rounded))
+
+
+def infer_folder(
+    network: torch.nn.Module,
+    input_dir_or_files: str | os.PathLike | Iterable[str | os.PathLike],
+    output_dir: str | os.PathLike,
+    preprocessing: Callable,
+    inferer: Callable,
+    postprocessing: Callable,
+    device: str | torch.device = "cpu",
+    image_key: str = "image",
+    pred_key: str = "pred",
+    suffix: str = "_seg",
+    amp: bool = False,
+    report_name: str | None = "inference_report.csv",
+) -> list[dict[str, Any]]:
+    """Segment each NIfTI image and write ``<case><suffix>.nii.gz`` on the input grid.
+
+    Per case: ``preprocessing({image_key: path})`` -> ``inferer(image[None], network)`` (eval mode,
+    no gradient, autocast when ``amp`` on CUDA) -> ``postprocessing`` with the network output
+    ``(C, H, W, D)`` under ``pred_key`` -> a ``(1, H, W, D)`` or ``(H, W, D)`` integer label map that
+    must have the input's spatial shape (and, when a MetaTensor, its affine). It is saved as uint8
+    (int16 when labels exceed 255) with the input header and affine, through a temporary file and
+    ``os.replace``. Failures are reported per case and skipped.
+
+    Args:
+        network: the segmentation network; moved to ``device`` and put in eval mode (its previous
+            train/eval mode is restored at the end).
+        input_dir_or_files: a folder (its ``*.nii`` / ``*.nii.gz`` files, sorted), one NIfTI path,
+            or a list of paths. Files named ``*<suffix>.nii.gz`` are skipped when the folder is
+            also ``output_dir`` (earlier outputs).
+        output_dir: where the label maps and the report go (created when missing).
+        preprocessing: callable on ``{image_key: path}`` returning a dict with a channel-first
+            image, e.g. from :func:`default_inference_transforms`.
+        inferer: e.g. ``monai.inferers.SlidingWindowInferer``; called as ``inferer(x, network)``
+            with ``x`` of shape ``(1, C_in, H, W, D)``; must return logits ``(1, C, H, W, D)``.
+        postprocessing: callable on the dict, must invert the spatial preprocessing (``Invertd``)
+            and take the argmax.
+        device: where the network runs.
+        image_key: key of the image in the dicts.
+        pred_key: key of the prediction in the dicts.
+        suffix: appended to the case name for the output file.
+        amp: mixed precision (only used on CUDA).
+        report_name: file name of the CSV report in ``output_dir``; None writes no report.
+
+    Returns:
+        One dict per input with the keys of :data:`REPORT_COLUMNS`: ``case``, ``input``,
+        ``output`` (empty on error), ``status`` (``"ok"`` / ``"error"``), ``message`` (the problem)
+        and ``seconds``.
+
+    Raises:
+        FileNotFoundError: naming the folder when it does not exist or holds no NIfTI file.
+    """
+    files = list_nifti_files(input_dir_or_files)
+    output_dir = Path(output_dir)
+    if isinstance(input_dir_or_files, (str, os.PathLike)) and Path(input_dir_or_files).is_dir():
+        if Path(input_dir_or_files).resolve() == output_dir.resolve():
+            files = [f for f in files if not f.name.endswith(f"{suffix}.nii.gz")]
+    output_dir.mkdir(parents=True, exist_ok=True)
+    report_path = output_dir / report_name if report_name else None
+    device = torch.device(device)
+    was_training = network.training
+    network = network.to(device).eval()
+
+    rows: list[dict[str, Any]] = []
+    written: set[str] = set()
+    try:
+        for path in tqdm(files, desc="segmenting", unit="case", disable=None):
+            start = time.perf_counter()
+            case = _case_name(path) or path.name
+            output_path = output_dir / f"{case}{suffix}.nii.gz"
+            row = {"case": case, "input": str(path), "output": "", "status": "ok", "message": ""}
+            try:
+                if case in written:
+                    raise ValueError(f"another input already produced {output_path.name}")
+                affine, shape, header = _input_geometry(path)
+                labels, result = _predict_case(
+                    network, path, preprocessing, inferer, postprocessing, device, image_key, pred_key, amp
+                )
+                labels = _check_and_cast(labels, result, shape, affine)
+                _write_labels(labels, affine, header, output_path)
+                written.add(case)
+                row["output"] = str(output_path)
+            except Exception as exc:  # one bad case must not stop the folder
+                row["status"] = "error"
+                row["message"] = f"{type(exc).__name__}: {exc}"
+                logger.warning(f"{path}: {row['message']}")
+            row["seconds"] = round(time.perf_counter() - start, 3)
+            rows.append(row)
+            if report_path is not None:
+                _write_report(rows, report_path)  # rewritten after every case: a crash keeps the progress
+    finally:
+        network.train(was_training)
+    n_ok = sum(r["status"] == "ok" for r in rows)
+    logger.info(f"segmented {n_ok}/{len(rows)} images into {output_dir}")
+    return rows

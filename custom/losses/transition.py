@@ -1,0 +1,343 @@
+"""Noise transition matrices and the CALC losses of JCAS (methods.md §3.2-3.3; Guo & Yuan, MICCAI 2022).
+
+A transition matrix ``T`` maps a clean label distribution to a noisy one: ``T[i, j] = P(noisy = j | clean = i)``
+(rows = clean, columns = noisy; every row sums to 1). JCAS learns two of them:
+
+* the class transition ``T_C`` (``C x C``) for the per-voxel class labels, and
+* the affinity transition ``T_A`` (``2 x 2``) for the pair-wise labels "do tokens i and j share a class?".
+
+**Affinity state order** (fixed everywhere in this project): index 0 = ``"dissimilar"`` (different classes),
+index 1 = ``"similar"`` (same class). :func:`affinity_loss` reads ``T_A`` in this order and
+:func:`derived_affinity_transition` writes it in this order. (The reference code builds its class-derived ``T_A``
+with "similar" first and compares it with a ``T_A`` that it reads with "dissimilar" first: a bug not copied.)
+
+Everything is a pure function of tensors except :class:`TransitionMatrix`, the learnable parametrisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "DISSIMILAR",
+    "SIMILAR",
+    "transition_from_weights",
+    "TransitionMatrix",
+    "apply_transition",
+    "corrected_nll",
+    "pairwise_same_class",
+    "affinity_loss",
+    "volume_penalty",
+    "derived_affinity_transition",
+    "consistency_loss",
+    "noisy_class_frequencies",
+]
+
+DISSIMILAR = 0
+SIMILAR = 1
+
+
+def _check_square(matrix: torch.Tensor, name: str) -> None:
+    if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"{name} must be a square 2D matrix, got shape {tuple(matrix.shape)}.")
+
+
+def transition_from_weights(weights: torch.Tensor) -> torch.Tensor:
+    """``T = row_normalise(I + sigmoid(W) * (1 - I))`` (methods.md §3.2).
+
+    The diagonal before normalisation is fixed at 1 and every off-diagonal entry lies in ``(0, 1)``, so ``T`` is
+    always row-stochastic, strictly positive and diagonally dominant: a clean class is always the most likely
+    noisy class, which keeps the loss correction identifiable.
+
+    Args:
+        weights: ``W``, ``(K, K)`` unconstrained weights (the diagonal is ignored).
+
+    Returns:
+        ``T``: ``(K, K)``, rows = clean states, columns = noisy states, rows sum to 1.
+
+    Raises:
+        ValueError: if ``weights`` is not square.
+    """
+    _check_square(weights, "weights")
+    identity = torch.eye(weights.shape[0], dtype=weights.dtype, device=weights.device)
+    unnormalised = identity + torch.sigmoid(weights) * (1.0 - identity)
+    return unnormalised / unnormalised.sum(dim=1, keepdim=True)
+
+
+class TransitionMatrix(nn.Module):
+    """Learnable row-stochastic ``K x K`` transition matrix (thin wrapper of :func:`transition_from_weights`).
+
+    Args:
+        num_states: ``K`` (``C`` for the class transition, 2 for the affinity transition).
+        init: initial value of every weight; ``-2`` (paper code) gives off-diagonal ``sigmoid(-2) ~ 0.12`` before
+            normalisation, i.e. a diagonal of ``1 / (1 + 0.12 (K - 1))``.
+
+    Raises:
+        ValueError: if ``num_states < 2`` or ``init`` is not finite.
+    """
+
+    def __init__(self, num_states: int, init: float = -2.0):
+        super().__init__()
+        if int(num_states) != num_states or num_states < 2:
+            raise ValueError(f"num_states must be an integer >= 2, got {num_states}.")
+        if not np.isfinite(init):
+            raise ValueError(f"init must be finite, got {init}.")
+        self.num_states = int(num_states)
+        self.weights = nn.Parameter(torch.full((self.num_states, self.num_states), float(init)))
+
+    def forward(self) -> torch.Tensor:
+        """Return ``T``, ``(K, K)`` (rows = clean, columns = noisy)."""
+        return transition_from_weights(self.weights)
+
+
+def apply_transition(probs: torch.Tensor, transition: torch.Tensor) -> torch.Tensor:
+    """Noisy-label probabilities ``p_noisy[j] = sum_i p_clean[i] T[i, j]`` per voxel.
+
+    Args:
+        probs: ``(B, C, *S)`` clean-class probabilities (e.g. ``softmax(P)``), not logits.
+        transition: ``T``, ``(C, C)`` rows = clean, columns = noisy.
+
+    Returns:
+        ``(B, C, *S)`` noisy-class probabilities.
+
+    Raises:
+        ValueError: if ``T`` is not ``C x C``.
+    """
+    _check_square(transition, "transition")
+    if probs.dim() < 2 or probs.shape[1] != transition.shape[0]:
+        raise ValueError(
+            f"probs {tuple(probs.shape)} must be (B, C, ...) with C = {transition.shape[0]} (the size of T)."
+        )
+    return torch.matmul(probs.movedim(1, -1), transition.to(probs.dtype)).movedim(-1, 1)
+
+
+def _squeeze_label_channel(labels: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    # accept (B, 1, *S) as MONAI delivers labels, and (B, *S)
+    if labels.dim() == reference.dim():
+        if labels.shape[1] != 1:
+            raise ValueError(f"labels must have one channel, got shape {tuple(labels.shape)}.")
+        labels = labels[:, 0]
+    if labels.dim() != reference.dim() - 1 or labels.shape[0] != reference.shape[0] or (
+        labels.shape[1:] != reference.shape[2:]
+    ):
+        raise ValueError(
+            f"labels {tuple(labels.shape)} do not match predictions {tuple(reference.shape)}: expected (B, 1, *S) "
+            "or (B, *S)."
+        )
+    return labels.long()
+
+
+def corrected_nll(
+    probs_clean: torch.Tensor, transition: torch.Tensor, noisy_labels: torch.Tensor, eps: float = 1e-7
+) -> torch.Tensor:
+    """Forward loss correction: ``NLL(log(p T), y_noisy)``, averaged over voxels (methods.md §3.2).
+
+    The network predicts clean classes; passing its probabilities through ``T`` gives the distribution of the
+    noisy labels, which is what the noisy annotation can supervise.
+
+    Args:
+        probs_clean: ``(B, C, *S)`` clean-class **probabilities** (apply softmax to the logits first).
+        transition: ``T_C``, ``(C, C)``, rows = clean, columns = noisy.
+        noisy_labels: ``(B, 1, *S)`` or ``(B, *S)`` integer noisy labels in ``[0, C)`` (float holding integers
+            accepted).
+        eps: lower clamp of ``p T`` before the log (guards float underflow).
+
+    Returns:
+        scalar loss.
+
+    Raises:
+        ValueError: on mismatched shapes.
+    """
+    labels = _squeeze_label_channel(noisy_labels, probs_clean)
+    noisy_probs = apply_transition(probs_clean, transition)
+    return F.nll_loss(torch.log(noisy_probs.clamp_min(eps)), labels)
+
+
+def pairwise_same_class(token_labels: torch.Tensor) -> torch.Tensor:
+    """Affinity labels ``Y'_ij = 1`` if tokens ``i`` and ``j`` share a class, else 0.
+
+    Args:
+        token_labels: ``(B, N)`` integer token labels (e.g. from :func:`custom.networks.dar.token_class_labels`).
+
+    Returns:
+        ``(B, N, N)`` float32 0/1 matrix (1 = :data:`SIMILAR`).
+
+    Raises:
+        ValueError: if ``token_labels`` is not 2D.
+    """
+    if token_labels.dim() != 2:
+        raise ValueError(f"token_labels must be (B, N), got shape {tuple(token_labels.shape)}.")
+    return (token_labels[:, :, None] == token_labels[:, None, :]).float()
+
+
+def affinity_loss(
+    affinity: torch.Tensor, same_class: torch.Tensor, affinity_transition: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Affinity BCE, with or without the affinity transition (methods.md §3.2).
+
+    With ``T_A`` the predicted clean affinity ``A_ij = P(clean similar)`` is turned into the probability that the
+    *noisy* labels are similar: ``s_hat_ij = (1 - A_ij) T_A[dis, sim] + A_ij T_A[sim, sim]``; without it
+    (warm-up) ``s_hat = A``.
+
+    Args:
+        affinity: ``A``, ``(B, N, N)`` in ``[0, 1]`` (a probability, e.g. the clamped cosine affinity).
+        same_class: ``Y'``, ``(B, N, N)`` 0/1 noisy affinity labels (:func:`pairwise_same_class`).
+        affinity_transition: ``T_A``, ``(2, 2)`` in the order (0 = dissimilar, 1 = similar), or ``None``.
+
+    Returns:
+        scalar mean BCE.
+
+    Raises:
+        ValueError: on mismatched shapes or a ``T_A`` that is not ``2 x 2``.
+    """
+    if affinity.dim() != 3 or affinity.shape != same_class.shape:
+        raise ValueError(
+            f"affinity {tuple(affinity.shape)} and same_class {tuple(same_class.shape)} must both be (B, N, N)."
+        )
+    if affinity_transition is None:
+        noisy_similar = affinity
+    else:
+        if affinity_transition.shape != (2, 2):
+            raise ValueError(f"affinity_transition must be 2 x 2, got shape {tuple(affinity_transition.shape)}.")
+        t = affinity_transition.to(affinity.dtype)
+        noisy_similar = (1.0 - affinity) * t[DISSIMILAR, SIMILAR] + affinity * t[SIMILAR, SIMILAR]
+    return F.binary_cross_entropy(noisy_similar, same_class.to(noisy_similar.dtype))
+
+
+def volume_penalty(transition: torch.Tensor) -> torch.Tensor:
+    """``log |det T|`` (``slogdet``): minimising it shrinks the simplex spanned by ``T`` (methods.md §3.2).
+
+    Args:
+        transition: ``(K, K)`` transition matrix.
+
+    Returns:
+        scalar.
+
+    Raises:
+        ValueError: if ``transition`` is not square.
+    """
+    _check_square(transition, "transition")
+    return torch.linalg.slogdet(transition).logabsdet
+
+
+def derived_affinity_transition(class_transition: torch.Tensor, class_frequencies: torch.Tensor) -> torch.Tensor:
+    """The affinity transition implied by the class transition (consistency, methods.md §3.3).
+
+    Two tokens with independent clean classes drawn from ``pi`` and labels flipped independently through ``T_C``
+    have ``P(noisy same | clean classes i, m) = sum_j T_C[i, j] T_C[m, j] = M[i, m]`` with ``M = T_C T_C^T``, so::
+
+        a = P(noisy same | clean same)      = sum_i pi_i^2 M_ii / sum_i pi_i^2
+        b = P(noisy same | clean different) = sum_{i != m} pi_i pi_m M_im / sum_{i != m} pi_i pi_m
+
+    Args:
+        class_transition: ``T_C``, ``(C, C)`` row-stochastic, rows = clean, columns = noisy.
+        class_frequencies: ``pi``, ``(C,)`` class frequencies summing to 1 with at least two non-zero entries
+            (:func:`noisy_class_frequencies`; the noisy frequencies stand in for the unknown clean ones).
+
+    Returns:
+        ``(2, 2)`` in the affinity state order (0 = dissimilar, 1 = similar), rows = clean, columns = noisy:
+        ``[[1 - b, b], [1 - a, a]]``. Differentiable w.r.t. ``T_C``.
+
+    Raises:
+        ValueError: on mismatched shapes.
+    """
+    _check_square(class_transition, "class_transition")
+    if class_frequencies.dim() != 1 or class_frequencies.shape[0] != class_transition.shape[0]:
+        raise ValueError(
+            f"class_frequencies must be ({class_transition.shape[0]},), got shape {tuple(class_frequencies.shape)}."
+        )
+    pi = class_frequencies.to(device=class_transition.device, dtype=class_transition.dtype)
+    same_noisy = class_transition @ class_transition.T  # M[i, m]
+    pair_weight = pi[:, None] * pi[None, :]
+    same_weight = torch.diagonal(pair_weight)
+    a = (same_weight * torch.diagonal(same_noisy)).sum() / same_weight.sum()
+    different_weight_total = pair_weight.sum() - same_weight.sum()
+    b = ((pair_weight * same_noisy).sum() - (same_weight * torch.diagonal(same_noisy)).sum()) / different_weight_total
+    row_dissimilar = torch.stack([1.0 - b, b])
+    row_similar = torch.stack([1.0 - a, a])
+    return torch.stack([row_dissimilar, row_similar])
+
+
+def consistency_loss(
+    class_transition: torch.Tensor, affinity_transition: torch.Tensor, class_frequencies: torch.Tensor
+) -> torch.Tensor:
+    """CACR: ``MSE(derived_affinity_transition(T_C, pi), T_A)`` (methods.md §3.3); gradients reach both.
+
+    Args:
+        class_transition: ``T_C``, ``(C, C)``.
+        affinity_transition: ``T_A``, ``(2, 2)`` (0 = dissimilar, 1 = similar).
+        class_frequencies: ``pi``, ``(C,)``.
+
+    Returns:
+        scalar.
+
+    Raises:
+        ValueError: on mismatched shapes.
+    """
+    if affinity_transition.shape != (2, 2):
+        raise ValueError(f"affinity_transition must be 2 x 2, got shape {tuple(affinity_transition.shape)}.")
+    derived = derived_affinity_transition(class_transition, class_frequencies)
+    return F.mse_loss(derived, affinity_transition.to(derived.dtype))
+
+
+def _class_counts_of(labels: Any, num_classes: int) -> np.ndarray:
+    if isinstance(labels, torch.Tensor):
+        labels = labels.detach().cpu().numpy()
+    array = np.asarray(labels)
+    if array.size == 0:
+        return np.zeros(num_classes, dtype=np.int64)
+    if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
+        raise ValueError("label arrays must hold integer class indices.")
+    array = array.astype(np.int64).ravel()
+    if array.min() < 0 or array.max() >= num_classes:
+        raise ValueError(f"labels must lie in [0, {num_classes}), got range [{array.min()}, {array.max()}].")
+    return np.bincount(array, minlength=num_classes)
+
+
+def noisy_class_frequencies(
+    num_classes: int, label_arrays: Iterable[Any] | None = None, counts: Any | None = None
+) -> torch.Tensor:
+    """Class frequencies ``pi`` of the noisy training labels, for :func:`derived_affinity_transition`.
+
+    Give exactly one of ``label_arrays`` (an iterable of label volumes, numpy or torch, any shape; a generator
+    that loads one case at a time keeps memory flat) or ``counts`` (voxel counts per class, length ``C``).
+    Run it once before training, not in the training step (it moves data to the host).
+
+    Args:
+        num_classes: ``C >= 2``.
+        label_arrays: noisy label volumes with integer values in ``[0, C)``.
+        counts: ``(C,)`` non-negative voxel counts.
+
+    Returns:
+        ``(C,)`` float64 CPU tensor summing to 1.
+
+    Raises:
+        ValueError: if both or neither source is given, labels fall outside ``[0, C)``, counts are negative or of
+            the wrong length, or fewer than two classes occur (the "clean different" pair probability of the
+            consistency target would be undefined).
+    """
+    if int(num_classes) != num_classes or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes}.")
+    if (label_arrays is None) == (counts is None):
+        raise ValueError("give exactly one of label_arrays and counts.")
+    if counts is not None:
+        if isinstance(counts, torch.Tensor):
+            counts = counts.detach().cpu().numpy()
+        totals = np.asarray(counts, dtype=np.float64)
+        if totals.shape != (num_classes,):
+            raise ValueError(f"counts must have shape ({num_classes},), got {totals.shape}.")
+        if not np.all(np.isfinite(totals)) or np.any(totals < 0):
+            raise ValueError(f"counts must be finite and non-negative, got {totals}.")
+    else:
+        totals = np.zeros(num_classes, dtype=np.float64)
+        for labels in label_arrays:
+            totals += _class_counts_of(labels, num_classes)
+    if np.count_nonzero(totals) < 2:
+        raise ValueError(f"at least two classes must occur in the noisy labels, got counts {totals}.")
+    return torch.as_tensor(totals / totals.sum(), dtype=torch.float64)

@@ -1,0 +1,145 @@
+"""Superpixel label refinement of SP-guided (Eqs. 6-8), methods.md §2.6.
+
+With both networks in eval mode and ``p = (p1 + p2) / 2``:
+
+1. pool ``p`` per piece (Eq. 7 pools over the superpixel; the (superpixel, noisy class) pieces follow the
+   reference code, see :mod:`custom.selection.superpixel`);
+2. per-piece loss against the piece's noisy class c: ``-log p_pooled(c)`` (for binary labels this orders pieces
+   exactly like the reference code's probability threshold);
+3. Eq. 6, per noisy class c: take the largest-loss pieces while their voxels stay within ``(1 - R_c) * N_c``
+   (the largest prefix with ``N <= budget``; pieces tied with the first piece left out are dropped too, as in
+   :func:`custom.selection.small_loss.budgeted_prefix_mask`);
+4. Eq. 8: relabel the taken pieces to the pooled argmax (Eq. 7) where it differs from c; all other voxels keep
+   their label.
+
+After refinement ``R <- max(R, min(gamma * R, R_max))`` (:func:`update_keep_ratio`, gamma = 1.1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from custom.selection.small_loss import as_class_ratios, budgeted_prefix_mask, class_groups
+from custom.selection.superpixel import (
+    POOLING_MODES,
+    Pieces,
+    piece_ids,
+    pieces_to_voxels,
+    pooled_piece_probabilities,
+    resolve_num_superpixels,
+    voxel_pieces,
+)
+
+__all__ = ["refinement_piece_mask", "refine_labels_by_superpixel", "update_keep_ratio"]
+
+
+def refinement_piece_mask(
+    piece_loss: torch.Tensor,
+    piece_class: torch.Tensor,
+    piece_size: torch.Tensor,
+    keep_ratio: float | Sequence[float] | torch.Tensor,
+    per_sample: bool = True,
+) -> torch.Tensor:
+    """Eq. 6 of SP-guided: per noisy class, the largest-loss pieces holding at most ``(1 - R_c)`` of its voxels.
+
+    Args:
+        piece_loss: ``(B, P)`` loss per piece (larger = less reliable).
+        piece_class: ``(B, P)`` noisy class per piece in ``[0, C)``.
+        piece_size: ``(B, P)`` voxels per piece.
+        keep_ratio: ``R_c`` per class ``(C,)`` (or a scalar).
+        per_sample: budget per batch element (default; one case per element) or over the whole batch.
+
+    Returns:
+        bool ``(B, P)``: True = unreliable piece (candidate for relabelling).
+    """
+    if not (piece_loss.shape == piece_class.shape == piece_size.shape) or piece_loss.dim() != 2:
+        raise ValueError(
+            f"piece_loss, piece_class and piece_size must be (B, P) of one shape, got {tuple(piece_loss.shape)}, "
+            f"{tuple(piece_class.shape)}, {tuple(piece_size.shape)}."
+        )
+    groups, num_groups, group_ratio, group_total = class_groups(piece_class, piece_size, keep_ratio, per_sample)
+    flat_size = piece_size.reshape(-1)
+    budget = (1.0 - group_ratio) * group_total
+    taken = budgeted_prefix_mask(-piece_loss.reshape(-1), groups, flat_size, budget, num_groups, at_least=False)
+    return taken.reshape(piece_loss.shape)
+
+
+def refine_labels_by_superpixel(
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    superpixels: torch.Tensor | None,
+    keep_ratio: float | Sequence[float] | torch.Tensor,
+    num_superpixels: int | torch.Tensor | None = None,
+    pool: str = "superpixel",
+    per_sample: bool = True,
+    eps: float = 1e-8,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eqs. 6-8 of SP-guided: relabel the least reliable pieces of each noisy class to the pooled prediction.
+
+    Args:
+        probs: mean of the two networks' softmax probabilities (eval mode), ``(B, C, *S)``.
+        labels: current noisy labels ``(B, 1, *S)`` in ``[0, C)``.
+        superpixels: ids ``(B, 1, *S)``; ``None`` = voxel-level ablation (each voxel a piece).
+        keep_ratio: current ``R_c`` per class ``(C,)``; at most ``(1 - R_c) N_c`` voxels of class c are relabelled.
+        num_superpixels: K, to avoid a host sync.
+        pool: ``"superpixel"`` (Eq. 7: pool over the whole superpixel) or ``"piece"``.
+        per_sample: budget per batch element (default; refine one case per element) or over the batch.
+        eps: clamp inside the log.
+
+    Returns:
+        ``(new_labels, changed)``: int64 ``(B, 1, *S)`` and bool ``(B, 1, *S)`` (True where the label changed).
+
+    Raises:
+        ValueError: shape mismatch, unknown ``pool`` or ratios outside [0, 1].
+    """
+    if pool not in POOLING_MODES:
+        raise ValueError(f"pool must be one of {POOLING_MODES}, got {pool!r}.")
+    if probs.dim() < 3 or labels.shape != probs.shape[:1] + (1,) + probs.shape[2:]:
+        raise ValueError(f"labels {tuple(labels.shape)} must be (B, 1, *S) for probs {tuple(probs.shape)}.")
+    num_classes = probs.shape[1]
+    with torch.no_grad():
+        probs = probs.detach()
+        if superpixels is None:
+            pieces: Pieces = voxel_pieces(labels)
+            pooled = probs.reshape(probs.shape[:2] + (-1,))
+        else:
+            if superpixels.shape != labels.shape:
+                raise ValueError(f"superpixels {tuple(superpixels.shape)} must match labels {tuple(labels.shape)}.")
+            num = resolve_num_superpixels(superpixels, num_superpixels)
+            pieces = piece_ids(superpixels, labels, num_classes, num)
+            pooled = pooled_piece_probabilities(probs, pieces, superpixels if pool == "superpixel" else None, num)
+        piece_class = pieces.piece_class.long()
+        own_class_prob = pooled.gather(1, piece_class.unsqueeze(1)).squeeze(1)
+        piece_loss = -own_class_prob.clamp_min(eps).log()
+        unreliable = refinement_piece_mask(piece_loss, piece_class, pieces.piece_size, keep_ratio, per_sample)
+        predicted = pooled.argmax(dim=1)  # Eq. 7
+        flip = unreliable & (predicted != piece_class)
+        new_piece_class = torch.where(flip, predicted, piece_class)  # Eq. 8
+        new_labels = pieces_to_voxels(new_piece_class, pieces.ids).unsqueeze(1)
+        changed = pieces_to_voxels(flip, pieces.ids).unsqueeze(1)
+    return new_labels, changed
+
+
+def update_keep_ratio(
+    keep_ratio: float | Sequence[float] | torch.Tensor,
+    gamma: float = 1.1,
+    max_keep_ratio: float | Sequence[float] | torch.Tensor = 0.95,
+) -> torch.Tensor:
+    """After a refinement: ``R <- max(R, min(gamma * R, R_max))`` per class (SP-guided Sec. 2.2, gamma = 1.1).
+
+    The outer ``max`` (reference code) keeps R from decreasing when it already exceeds ``R_max``. The reference
+    configs use ``R_max`` = 0.9 for the foreground and 0.95 for the background.
+
+    Returns:
+        float64 tensor of ``keep_ratio``'s shape, on the CPU.
+
+    Raises:
+        ValueError: ratios outside [0, 1] or ``gamma < 1``.
+    """
+    if not gamma >= 1.0:
+        raise ValueError(f"gamma must be >= 1, got {gamma}.")
+    ratios = as_class_ratios(keep_ratio, "keep_ratio")
+    ceiling = as_class_ratios(max_keep_ratio, "max_keep_ratio")
+    return torch.maximum(ratios, torch.minimum(ratios * gamma, ceiling))

@@ -1,0 +1,230 @@
+from __future__ import annotations
+
+import csv
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.inferers import SimpleInferer, SlidingWindowInferer
+from monai.transforms import AsDiscreted, Compose
+
+from custom.inference.folder_inference import (
+    REPORT_COLUMNS,
+    SetAsideStrayKeysd,
+    _label_dtype,
+    default_inference_transforms,
+    infer_folder,
+    list_nifti_files,
+)
+
+SHAPE = (14, 18, 10)
+
+
+def _cube() -> np.ndarray:
+    # off-centre box, so that a flipped or permuted output would score a low Dice
+    image = np.zeros(SHAPE, dtype=np.float32)
+    image[2:8, 4:12, 3:8] = 1.0
+    return image
+
+
+def _threshold_net() -> torch.nn.Module:
+    # logits (0, x - 0.5): class 1 exactly where the (unnormalised) intensity is above 0.5
+    net = torch.nn.Conv3d(1, 2, kernel_size=1)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([0.0, 1.0]).view(2, 1, 1, 1, 1))
+        net.bias.copy_(torch.tensor([0.0, -0.5]))
+    return net
+
+
+def _affine(linear: np.ndarray, origin=(5.0, -3.0, 7.0)) -> np.ndarray:
+    affine = np.eye(4)
+    affine[:3, :3] = linear
+    affine[:3, 3] = origin
+    return affine
+
+
+_ROT20 = np.array(
+    [[np.cos(0.35), -np.sin(0.35), 0.0], [np.sin(0.35), np.cos(0.35), 0.0], [0.0, 0.0, 1.0]]
+)
+AFFINES = {
+    # LPS, anisotropic
+    "lps": _affine(np.diag([-0.8, -1.2, 2.0])),
+    # PLI: array axes are (posterior, left, inferior), permuted and flipped
+    "pli": _affine(np.array([[0.0, -1.1, 0.0], [-0.9, 0.0, 0.0], [0.0, 0.0, -1.7]])),
+    # oblique: rotated 20 degrees about z
+    "oblique": _affine(_ROT20 @ np.diag([0.9, 1.1, 1.7])),
+}
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * np.logical_and(a, b).sum() / (a.astype(bool).sum() + b.astype(bool).sum()))
+
+
+def _read_report(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("name", sorted(AFFINES))
+def test_output_on_input_grid(tmp_path, name):
+    affine = AFFINES[name]
+    (tmp_path / "in").mkdir()
+    source = tmp_path / "in" / f"{name}.nii.gz"
+    nib.save(nib.Nifti1Image(_cube(), affine), str(source))
+    pre, post = default_inference_transforms(pixdim=(1.0, 1.0, 1.0), normalize=False)
+
+    rows = infer_folder(
+        _threshold_net(), tmp_path / "in", tmp_path / "out", pre, SlidingWindowInferer((8, 8, 8)), post
+    )
+
+    assert [r["status"] for r in rows] == ["ok"]
+    out = nib.load(str(tmp_path / "out" / f"{name}_seg.nii.gz"))
+    original = nib.load(str(source))
+    assert out.shape == SHAPE
+    assert np.array_equal(out.affine, original.affine)
+    assert out.header.get_sform(coded=True)[1] == original.header.get_sform(coded=True)[1]
+    assert out.get_data_dtype() == np.uint8
+    seg = np.asarray(out.dataobj)
+    assert set(np.unique(seg)) == {0, 1}
+    # resampled to 1 mm RAS and back: the box comes back where it was (a flip would give ~0.33)
+    assert _dice(seg, _cube()) > 0.95
+    assert not list((tmp_path / "out").glob(".*"))  # no temp files left
+
+
+def test_bad_files_are_reported_and_skipped(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    affine = AFFINES["lps"]
+    nib.save(nib.Nifti1Image(_cube(), affine), str(folder / "a_good.nii.gz"))
+    (folder / "b_corrupt.nii.gz").write_bytes(b"not a nifti file")
+    nib.save(nib.Nifti1Image(np.zeros((*SHAPE, 2), np.float32), affine), str(folder / "c_4d.nii"))
+    nib.save(nib.Nifti1Image(_cube()[..., None], affine), str(folder / "d_single_frame.nii.gz"))
+    (folder / "notes.txt").write_text("ignored")
+    pre, post = default_inference_transforms(pixdim=(1.0, 1.0, 1.0))
+
+    rows = infer_folder(_threshold_net(), folder, tmp_path / "out", pre, SimpleInferer(), post, suffix="_label")
+
+    status = {r["case"]: (r["status"], r["message"]) for r in rows}
+    assert list(status) == ["a_good", "b_corrupt", "c_4d", "d_single_frame"]
+    assert status["a_good"] == ("ok", "")
+    assert status["b_corrupt"][0] == "error" and "cannot read NIfTI" in status["b_corrupt"][1]
+    assert status["c_4d"][0] == "error" and "expected a 3D image" in status["c_4d"][1]
+    # a 4D file with one frame is a 3D image; the output is 3D on the same grid
+    assert status["d_single_frame"] == ("ok", "")
+    assert nib.load(str(tmp_path / "out" / "d_single_frame_label.nii.gz")).shape == SHAPE
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "a_good_label.nii.gz",
+        "d_single_frame_label.nii.gz",
+        "inference_report.csv",
+    ]
+
+    report = _read_report(tmp_path / "out" / "inference_report.csv")
+    assert tuple(report[0]) == REPORT_COLUMNS
+    assert [r["status"] for r in report] == ["ok", "error", "error", "ok"]
+    assert report[0]["output"].endswith("a_good_label.nii.gz") and report[1]["output"] == ""
+    assert all(float(r["seconds"]) >= 0 for r in report)
+
+
+def test_missing_file_in_list_and_wrong_shape_without_invert(tmp_path):
+    source = tmp_path / "x.nii.gz"
+    nib.save(nib.Nifti1Image(_cube(), AFFINES["lps"]), str(source))
+    pre, _ = default_inference_transforms(pixdim=(1.0, 1.0, 1.0), normalize=False)
+    no_invert = Compose([AsDiscreted(keys="pred", argmax=True)])
+
+    rows = infer_folder(
+        _threshold_net(), [tmp_path / "missing.nii.gz", source], tmp_path / "out", pre, SimpleInferer(), no_invert,
+        report_name=None,
+    )
+
+    assert rows[0]["status"] == "error" and "file not found" in rows[0]["message"]
+    assert rows[1]["status"] == "error" and "differs from the input shape" in rows[1]["message"]
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_multichannel_postprocessing_is_an_error(tmp_path):
+    source = tmp_path / "y.nii"
+    nib.save(nib.Nifti1Image(_cube(), np.eye(4)), str(source))
+    pre, _ = default_inference_transforms(pixdim=None, normalize=False)
+    rows = infer_folder(_threshold_net(), source, tmp_path / "out", pre, SimpleInferer(), Compose([]))
+    assert rows[0]["status"] == "error" and "2 channels" in rows[0]["message"]
+
+
+def test_rerun_into_input_folder_skips_outputs_and_restores_mode(tmp_path):
+    nib.save(nib.Nifti1Image(_cube(), np.eye(4)), str(tmp_path / "z.nii.gz"))
+    pre, post = default_inference_transforms(pixdim=None, normalize=False)
+    net = _threshold_net().train()
+    for _ in range(2):
+        rows = infer_folder(net, tmp_path, tmp_path, pre, SimpleInferer(), post)
+        assert [r["case"] for r in rows] == ["z"]
+    assert net.training
+    seg = np.asarray(nib.load(str(tmp_path / "z_seg.nii.gz")).dataobj)
+    assert np.array_equal(seg, _cube().astype(np.uint8))  # native grid: exact
+
+
+def test_no_nifti_raises_naming_the_folder(tmp_path):
+    (tmp_path / "readme.txt").write_text("x")
+    pre, post = default_inference_transforms(pixdim=None)
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        infer_folder(_threshold_net(), tmp_path, tmp_path / "out", pre, SimpleInferer(), post)
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        list_nifti_files(tmp_path / "absent")
+    with pytest.raises(FileNotFoundError):
+        list_nifti_files([])
+
+
+def test_image_path_key_survives_spacing(tmp_path):
+    # MONAI Label adds the string key "image_path"; MONAI 1.6.1 Spacingd calls .update() on every
+    # "image_*" entry, so the preprocessing must keep it away from Spacingd
+    source = tmp_path / "w.nii.gz"
+    nib.save(nib.Nifti1Image(_cube(), np.diag([2.0, 1.0, 1.0, 1.0])), str(source))
+    pre, _ = default_inference_transforms(pixdim=(1.0, 1.0, 1.0))
+
+    data = pre({"image": str(source), "image_path": str(source)})
+
+    assert tuple(data["image"].shape) == (1, 27, 18, 10)  # resampled along the 2 mm axis
+    assert data["set_aside"] == {"image_path": str(source)}
+    assert "image_path" not in data
+
+
+def test_set_aside_stray_keys():
+    meta = {"affine": np.eye(4)}
+    moved = SetAsideStrayKeysd("image")({"image": 1, "image_meta_dict": meta, "image_path": "p", "imagery": "q"})
+    assert moved == {"image": 1, "image_meta_dict": meta, "imagery": "q", "set_aside": {"image_path": "p"}}
+    untouched = {"image": 1, "label_path": "l"}
+    assert SetAsideStrayKeysd("image")(untouched) == untouched
+    with pytest.raises(ValueError, match="stash_key"):
+        SetAsideStrayKeysd("image", stash_key="image_extra")
+    with pytest.raises(ValueError, match="keys"):
+        SetAsideStrayKeysd([])
+
+
+def test_label_dtype_and_pixdim_validation():
+    assert _label_dtype(np.array([0, 3])) == np.uint8
+    assert _label_dtype(np.array([0, 300])) == np.int16
+    with pytest.raises(ValueError, match="int16"):
+        _label_dtype(np.array([0, 70000]))
+    with pytest.raises(ValueError, match="pixdim"):
+        default_inference_transforms(pixdim=(1.0, -1.0, 1.0))
+    with pytest.raises(ValueError, match="pixdim"):
+        default_inference_transforms(pixdim=(1.0, 1.0))
+
+
+def test_module_imports_only_what_bundles_ship():
+    # the file is copied verbatim into bundles' scripts/: no `custom` imports, only these packages
+    import ast
+    import sys
+    from pathlib import Path
+
+    import custom.inference.folder_inference as module
+
+    allowed = {"torch", "numpy", "nibabel", "monai", "tqdm", "__future__"} | set(sys.stdlib_module_names)
+    tree = ast.parse(Path(module.__file__).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "relative imports break the verbatim copy"
+            imported.add(node.module.split(".")[0])
+    assert imported <= allowed, imported - allowed

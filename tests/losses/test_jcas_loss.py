@@ -1,0 +1,197 @@
+from __future__ import annotations
+
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.testing import assert_close
+
+from custom.losses.jcas_loss import JcasLoss, JcasTransitions
+from custom.losses.transition import (
+    affinity_loss,
+    consistency_loss,
+    corrected_nll,
+    pairwise_same_class,
+    volume_penalty,
+)
+from custom.networks.dar import token_class_labels
+from custom.networks.deep_supervision import DeepSupervisionNet, JcasLevelOutput
+
+
+class TinyBackbone(nn.Module):
+    """Two decoder maps: half resolution (8 channels) and full resolution (4 channels)."""
+
+    def __init__(self):
+        super().__init__()
+        self.down = nn.Conv3d(1, 8, kernel_size=2, stride=2)
+        self.up = nn.ConvTranspose3d(8, 4, kernel_size=2, stride=2)
+        self.skip = nn.Conv3d(1, 4, kernel_size=3, padding=1)
+        self.decoder_channels = (8, 4)
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        coarse = torch.relu(self.down(x))
+        return [coarse, torch.relu(self.up(coarse) + self.skip(x))]
+
+
+def _setup(num_classes: int, seed: int = 0):
+    torch.manual_seed(seed)
+    net = DeepSupervisionNet(TinyBackbone(), num_classes, feature_dim=4, token_grid=(2, 2, 2)).train()
+    x = torch.randn(2, 1, 8, 8, 8)
+    labels = torch.randint(0, num_classes, (2, 1, 8, 8, 8))
+    frequencies = torch.bincount(labels.flatten(), minlength=num_classes).double()
+    transitions = JcasTransitions(num_classes, frequencies / frequencies.sum())
+    return net, x, labels, transitions
+
+
+def _up(logits: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(logits, size=[8, 8, 8], mode="trilinear", align_corners=False)
+
+
+def _affinity_part(level: JcasLevelOutput, labels: torch.Tensor, num_classes: int, t_a=None) -> torch.Tensor:
+    tokens = token_class_labels(labels, num_classes, list(level.token_grid))
+    return affinity_loss(level.affinity, pairwise_same_class(tokens), t_a)
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_warmup_total_is_plain_ce_and_bce(num_classes):
+    net, x, labels, _ = _setup(num_classes)
+    out = net(x)
+    total, parts = JcasLoss(num_classes, stage="warmup")(out, labels)
+    y = labels[:, 0]
+    class_fine = F.cross_entropy(out.fine.rectified_logits, y) + F.cross_entropy(out.fine.logits, y)
+    class_coarse = F.cross_entropy(_up(out.coarse.rectified_logits), y) + F.cross_entropy(_up(out.coarse.logits), y)
+    affinity_coarse = _affinity_part(out.coarse, labels, num_classes)
+    affinity_fine = _affinity_part(out.fine, labels, num_classes)
+    assert set(parts) == {"class_fine", "class_coarse", "affinity_coarse", "affinity_fine"}
+    assert_close(parts["class_fine"], class_fine.detach())
+    assert_close(parts["class_coarse"], class_coarse.detach())
+    assert_close(parts["affinity_coarse"], affinity_coarse.detach())
+    assert_close(total, class_fine + 0.1 * class_coarse + affinity_coarse + 0.1 * affinity_fine)
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_correction_total_matches_the_formula(num_classes):
+    net, x, labels, transitions = _setup(num_classes)
+    out = net(x)
+    total, parts = JcasLoss(num_classes, stage="correction")(out, labels, transitions)
+    t_c, t_a = transitions()
+    y = labels
+    class_fine = corrected_nll(torch.softmax(out.fine.rectified_logits, 1), t_c, y) + corrected_nll(
+        torch.softmax(out.fine.logits, 1), t_c, y
+    )
+    class_coarse = corrected_nll(torch.softmax(_up(out.coarse.rectified_logits), 1), t_c, y) + corrected_nll(
+        torch.softmax(_up(out.coarse.logits), 1), t_c, y
+    )
+    affinity_coarse = _affinity_part(out.coarse, labels, num_classes, t_a)
+    affinity_fine = _affinity_part(out.fine, labels, num_classes, t_a)
+    volume = volume_penalty(t_c) + volume_penalty(t_a)
+    consistency = consistency_loss(t_c, t_a, transitions.class_frequencies)
+    expected = (
+        class_fine + 0.1 * class_coarse + affinity_coarse + 0.1 * affinity_fine + 0.5 * volume + 0.01 * consistency
+    )
+    assert_close(total, expected)
+    assert set(parts) == {"class_fine", "class_coarse", "affinity_coarse", "affinity_fine", "volume", "consistency"}
+    assert_close(parts["volume"], volume.detach())
+    assert_close(parts["consistency"], consistency.detach())
+    assert all(not value.requires_grad for value in parts.values())
+
+
+def test_custom_weights_are_used():
+    net, x, labels, transitions = _setup(2)
+    out = net(x)
+    loss = JcasLoss(2, fine_class_weight=0.0, coarse_class_weight=0.0, coarse_affinity_weight=0.0,
+                    fine_affinity_weight=0.0, volume_weight=1.0, consistency_weight=0.0)
+    total, parts = loss(out, labels, transitions)
+    assert_close(total.detach(), parts["volume"])
+
+
+def test_identity_transitions_reduce_correction_to_warmup():
+    net, x, labels, transitions = _setup(3)
+    with torch.no_grad():  # sigmoid(-60) ~ 1e-26: T_C = I, T_A = I
+        transitions.class_transition.weights.fill_(-60.0)
+        transitions.affinity_transition.weights.fill_(-60.0)
+    out = net(x)
+    _, warm = JcasLoss(3, stage="warmup")(out, labels)
+    _, corrected = JcasLoss(3, stage="correction")(out, labels, transitions)
+    for name in warm:
+        assert_close(corrected[name], warm[name], rtol=1e-4, atol=1e-5)
+    assert_close(corrected["volume"], torch.tensor(0.0), atol=1e-6, rtol=0)
+
+
+def test_gradients_reach_network_and_both_transitions():
+    net, x, labels, transitions = _setup(3)
+    total, _ = JcasLoss(3)(net(x), labels, transitions)
+    total.backward()
+    for name in ["coarse_classifier", "coarse_feature_head", "fine_classifier", "fine_feature_head"]:
+        assert float(getattr(net, name).weight.grad.abs().sum()) > 0, name
+    assert float(net.backbone.down.weight.grad.abs().sum()) > 0
+    assert float(transitions.class_transition.weights.grad.abs().sum()) > 0
+    assert float(transitions.affinity_transition.weights.grad.abs().sum()) > 0
+
+
+def test_transitions_have_their_own_optimiser():
+    net, x, labels, transitions = _setup(2)
+    # only the two weight matrices are parameters; pi is a buffer
+    assert [name for name, _ in transitions.named_parameters()] == [
+        "class_transition.weights",
+        "affinity_transition.weights",
+    ]
+    assert "class_frequencies" in dict(transitions.named_buffers())
+    optimiser = torch.optim.SGD(transitions.parameters(), lr=1e-3, momentum=0.9)
+    before = [t.detach().clone() for t in transitions()]
+    total, _ = JcasLoss(2)(net(x), labels, transitions)
+    total.backward()
+    optimiser.step()
+    after = transitions()
+    assert any(not torch.equal(b, a.detach()) for b, a in zip(before, after))
+    for matrix in after:
+        assert_close(matrix.detach().sum(dim=1), torch.ones(matrix.shape[0]))
+
+
+def test_label_formats_give_the_same_loss():
+    net, x, labels, transitions = _setup(2)
+    out = net(x)
+    loss = JcasLoss(2)
+    reference, _ = loss(out, labels, transitions)
+    as_float, _ = loss(out, labels.float(), transitions)
+    channel_less, _ = loss(out, labels[:, 0], transitions)
+    assert_close(as_float, reference)
+    assert_close(channel_less, reference)
+
+
+def test_stage_can_switch_and_is_validated():
+    loss = JcasLoss(2, stage="warmup")
+    loss.stage = "correction"
+    assert loss.stage == "correction"
+    with pytest.raises(ValueError):
+        loss.stage = "stage2"
+    with pytest.raises(ValueError):
+        JcasLoss(2, stage="both")
+
+
+@pytest.mark.parametrize("kwargs", [{"num_classes": 1}, {"volume_weight": -1.0}, {"eps": 0.0}])
+def test_bad_loss_arguments(kwargs):
+    with pytest.raises(ValueError):
+        JcasLoss(**{"num_classes": 2, **kwargs})
+
+
+def test_bad_forward_inputs():
+    net, x, labels, transitions = _setup(2)
+    out = net(x)
+    with pytest.raises(ValueError):  # stage 2 without transitions
+        JcasLoss(2)(out, labels)
+    with pytest.raises(ValueError):  # not a JcasOutput (e.g. the network in eval mode)
+        JcasLoss(2)(out.fine.logits, labels, transitions)
+    with pytest.raises(ValueError):  # class count mismatch
+        JcasLoss(3)(out, labels, JcasTransitions(3, [0.5, 0.25, 0.25]))
+    with pytest.raises(ValueError):  # transitions for another class count
+        JcasLoss(2)(out, labels, JcasTransitions(3, [0.5, 0.25, 0.25]))
+    with pytest.raises(ValueError):
+        JcasLoss(2)(out, labels[0, 0], transitions)
+
+
+@pytest.mark.parametrize("frequencies", [[1.0, 0.0], [0.5, 0.5, 0.0], [0.5, -0.1]])
+def test_bad_transition_frequencies(frequencies):
+    with pytest.raises(ValueError):
+        JcasTransitions(2, frequencies)
