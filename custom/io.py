@@ -56,6 +56,10 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp" + _full_suffix(final), dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    # mkstemp creates 0600 files; published outputs get the usual permissions (0666 minus the umask)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
         os.replace(tmp, final)

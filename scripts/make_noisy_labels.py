@@ -113,7 +113,9 @@ def check_inputs(files: Sequence[Path], num_classes: int | None) -> int:
         array, _, _ = read_label(path)
         largest = max(largest, int(array.max()) if array.size else 0)
         if num_classes is not None and largest >= num_classes:
-            raise DataError(path, f"label values outside 0..{num_classes - 1} (found {largest}; --num-classes {num_classes})")
+            raise DataError(
+                path, f"label values outside 0..{num_classes - 1} (found {largest}; --num-classes {num_classes})"
+            )
     return num_classes if num_classes is not None else max(largest + 1, 2)
 
 
@@ -141,10 +143,11 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     files = list_label_files(labels_dir)
     num_classes = check_inputs(files, args.num_classes)
     # a dry run on an empty map validates the parameter values before anything is written
-    simulate_noise(args.noise, np.zeros((2, 2, 2), np.int32), seed=args.seed, case_id="", num_classes=num_classes, **params)
+    dry_run = np.zeros((2, 2, 2), np.int32)
+    simulate_noise(args.noise, dry_run, seed=args.seed, case_id="", num_classes=num_classes, **params)
     case_ids = [case_id_of(p) for p in files]
     corrupted = set(select_corrupted_cases(case_ids, args.alpha, args.seed))
-    print(f"{len(files)} label maps, C={num_classes}, noise {args.noise!r} on {len(corrupted)} of them (alpha={args.alpha})")
+    print(f"{len(files)} label maps, C={num_classes}, noise {args.noise!r} on {len(corrupted)} (alpha={args.alpha})")
 
     created_out_dir = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -173,7 +176,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "label_noisy": str(out_dir / path.name),
             })
             op = result.params.get("op")
-            print(f"[{index}/{len(files)}] {case_id}: {noise}{f' ({op})' if op else ''}, noisy Dice {dice:.4f}", flush=True)
+            label_op = f" ({op})" if op else ""
+            print(f"[{index}/{len(files)}] {case_id}: {noise}{label_op}, noisy Dice {dice:.4f}", flush=True)
         for path in files:
             os.replace(staging / path.name, out_dir / path.name)
         write_csv(rows, out_dir / REPORT_NAME)

@@ -242,7 +242,8 @@ def _read_params_file(path: Path) -> dict[str, Any]:
 
 
 def run_datalist(args: argparse.Namespace) -> int:
-    datalist_path = args.datalist.resolve()
+    # absolute but symlinks kept: a linked image must not send the cache into the link target's folder
+    datalist_path = Path(os.path.abspath(args.datalist))
     if not datalist_path.is_file():
         print(DataError(datalist_path, "datalist not found"), file=sys.stderr)
         return 1
@@ -269,7 +270,7 @@ def run_datalist(args: argparse.Namespace) -> int:
         if not isinstance(item, dict) or "image" not in item:
             print(DataError(datalist_path, f"item without 'image': {item!r}"), file=sys.stderr)
             return 1
-        image = (root / item["image"]).resolve()
+        image = Path(os.path.normpath(root / item["image"]))
         case_id = str(item.get("case_id") or image.name.split(".")[0])
         out_dir = image.parent.parent / SUPERVOXEL_DIR
         output = out_dir / f"{case_id}_supervoxels.nii.gz"
@@ -294,7 +295,7 @@ def run_datalist(args: argparse.Namespace) -> int:
             {
                 "case_id": case_id,
                 "image": str(image),
-                "label_clean": None if clean is None else str((root / clean).resolve()),
+                "label_clean": None if clean is None else os.path.normpath(root / clean),
                 "output": str(output),
                 "params": params,
                 "record_file": record_file,

@@ -66,17 +66,21 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _validate_meta(content: Mapping[str, Any], path: Path) -> None:
     num_classes = content.get("num_classes")
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2):
+    bad_count = isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2
+    if num_classes is not None and bad_count:
         raise DataError(path, f"'num_classes' must be an integer >= 2, got {num_classes!r}")
     labels = content.get("labels")
     if labels is not None:
         if not isinstance(labels, dict) or not all(str(k).isdigit() for k in labels):
             raise DataError(path, "'labels' must map class indices ('0', '1', ...) to names")
         if num_classes is not None and sorted(int(k) for k in labels) != list(range(num_classes)):
-            raise DataError(path, f"'labels' declares classes {sorted(labels, key=int)} but 'num_classes' is {num_classes}")
+            declared = sorted(labels, key=int)
+            raise DataError(path, f"'labels' declares classes {declared} but 'num_classes' is {num_classes}")
     spacing = content.get("spacing")
     if spacing is not None and (
-        not isinstance(spacing, list) or len(spacing) != 3 or not all(isinstance(s, (int, float)) and s > 0 for s in spacing)
+        not isinstance(spacing, list)
+        or len(spacing) != 3
+        or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and s > 0 for s in spacing)
     ):
         raise DataError(path, f"'spacing' must be a list of 3 positive numbers, got {spacing!r}")
 

@@ -66,6 +66,7 @@ __all__ = [
 AFFINE_TOLERANCE = 1e-3
 DEFAULT_HQ_FRACTION = 0.25
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
+_REPORT_COLUMNS = ["case_id", "quality", "noise", "params", "noisy_dice"]
 
 # a loaded case: image (H, W, D) float, label (H, W, D) integer-valued, 4x4 affine, NIfTI header or None
 LoadedCase = tuple[np.ndarray, np.ndarray, np.ndarray, Any]
@@ -339,6 +340,8 @@ def staged_directory(final_dir: str | os.PathLike, overwrite: bool = False) -> I
         yield tmp
         _apply_umask(tmp)
         if _is_nonempty_dir(final_dir):
+            if not overwrite:  # filled meanwhile, e.g. by a concurrent run: keep what is there
+                raise DataError(final_dir, "output folder was filled by another process meanwhile")
             trash = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.old-", dir=final_dir.parent))
             os.replace(final_dir, trash / "old")
             os.replace(tmp, final_dir)
@@ -429,6 +432,10 @@ def prepare_dataset(
         raise ValueError(f"labels {dict(labels)} must name the classes 0..{num_classes - 1}")
     if test_sources and test_count:
         raise ValueError("test cases are given already: test_count must be 0")
+    for source in (*train_sources, *test_sources):
+        # the ID becomes a file name in the output
+        if not source.case_id or source.case_id.startswith(".") or any(c in source.case_id for c in "/\\\0"):
+            raise DataError(source.image_origin, f"case ID {source.case_id!r} is not usable as a file name")
     all_ids = [s.case_id for s in (*train_sources, *test_sources)]
     duplicates = sorted({i for i in all_ids if all_ids.count(i) > 1})
     if duplicates:
@@ -488,7 +495,8 @@ def prepare_dataset(
             clean_rel = f"{'labelsTs' if test else 'labelsTr'}/{case_id}.nii.gz"
             save_nifti(image, out_affine, stage / image_rel, header=header, dtype=np.float32)
             save_nifti(clean, out_affine, stage / clean_rel, header=header, dtype=clean.dtype)
-            item = {"case_id": case_id, "image": final(image_rel), "label": final(clean_rel), "label_clean": final(clean_rel)}
+            clean_path = final(clean_rel)
+            item = {"case_id": case_id, "image": final(image_rel), "label": clean_path, "label_clean": clean_path}
             status = group
             if group in ("hq", "lq"):
                 spacings.append(voxel_spacing(out_affine))
@@ -505,9 +513,8 @@ def prepare_dataset(
                     {"case_id": case_id, "quality": group, "noise": noise_used,
                      "params": json.dumps(params_used, sort_keys=True), "noisy_dice": f"{dice:.6f}"}
                 )
-                status = "  ".join(
-                    part for part in (group, noise_used, _describe_params(params_used), f"noisy_dice={dice:.3f}") if part
-                )
+                parts = (group, noise_used, _describe_params(params_used), f"noisy_dice={dice:.3f}")
+                status = "  ".join(part for part in parts if part)
             else:
                 entries["validation" if group == "validation" else "test"].append(item)
             say(f"[{index:>3}/{len(ordered)}] {case_id}  {status}")
@@ -527,7 +534,7 @@ def prepare_dataset(
             **_builtin(dict(extra_meta or {})),
             **entries,
         }
-        write_csv(report, stage / "noise_report.csv", fieldnames=["case_id", "quality", "noise", "params", "noisy_dice"])
+        write_csv(report, stage / "noise_report.csv", fieldnames=_REPORT_COLUMNS)
         inside = datalist_path.parent == data_dir
         if inside:
             write_json(datalist, stage / datalist_path.name)
@@ -631,7 +638,9 @@ def _nifti_source(case_id: str, image_path: Path, label_path: Path) -> CaseSourc
         image, image_affine, header = load_nifti(image_path)
         label, label_affine, _ = load_nifti(label_path)
         if label.shape != image.shape:
-            raise DataError(label_path, f"label shape {label.shape} differs from image shape {image.shape} ({image_path})")
+            raise DataError(
+                label_path, f"label shape {label.shape} differs from image shape {image.shape} ({image_path})"
+            )
         gap = float(np.max(np.abs(label_affine - image_affine)))
         if gap > AFFINE_TOLERANCE:
             raise DataError(
@@ -718,9 +727,18 @@ def _infer_num_classes(sources: Sequence[CaseSource]) -> int:
 # entry points
 
 
+def _check_output_apart(source_dir: str | os.PathLike, out: str | os.PathLike) -> None:
+    # replacing an output folder that holds the input would delete the input
+    data_dir = resolve_output(out)[0].resolve()
+    source = Path(source_dir).resolve()
+    if source == data_dir or data_dir in source.parents:
+        raise DataError(out, f"the output must not contain the input folder {source}")
+
+
 def prepare_la(h5_dir: str | os.PathLike, out: str | os.PathLike, **options: Any) -> Path:
     """Prepare the LA HDF5 release (see :func:`prepare_dataset` for ``options``); returns the datalist path."""
     check_noise(options.get("noise", "mtcl"), options.get("noise_params"))
+    _check_output_apart(h5_dir, out)
     train, test = la_sources(h5_dir)
     options.setdefault("name", "la2018_noisy")
     options.setdefault(
@@ -735,6 +753,7 @@ def prepare_nifti(
     """Prepare an MSD-layout NIfTI dataset (see :func:`prepare_dataset` for ``options``); returns the datalist
     path. Without ``dataset.json`` labels, C is the largest label value + 1 (labels are scanned once first)."""
     check_noise(options.get("noise", "mtcl"), options.get("noise_params"))
+    _check_output_apart(root, out)
     train, test, labels = nifti_sources(root, log=log)
     if labels is None:
         num_classes = _infer_num_classes([*train, *test])

@@ -75,6 +75,7 @@ class MeanTeacherTrainer(NoisyLabelTrainer):
         fusion_mode: str = "softmax",
         uncertainty_mode: str = "weighted_kl",
         keep_noisy_if_uncertain: bool = False,
+        uncertainty_threshold: float = 0.5,
         selection_ratio: float = 0.5,
         lambda_sel: float = 5.0,
         lambda_noisy: float = 0.5,
@@ -107,6 +108,7 @@ class MeanTeacherTrainer(NoisyLabelTrainer):
         self.fusion_mode = fusion_mode
         self.uncertainty_mode = uncertainty_mode
         self.keep_noisy_if_uncertain = keep_noisy_if_uncertain
+        self.uncertainty_threshold = uncertainty_threshold
         self.selection_ratio = selection_ratio
         self.lambda_sel = lambda_sel
         self.lambda_noisy = lambda_noisy
@@ -135,7 +137,10 @@ class MeanTeacherTrainer(NoisyLabelTrainer):
                 uncertainty = tf.sample_uncertainty(divergence, weights, probs=probs, mode=self.uncertainty_mode)
                 out["uncertainty"] = uncertainty
                 out["refined_label"] = (
-                    tf.refined_labels(fused, noisy_labels=noisy, keep_noisy_if_uncertain=self.keep_noisy_if_uncertain)
+                    tf.refined_labels(
+                        fused, noisy_labels=noisy, keep_noisy_if_uncertain=self.keep_noisy_if_uncertain,
+                        uncertainty_threshold=self.uncertainty_threshold if self.keep_noisy_if_uncertain else None,
+                    )
                     if self.refine_labels
                     else noisy
                 )
@@ -193,5 +198,6 @@ class MeanTeacherTrainer(NoisyLabelTrainer):
         return loss
 
     def after_step(self, engine: MeanTeacherTrainer) -> None:
-        ema_update(self.teacher, engine.network, engine.state.iteration, self.ema_decay)
+        # ignite counts iterations from 1; the EMA warm-up counts optimiser steps from 0 (first update = copy)
+        ema_update(self.teacher, engine.network, engine.state.iteration - 1, self.ema_decay)
 

@@ -24,10 +24,14 @@ from custom.io import atomic_output, write_json
 __all__ = ["BundleWriter", "write_bundle", "latest_checkpoint", "plain_state_dict"]
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-# network class -> (module file shipped in the bundle's scripts/, dotted target inside the bundle)
-_SHIPPED_NETWORKS = {
-    "PaperVNet": ("networks/vnet.py", "scripts.vnet.PaperVNet"),
-    "NnUNetDynUNet": ("networks/dynunet.py", "scripts.dynunet.NnUNetDynUNet"),
+# network class -> (module files under custom/ shipped in the bundle's scripts/, dotted target inside the bundle).
+# Shipped modules import each other relatively (``from .vnet import PaperVNet``) so they work in both places.
+_SHIPPED_NETWORKS: dict[str, tuple[tuple[str, ...], str]] = {
+    "PaperVNet": (("networks/vnet.py",), "scripts.vnet.PaperVNet"),
+    "NnUNetDynUNet": (("networks/dynunet.py",), "scripts.dynunet.NnUNetDynUNet"),
+    "JcasVNet": (
+        ("networks/vnet.py", "networks/dar.py", "networks/deep_supervision.py"), "scripts.deep_supervision.JcasVNet"
+    ),
 }
 _SHIPPED_ALWAYS = {"inference/folder_inference.py": "folder_inference.py"}
 _NETWORK_DESCRIPTIONS = {
@@ -88,6 +92,9 @@ def _inference_config(
         "preprocessing": {
             "_target_": "Compose",
             "transforms": [
+                # MONAI Label adds the string key "image_path", which MONAI 1.6.1's Spacingd would call .update() on
+                {"_target_": "scripts.folder_inference.SetAsideStrayKeysd", "keys": "image",
+                 "_requires_": "@bundle_scripts"},
                 {"_target_": "LoadImaged", "keys": "image", "image_only": True},
                 {"_target_": "EnsureChannelFirstd", "keys": "image"},
                 {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
@@ -104,15 +111,20 @@ def _inference_config(
                 {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
                  "nearest_interp": False, "to_tensor": True},
                 {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+                # give back what SetAsideStrayKeysd hid: MONAI Label's writer takes the file type from "image_path"
+                {"_target_": "Lambda", "func": "$lambda d: {**d, **d.get('set_aside', {})}"},
             ],
         },
         "load_weights": "$@network.load_state_dict(torch.load(@ckpt_path, map_location=@device, weights_only=True))",
-        "run": [
-            "$@bundle_scripts",
-            "$@load_weights",
-            "$__import__('scripts.folder_inference', fromlist=['infer_folder']).infer_folder(@network, @dataset_dir,"
-            " @output_dir, @preprocessing, @inferer, @postprocessing, device=@device)",
-        ],
+        # a component, not a "$__import__(...)" expression: MONAI 1.6.1 parses every expression that contains the
+        # word "import" as an import statement before substituting references, and "@network" is no Python
+        "infer_folder": {
+            "_target_": "scripts.folder_inference.infer_folder", "_requires_": ["@bundle_scripts", "@load_weights"],
+            "network": "@network", "input_dir_or_files": "@dataset_dir", "output_dir": "@output_dir",
+            "preprocessing": "@preprocessing", "inferer": "@inferer", "postprocessing": "@postprocessing",
+            "device": "@device",
+        },
+        "run": ["@infer_folder"],
         "inference": "@run",
     }
 
@@ -232,8 +244,7 @@ def write_bundle(
     with atomic_output(scripts / "__init__.py") as tmp:
         tmp.write_text('"""Code shipped with this bundle (copied from noisyseg)."""\n')
     shipped = dict(_SHIPPED_ALWAYS)
-    if network_class in _SHIPPED_NETWORKS:
-        src = _SHIPPED_NETWORKS[network_class][0]
+    for src in _SHIPPED_NETWORKS.get(network_class, ((), ""))[0]:
         shipped[src] = Path(src).name
     for src, dst in shipped.items():
         with atomic_output(scripts / dst) as tmp:

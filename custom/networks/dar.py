@@ -24,7 +24,6 @@ module wrapper holding the token grid.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -237,7 +236,7 @@ class DifferentiatedAffinityRectifier(nn.Module):
         super().__init__()
         grid = [int(g) for g in token_grid]
         _validate_token_grid(grid)
-        self.token_grid: list[int] = grid
+        self.token_grid = grid
 
     def forward(self, features: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(features (B, d, H, W, D), logits (B, C, H, W, D)) -> (P (B, C, H, W, D), A (B, N, N))``."""

@@ -15,7 +15,15 @@ In ``train()`` mode :meth:`DeepSupervisionNet.forward` returns a :class:`JcasOut
 losses need; in ``eval()`` mode it returns only the inference output ``softmax(P2) + softmax(Q2)``. The
 transition matrices live in the loss (:mod:`custom.losses.jcas_loss`), so the inference network never needs
 them; :meth:`DeepSupervisionNet.inference_network` gives a stand-alone :class:`JcasInference` module for
-``torch.jit.script`` / ``torch.jit.trace`` export.
+``torch.jit.script`` / ``torch.jit.trace`` export. A traced export is specialised to the traced input size (trace
+with the sliding-window ROI); a scripted one is not, but needs a backbone whose ``forward_features`` scripts.
+
+The backbone's own final classifier gets no gradient (its parameters are unused: DDP needs
+``find_unused_parameters=True``, or pass those parameters to no optimiser). :class:`JcasVNet`, the
+config/bundle-constructible network, drops that classifier.
+
+This module imports only ``torch`` and its siblings ``vnet.py`` / ``dar.py`` (relatively), so the three files can be
+copied into a bundle's ``scripts/`` folder and run without this repository.
 """
 
 from __future__ import annotations
@@ -25,9 +33,18 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from custom.networks.dar import differentiated_affinity_rectify, effective_token_grid, pool_to_tokens, token_affinity
+# relative imports only: this module is copied with vnet.py and dar.py into a trained bundle's scripts/ folder
+from .dar import differentiated_affinity_rectify, effective_token_grid, pool_to_tokens, token_affinity
+from .vnet import PaperVNet
 
-__all__ = ["JcasLevelOutput", "JcasOutput", "JcasInference", "DeepSupervisionNet", "jcas_inference_probabilities"]
+__all__ = [
+    "JcasLevelOutput",
+    "JcasOutput",
+    "JcasInference",
+    "DeepSupervisionNet",
+    "JcasVNet",
+    "jcas_inference_probabilities",
+]
 
 
 class JcasLevelOutput(NamedTuple):
@@ -107,7 +124,7 @@ class JcasInference(nn.Module):
         self.backbone = backbone
         self.classifier = classifier
         self.feature_head = feature_head
-        self.token_grid: list[int] = [int(g) for g in token_grid]
+        self.token_grid = [int(g) for g in token_grid]
         self.use_dar = bool(use_dar)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -206,3 +223,68 @@ class DeepSupervisionNet(nn.Module):
         (which also switches this network's backbone to eval mode; it is left untouched here).
         """
         return JcasInference(self.backbone, self.fine_classifier, self.fine_feature_head, self.token_grid, self.use_dar)
+
+
+class JcasVNet(DeepSupervisionNet):
+    """The JCAS network on the papers' V-Net, constructible from plain keyword arguments (configs and bundles).
+
+    A :class:`custom.networks.vnet.PaperVNet` backbone (its levels at 1/2 and full resolution are JCAS levels 1
+    and 2) wrapped by :class:`DeepSupervisionNet`. The backbone's own 1x1x1 classifier is replaced by an identity:
+    each JCAS level has its own classifier and feature heads, and an unused classifier would only need
+    ``find_unused_parameters`` under DDP. Dropout acts at the bottleneck only (the backbone's pre-classifier
+    dropout belongs to the dropped classifier).
+
+    Args:
+        spatial_dims: must be 3.
+        in_channels: input channels.
+        out_channels: number of classes ``C >= 2``.
+        base_filters: width of the first V-Net stage (16 in the papers).
+        dropout: probability of the bottleneck ``Dropout3d``.
+        normalization: ``"batch"``, ``"instance"``, ``"group"`` or ``"none"``.
+        feature_dim: ``d``, channels of the feature heads used by the affinity.
+        token_grid: requested DAR token grid ``(h, w, d)`` (clipped per level to the level's size).
+        use_dar: if False (ablation), ``P = Q``.
+
+    Shapes:
+        input ``(B, in_channels, H, W, D)`` with ``H, W, D`` divisible by 16. ``train()``: :class:`JcasOutput`
+        (level 1 at ``(H/2, W/2, D/2)``); ``eval()``: ``(B, C, H, W, D)`` = ``softmax(P2) + softmax(Q2)``, i.e.
+        probabilities summing to 2, so a standard ``softmax -> argmax`` post-processing gives the same labels.
+
+    TorchScript: ``torch.jit.script`` compiles the inference path only; the scripted module returns the
+    inference output in either mode (the training outputs are not an export format).
+
+    Raises:
+        ValueError: on bad arguments (see :class:`DeepSupervisionNet` and :class:`PaperVNet`).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 3,
+        in_channels: int = 1,
+        out_channels: int = 2,
+        base_filters: int = 16,
+        dropout: float = 0.5,
+        normalization: str = "batch",
+        feature_dim: int = 16,
+        token_grid: tuple[int, int, int] | list[int] = (16, 16, 16),
+        use_dar: bool = True,
+    ):
+        backbone = PaperVNet(
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            base_filters=base_filters,
+            dropout=dropout,
+            normalization=normalization,
+        )
+        backbone.out_conv = nn.Identity()
+        super().__init__(backbone, out_channels, feature_dim=feature_dim, token_grid=tuple(token_grid), use_dar=use_dar)
+
+    # no return annotation on purpose: TorchScript then infers Tensor for the compiled (inference) path, whereas an
+    # annotation naming JcasOutput would make it try to compile the training NamedTuples too
+    def forward(self, x: torch.Tensor):  # noqa: ANN201
+        """:meth:`training_output` (:class:`JcasOutput`) in ``train()`` mode, else :meth:`inference_output`."""
+        # torch.jit.is_scripting() is a compile-time constant: the scripted graph holds the inference path only
+        if self.training and not torch.jit.is_scripting():
+            return self.training_output(x)
+        return self.inference_output(x)

@@ -41,15 +41,11 @@ def ema_alpha(step: int, decay: float = 0.99) -> float:
 
 
 def _ema_inplace(targets: list[torch.Tensor], sources: list[torch.Tensor], alpha: float) -> None:
-    """``t <- alpha t + (1 - alpha) s`` for every pair, with one fused kernel per list when possible."""
-    if not targets:
-        return
-    try:
+    """``t <- alpha t + (1 - alpha) s`` for every pair (the update of the MTCL reference), as fused multi-tensor
+    kernels; ``_foreach`` ops group mixed devices/dtypes themselves."""
+    if targets:
         torch._foreach_mul_(targets, alpha)
         torch._foreach_add_(targets, sources, alpha=1.0 - alpha)
-    except (RuntimeError, TypeError):  # mixed devices/dtypes in one list: fall back to per-tensor ops
-        for t, s in zip(targets, sources):
-            t.mul_(alpha).add_(s, alpha=1.0 - alpha)
 
 
 @torch.no_grad()
@@ -82,7 +78,8 @@ def ema_update(
     student_params = list(student.parameters())
     if len(teacher_params) != len(student_params):
         raise ValueError(
-            f"teacher and student have different numbers of parameters ({len(teacher_params)} vs {len(student_params)})."
+            "teacher and student have different numbers of parameters "
+            f"({len(teacher_params)} vs {len(student_params)})."
         )
     _ema_inplace([p.data for p in teacher_params], [p.data for p in student_params], alpha)
 
@@ -92,7 +89,7 @@ def ema_update(
     student_buffers = list(student.buffers())
     if len(teacher_buffers) != len(student_buffers):
         raise ValueError(
-            f"teacher and student have different numbers of buffers ({len(teacher_buffers)} vs {len(student_buffers)})."
+            f"teacher and student have different numbers of buffers ({len(teacher_buffers)} vs {len(student_buffers)})"
         )
     averaged_t, averaged_s, copied_t, copied_s = [], [], [], []
     for t, s in zip(teacher_buffers, student_buffers):

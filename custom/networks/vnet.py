@@ -105,16 +105,17 @@ class PaperVNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Decoder feature maps, coarse to fine (see class docstring)."""
-        skips = []
-        for level in range(4):
-            x = self.encoder[level](x)
+        skips: list[torch.Tensor] = []
+        # zip over the ModuleLists (not indexing with a loop variable) keeps the network scriptable
+        for stage, down in zip(self.encoder, self.down):
+            x = stage(x)
             skips.append(x)
-            x = self.down[level](x)
+            x = down(x)
         x = self.bottleneck_dropout(self.encoder[4](x))
-        features = []
-        for level in range(4):
+        features: list[torch.Tensor] = []
+        for i, (up, stage) in enumerate(zip(self.up, self.decoder)):
             # additive skips, as in the papers' V-Net (not concatenation)
-            x = self.decoder[level](self.up[level](x) + skips[3 - level])
+            x = stage(up(x) + skips[3 - i])
             features.append(x)
         return features
 

@@ -15,18 +15,6 @@ from custom.noise.morphology import cube_morphology, volume_targeted_morphology
 from custom.noise.quality import confusion_counts, foreground_dice, mismatch_ratio, relative_volume_change
 from custom.noise.registry import NOISE_NAMES, NoiseResult, noise_parameters, simulate_noise
 
-# the MONAI transforms import torch and monai (seconds); load them on first use so that the simulators and the
-# CLI stay light
-_LAZY_TRANSFORMS = ("NoisyLabeld", "RandNoisyLabeld", "noisy_channel_first")
-
-
-def __getattr__(name: str):
-    if name in _LAZY_TRANSFORMS:
-        from custom.noise import transforms
-
-        return getattr(transforms, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 __all__ = [
     "NOISE_NAMES",
     "NoiseResult",
@@ -49,3 +37,15 @@ __all__ = [
     "RandNoisyLabeld",
     "noisy_channel_first",
 ]
+
+# the MONAI transforms import torch and monai (seconds); load them on first use so that the simulators and the
+# CLI stay light
+_LAZY_TRANSFORMS = ("NoisyLabeld", "RandNoisyLabeld", "noisy_channel_first")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_TRANSFORMS:
+        from custom.noise import transforms
+
+        return getattr(transforms, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,7 +2,8 @@
 
 The ellipsoid of a component has the component's centroid, the shape of its covariance matrix (axes along the
 eigenvectors, lengths proportional to the square roots of the eigenvalues) and the component's voxel count:
-it is the set of the ``V`` voxels of smallest Mahalanobis distance to the centroid. The covariance is that of
+it is the set of the ``V`` voxels of smallest Mahalanobis distance to the centroid (up to voxels tied at the
+same distance, which are kept or dropped together so that symmetric shapes stay symmetric). The covariance is that of
 the union of unit voxel cubes (the voxel-centre covariance plus ``I / 12``), which keeps it invertible for a
 single voxel or a flat component. The Mahalanobis distance is affine-invariant, so voxel spacing plays no role.
 
@@ -47,6 +48,16 @@ def component_moments(components: np.ndarray, count: int) -> tuple[np.ndarray, n
     return sizes.astype(np.int64), centroids, covariances
 
 
+def _volume_threshold(distance: np.ndarray, size: int) -> float:
+    """The distance ``t`` for which ``#(distance <= t)`` is closest to ``size``.
+
+    Voxels at equal distance are taken or left together (a symmetric component stays symmetric), so the count
+    can miss ``size`` by part of one shell of tied voxels.
+    """
+    values, counts = np.unique(distance, return_counts=True)
+    return float(values[int(np.argmin(np.abs(np.cumsum(counts) - size)))])
+
+
 def ellipsoid_relabel(label: np.ndarray, connectivity: int = 3) -> tuple[np.ndarray, dict]:
     """Replace each connected component of each foreground class by its volume-matched best-fit ellipsoid.
 
@@ -83,9 +94,9 @@ def ellipsoid_relabel(label: np.ndarray, connectivity: int = 3) -> tuple[np.ndar
             grid = np.stack(np.meshgrid(*[np.arange(lo, hi) for lo, hi in zip(low, high)], indexing="ij"), axis=-1)
             offset = grid.reshape(-1, 3) - centroid
             distance = np.einsum("ni,ij,nj->n", offset, precision, offset).reshape(grid.shape[:3])
-            # the size-th smallest distance: exactly `size` voxels inside (more only on exact ties)
-            kth = min(int(size), distance.size) - 1
-            threshold = np.partition(distance.ravel(), kth)[kth]
+            # symmetric voxels have equal distances up to rounding: merge them so that ties stay ties
+            distance = np.round(distance, 9)
+            threshold = _volume_threshold(distance, int(size))
             relative = distance / max(threshold, 1e-12)
             inside = (distance <= threshold) & (relative < depth[box])
             noisy[box][inside] = cls

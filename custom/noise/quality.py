@@ -26,7 +26,9 @@ def confusion_counts(noisy: np.ndarray, clean: np.ndarray, num_classes: int | No
     noisy_arr = np.asarray(noisy)
     clean_arr = np.asarray(clean)
     if noisy_arr.shape != clean_arr.shape:
-        raise ValueError(f"noisy and clean label maps must have the same shape, got {noisy_arr.shape} and {clean_arr.shape}.")
+        raise ValueError(
+            f"noisy and clean label maps must have the same shape, got {noisy_arr.shape} and {clean_arr.shape}."
+        )
     noisy_arr = _as_int_labels(noisy_arr, "noisy")
     clean_arr = _as_int_labels(clean_arr, "clean")
     size = max(int(noisy_arr.max(initial=0)), int(clean_arr.max(initial=0))) + 1
@@ -79,7 +81,9 @@ def mismatch_ratio(noisy: np.ndarray, clean: np.ndarray) -> float:
     noisy_arr = np.asarray(noisy)
     clean_arr = np.asarray(clean)
     if noisy_arr.shape != clean_arr.shape:
-        raise ValueError(f"noisy and clean label maps must have the same shape, got {noisy_arr.shape} and {clean_arr.shape}.")
+        raise ValueError(
+            f"noisy and clean label maps must have the same shape, got {noisy_arr.shape} and {clean_arr.shape}."
+        )
     differ = noisy_arr != clean_arr
     both_foreground = (noisy_arr > 0) & (clean_arr > 0)
     wrong = int(np.count_nonzero(differ)) + int(np.count_nonzero(differ & both_foreground))

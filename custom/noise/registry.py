@@ -9,7 +9,8 @@ Noise names and their parameters (defaults in brackets):
 
 * ``none``: identity.
 * ``mtcl``: ``r_min`` [3], ``r_max`` [15]. Draws ``r`` uniformly from ``{r_min..r_max}`` and dilation or
-  erosion (50/50), applied once with an ``r x r x r`` cube (MTCL / ALC).
+  erosion (50/50), applied once with an ``r x r x r`` cube (MTCL / ALC). Reported as ``{"op", "r"}``. On three
+  LA cases the mean noisy Dice over these draws is 0.62-0.69 per case (MTCL reports ~0.67).
 * ``sp``: ``beta`` [0.7], ``theta`` [15], ``step`` ["euclidean"]. Uniform choice of the three below (SP-guided).
 * ``sp_dilate`` / ``sp_erode``: ``beta``, ``step``. Volume changed by the factor beta (see
   :func:`custom.noise.morphology.volume_targeted_morphology`).

@@ -134,7 +134,9 @@ def perturbed_teacher_predictions(
             if not isinstance(logits, torch.Tensor):
                 raise TypeError(f"the teacher must return a logits tensor, got {type(logits).__name__}.")
             if logits.ndim != x.ndim or logits.shape[0] != rows.stop - rows.start:
-                raise ValueError(f"teacher output shape {tuple(logits.shape)} is not (N, C, *S) for input {tuple(x.shape)}.")
+                raise ValueError(
+                    f"teacher output shape {tuple(logits.shape)} is not (N, C, *S) for input {tuple(x.shape)}."
+                )
             chunk_probs = _probabilities(logits)
             if probs is None:  # preallocate once the number of classes is known
                 probs = chunk_probs.new_empty((num_samples * batch, *chunk_probs.shape[1:]))
@@ -208,7 +210,15 @@ def fuse_predictions(probs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor
 
 
 def normalized_entropy(probs: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Shannon entropy over the class dim divided by ``log C``: ``(B, C, *S)`` probabilities -> ``(B, 1, *S)`` in [0, 1]."""
+    """Shannon entropy over the class dim divided by ``log C``.
+
+    Args:
+        probs: probabilities ``(B, C, *S)``, ``C >= 2``.
+        eps: floor inside the logarithm.
+
+    Returns:
+        ``(B, 1, *S)`` in ``[0, 1]`` (1 = uniform prediction).
+    """
     if probs.ndim < 2 or probs.shape[1] < 2:
         raise ValueError(f"probs must be (B, C, *S) with C >= 2, got shape {tuple(probs.shape)}.")
     entropy = -(probs * probs.clamp_min(eps).log()).sum(dim=1, keepdim=True)
@@ -249,7 +259,9 @@ def refined_labels(
     if voxel_uncertainty is None:
         voxel_uncertainty = normalized_entropy(fused_probs)
     elif voxel_uncertainty.shape != labels.shape:
-        raise ValueError(f"voxel_uncertainty must have shape {tuple(labels.shape)}, got {tuple(voxel_uncertainty.shape)}.")
+        raise ValueError(
+            f"voxel_uncertainty must have shape {tuple(labels.shape)}, got {tuple(voxel_uncertainty.shape)}."
+        )
     return torch.where(voxel_uncertainty > uncertainty_threshold, noisy_labels.long(), labels)
 
 

@@ -41,6 +41,9 @@ __all__ = [
 ]
 
 
+_BUDGET_TOLERANCE = 1e-6
+
+
 def as_class_ratios(
     ratio: float | Sequence[float] | torch.Tensor, name: str = "keep_ratio", device: torch.device | None = None
 ) -> torch.Tensor:
@@ -106,7 +109,7 @@ def budgeted_prefix_mask(
         priority: ``(N,)`` float, lower = taken first. NaN is never taken.
         group: ``(N,)`` int64 in ``[0, num_groups)``.
         size: ``(N,)`` non-negative voxel counts; size-0 pieces are never taken.
-        budget: ``(num_groups,)`` voxel budget per group (float).
+        budget: ``(num_groups,)`` voxel budget per group (float); round-off below 1e-6 voxel is ignored.
         num_groups: number of groups G.
         at_least: prefix rule (see above).
 
@@ -134,10 +137,11 @@ def budgeted_prefix_mask(
     group_start = torch.cumsum(group_total, 0) - group_total
     inclusive = torch.cumsum(size_sorted, 0) - group_start[group_sorted]
     budget_sorted = budget.to(device=device, dtype=torch.float64)[group_sorted]
+    # voxel counts are integers: a budget within _BUDGET_TOLERANCE of one is that integer (1 - 0.8 = 0.1999...)
     if at_least:
-        taken = valid_sorted & (inclusive - size_sorted < budget_sorted)
+        taken = valid_sorted & (inclusive - size_sorted < budget_sorted - _BUDGET_TOLERANCE)
     else:
-        taken = valid_sorted & (inclusive <= budget_sorted)
+        taken = valid_sorted & (inclusive <= budget_sorted + _BUDGET_TOLERANCE)
 
     left_out = valid_sorted & ~taken
     threshold = torch.full((num_groups,), math.inf, dtype=torch.float64, device=device)

@@ -45,7 +45,7 @@ def test_image_is_z_scored_and_classes_are_ordered_by_brightness():
     assert image.dtype == np.float32 and image.shape == label.shape
     assert abs(float(image.mean())) < 1e-4 and abs(float(image.std()) - 1.0) < 1e-3
     means = [float(image[label == c].mean()) for c in range(3)]
-    assert means[0] < means[2] < means[1]  # class 2 is dimmer than class 1, both brighter than background
+    assert means[0] < means[1] < means[2]  # background < class 1 < class 2
     # learnable but not trivial: the classes overlap in intensity
     assert means[1] - means[0] > 1.0
     assert float(image[label == 0].max()) > float(image[label == 1].min())

@@ -1,0 +1,233 @@
+"""JCAS training: deep-supervised DAR network, two stages, learnable transition matrices (methods.md §3).
+
+``JcasTrainer`` runs methods.md §3 (seed 002, JCAS) on plain supervised batches (image + noisy label):
+
+* epochs ``1 .. warmup_epochs`` (stage 1, ``"warmup"``): :class:`custom.losses.jcas_loss.JcasLoss` without
+  transition matrices (cross-entropy on ``P`` and ``Q`` of both levels plus the plain affinity BCE);
+* later epochs (stage 2, ``"correction"``): the CALC loss with the class transition ``T_C`` and the affinity
+  transition ``T_A``, the volume penalty and the consistency (CACR) term.
+
+The network (a :class:`custom.networks.deep_supervision.DeepSupervisionNet`, e.g. ``JcasVNet``) is updated by the
+trainer's main optimiser (the config's ``optimizer``). The transition matrices (:class:`JcasTransitions`) are not
+part of the network: they have their own SGD optimiser (paper code: lr 1e-3, momentum 0.9), created here and
+stepped only in stage 2, and the exported inference network never contains them. The transitions' optimiser state
+travels in the trainer's own ``state_dict`` (so a checkpoint holding ``trainer`` and ``transitions`` resumes both).
+
+The learned ``T_C`` is logged at every epoch end and written to ``<output_dir>/transition_matrix.json`` when
+training completes.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Events
+from monai.engines.utils import IterationEvents
+from monai.utils.enums import CommonKeys as Keys
+
+from custom.engines.base import NoisyLabelTrainer
+from custom.io import load_nifti, write_json
+from custom.losses.jcas_loss import JcasLoss, JcasTransitions
+from custom.losses.transition import noisy_class_frequencies
+from custom.networks.deep_supervision import JcasOutput
+
+__all__ = ["JcasTrainer", "jcas_stage", "noisy_label_frequencies", "TRANSITION_MATRIX_FILE"]
+
+TRANSITION_MATRIX_FILE = "transition_matrix.json"
+
+
+def jcas_stage(epoch: int, warmup_epochs: int) -> str:
+    """Training stage of a 1-based ``epoch``: ``"warmup"`` for ``epoch <= warmup_epochs``, else ``"correction"``.
+
+    Raises:
+        ValueError: if ``warmup_epochs < 0`` or ``epoch < 1``.
+    """
+    if warmup_epochs < 0:
+        raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}.")
+    if epoch < 1:
+        raise ValueError(f"epoch is 1-based, got {epoch}.")
+    return "warmup" if epoch <= warmup_epochs else "correction"
+
+
+def _label_volumes(items: Iterable[Mapping[str, Any]], label_key: str) -> Iterator[np.ndarray]:
+    # one case at a time: memory stays at one label volume
+    for item in items:
+        if label_key not in item:
+            raise ValueError(f"training item {item.get('case_id', item.get('image'))!r} has no {label_key!r} entry.")
+        yield load_nifti(item[label_key])[0]
+
+
+def noisy_label_frequencies(
+    items: Sequence[Mapping[str, Any]], num_classes: int, label_key: str = "label"
+) -> torch.Tensor:
+    """Class frequencies ``pi`` of the training labels as stored on disk (the noisy ``label`` files).
+
+    The consistency target of JCAS (methods.md §3.3) needs the noisy class frequencies; they are counted once,
+    before training, over every voxel of every training label file (not over the augmented patches).
+
+    Args:
+        items: datalist items (e.g. ``custom.data.training_sets.supervised_items(...)``) with absolute label paths.
+        num_classes: ``C >= 2``.
+        label_key: the item key of the (noisy) label file.
+
+    Returns:
+        ``(C,)`` float64 CPU tensor summing to 1.
+
+    Raises:
+        ValueError: no items, an item without ``label_key``, labels outside ``[0, C)`` or fewer than two classes.
+        custom.io.DataError: an unreadable label file.
+    """
+    if len(items) == 0:
+        raise ValueError("no training items to count class frequencies from.")
+    return noisy_class_frequencies(num_classes, label_arrays=_label_volumes(items, label_key))
+
+
+def _rounded(matrix: torch.Tensor, decimals: int = 4) -> list[list[float]]:
+    return np.round(matrix.detach().cpu().double().numpy(), decimals).tolist()
+
+
+class JcasTrainer(NoisyLabelTrainer):
+    """Two-stage JCAS trainer (see the module docstring).
+
+    Args:
+        transitions: the learnable ``T_C`` / ``T_A`` and class frequencies (:class:`JcasTransitions`); moved to the
+            trainer's device. Put it in the checkpoint (``extra_networks``) to resume it.
+        warmup_epochs: number of stage-1 epochs; ``>= max_epochs`` trains stage 1 only (the CE baseline with
+            the same network).
+        transition_lr: learning rate of the transitions' SGD optimiser (1e-3, paper code).
+        transition_momentum: its momentum (0.9, paper code).
+        output_dir: where ``transition_matrix.json`` is written at completion (``None``: not written).
+        kwargs: ``SupervisedTrainer`` arguments; ``loss_function`` must be a :class:`JcasLoss` (its ``stage`` is
+            set by the trainer every iteration), ``network`` must return a :class:`JcasOutput` in ``train()``
+            mode and ``optimizer`` must not hold the transition parameters.
+
+    Iteration output (``engine.state.output``): ``image``, ``label``, ``pred`` (level-2 rectified logits ``P2``,
+    ``(B, C, H, W, D)``), ``loss``, ``stage`` and the detached unweighted loss parts ``loss_class_fine``,
+    ``loss_class_coarse``, ``loss_affinity_coarse``, ``loss_affinity_fine`` (+ ``loss_volume``,
+    ``loss_consistency`` in stage 2).
+
+    Raises:
+        ValueError: on a loss that is not a :class:`JcasLoss`, mismatched class counts, a negative
+            ``warmup_epochs`` or a non-positive ``transition_lr``, or transition parameters in ``optimizer``.
+    """
+
+    def __init__(
+        self,
+        *,
+        transitions: JcasTransitions,
+        warmup_epochs: int,
+        transition_lr: float = 1e-3,
+        transition_momentum: float = 0.9,
+        output_dir: str | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(self.loss_function, JcasLoss):
+            raise ValueError(f"loss_function must be a JcasLoss, got {type(self.loss_function).__name__}.")
+        if not isinstance(transitions, JcasTransitions):
+            raise ValueError(f"transitions must be a JcasTransitions module, got {type(transitions).__name__}.")
+        if transitions.num_classes != self.loss_function.num_classes:
+            raise ValueError(
+                f"transitions are for {transitions.num_classes} classes, the loss for {self.loss_function.num_classes}."
+            )
+        if int(warmup_epochs) != warmup_epochs or warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be an integer >= 0, got {warmup_epochs}.")
+        if not transition_lr > 0:
+            raise ValueError(f"transition_lr must be > 0, got {transition_lr}.")
+        if not 0 <= transition_momentum < 1:
+            raise ValueError(f"transition_momentum must be in [0, 1), got {transition_momentum}.")
+        transition_ids = {id(p) for p in transitions.parameters()}
+        if any(id(p) in transition_ids for group in self.optimizer.param_groups for p in group["params"]):
+            raise ValueError("the main optimizer must not update the transition matrices; they have their own.")
+        self.transitions = transitions.to(self.state.device)
+        self.warmup_epochs = int(warmup_epochs)
+        self.transition_optimizer = torch.optim.SGD(
+            self.transitions.parameters(), lr=float(transition_lr), momentum=float(transition_momentum)
+        )
+        self.output_dir = None if output_dir is None else str(output_dir)
+        self.current_stage = jcas_stage(1, self.warmup_epochs)
+        # stepped between backward and the main optimiser step, so that an AMP grad scaler unscales both
+        # optimisers before its update() (the base iteration calls update() right after the main step)
+        self.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self._step_transitions)
+        self.add_event_handler(Events.EPOCH_COMPLETED, self._log_transitions)
+        self.add_event_handler(Events.COMPLETED, self._write_transitions)
+
+    # ------------------------------------------------------------------ one step
+    def compute_loss(self, engine: JcasTrainer, batch: dict[str, Any]) -> torch.Tensor:
+        """Forward both levels and return the stage's JCAS loss (see the class docstring for the outputs)."""
+        stage = jcas_stage(engine.state.epoch, self.warmup_epochs)
+        self.current_stage = stage
+        self.loss_function.stage = stage
+        self.transition_optimizer.zero_grad(set_to_none=True)
+        output = engine.inferer(batch["image"], engine.network)
+        if not isinstance(output, JcasOutput):
+            raise ValueError(
+                f"the network must return a JcasOutput in train() mode (DeepSupervisionNet), got {type(output).__name__}."
+            )
+        engine.state.output[Keys.PRED] = output.fine.rectified_logits
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        loss, parts = self.loss_function(output, batch["label"], self.transitions)
+        engine.state.output["stage"] = stage
+        engine.state.output.update({f"loss_{name}": value for name, value in parts.items()})
+        return loss
+
+    def _step_transitions(self, engine: JcasTrainer) -> None:
+        if self.current_stage != "correction":
+            return  # stage 1 does not use T: its parameters and momentum stay untouched
+        if engine.amp and engine.scaler is not None:
+            engine.scaler.step(self.transition_optimizer)
+        else:
+            self.transition_optimizer.step()
+
+    # ------------------------------------------------------------------ reporting
+    def transition_summary(self) -> dict[str, Any]:
+        """The current ``T_C``, ``T_A`` and ``pi`` as plain lists (host copy; for logs and JSON, not the step)."""
+        with torch.no_grad():
+            class_transition, affinity_transition = self.transitions()
+        return {
+            "rows": "clean class",
+            "columns": "noisy class",
+            "class_transition": _rounded(class_transition),
+            "affinity_states": ["dissimilar", "similar"],
+            "affinity_transition": _rounded(affinity_transition),
+            "class_frequencies": _rounded(self.transitions.class_frequencies[None])[0],
+        }
+
+    def _log_transitions(self, engine: JcasTrainer) -> None:
+        summary = self.transition_summary()
+        engine.logger.info(
+            f"epoch {engine.state.epoch} ({self.current_stage}): T_C (rows clean, cols noisy) = "
+            f"{summary['class_transition']}, T_A = {summary['affinity_transition']}"
+        )
+
+    def _write_transitions(self, engine: JcasTrainer) -> None:
+        if self.output_dir is None:
+            return
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() > 0:
+            return
+        summary = {
+            "epochs": int(engine.state.epoch),
+            "iterations": int(engine.state.iteration),
+            "warmup_epochs": self.warmup_epochs,
+            "final_stage": self.current_stage,
+            **self.transition_summary(),
+        }
+        write_json(summary, Path(self.output_dir) / TRANSITION_MATRIX_FILE)
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> OrderedDict:
+        """Ignite's engine state plus the transitions' optimiser state (momentum), for exact resumption."""
+        state = super().state_dict()
+        state["transition_optimizer"] = self.transition_optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: Mapping) -> None:
+        """Inverse of :meth:`state_dict`; a checkpoint without the transitions' optimiser state is accepted."""
+        super().load_state_dict(state_dict)
+        if "transition_optimizer" in state_dict:
+            self.transition_optimizer.load_state_dict(state_dict["transition_optimizer"])

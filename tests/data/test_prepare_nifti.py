@@ -1,0 +1,307 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from custom.data import load_datalist, read_datalist_meta
+from custom.data.prepare import downsample_affine, main_nifti, read_dataset_labels
+from custom.io import DataError, load_nifti, save_nifti
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "prepare_nifti.py"
+CASES = ["p1", "p2", "p3", "p4", "p5"]
+SHAPE = (16, 14, 10)
+AFFINE = np.array([[0.8, 0, 0, -10.0], [0, 0.8, 0, 5.0], [0, 0, 2.0, 3.0], [0, 0, 0, 1]])
+LABELS = {"0": "background", "1": "heart", "2": "vessel"}
+
+
+def _label(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    label = np.zeros(SHAPE, dtype=np.uint8)
+    x = int(rng.integers(3, 6))
+    label[x : x + 8, 3:11, 2:8] = 1
+    label[x + 8 : x + 10, 5:9, 3:7] = 2
+    return label
+
+
+def _write_pair(root: Path, split: str, case_id: str, seed: int, image_name: str | None = None) -> None:
+    label = _label(seed)
+    image = (np.random.default_rng(seed).standard_normal(SHAPE) + label).astype(np.float32)
+    save_nifti(image, AFFINE, root / f"images{split}" / (image_name or f"{case_id}.nii.gz"))
+    save_nifti(label, AFFINE, root / f"labels{split}" / f"{case_id}.nii.gz")
+
+
+@pytest.fixture()
+def root(tmp_path) -> Path:
+    folder = tmp_path / "Task99_Toy"
+    for index, case_id in enumerate(CASES):
+        _write_pair(folder, "Tr", case_id, index)
+    (folder / "dataset.json").write_text(json.dumps({"name": "toy", "labels": LABELS}))
+    return folder
+
+
+def _args(root: Path, out: Path, *extra: str, noise: tuple[str, ...] = ("--noise", "symmetric", "--param", "rate=0.1")):
+    return ["--root", str(root), "--out", str(out), "--val-count", "1", "--hq-count", "1", *noise, *extra]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ----- success
+
+
+def test_cli_builds_the_datalist_from_an_msd_folder(root, tmp_path):
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), *_args(root, out, "--test-count", "1")], capture_output=True, text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "mean noisy Dice on the 2 LQ cases" in run.stdout
+    path = out / "datalist.json"
+    meta = read_datalist_meta(path)
+    assert meta["labels"] == LABELS and meta["num_classes"] == 3 and meta["name"] == "Task99_Toy"
+    assert meta["spacing"] == [0.8, 0.8, 2.0]
+    training = load_datalist(path)
+    assert sorted(i["quality"] for i in training) == ["hq", "lq", "lq"]
+    test = load_datalist(path, "test")
+    assert len(test) == 1 and test[0]["image"].endswith(f"imagesTs/{test[0]['case_id']}.nii.gz")
+    assert len(load_datalist(path, "validation")) == 1
+    item = load_datalist(path, quality="lq")[0]
+    image, affine, _ = load_nifti(item["image"])
+    noisy, noisy_affine, _ = load_nifti(item["label"])
+    clean = load_nifti(item["label_clean"])[0]
+    np.testing.assert_allclose(affine, AFFINE)
+    np.testing.assert_allclose(noisy_affine, AFFINE)
+    source = load_nifti(root / "labelsTr" / f"{item['case_id']}.nii.gz")[0]
+    np.testing.assert_array_equal(clean, source)
+    assert 0.0 < float(np.mean(noisy != clean)) < 0.25 and set(np.unique(noisy).tolist()) <= {0, 1, 2}
+    # a rerun is byte-identical
+    assert main_nifti(_args(root, tmp_path / "again", "--test-count", "1")) == 0
+    assert _files(out) == _files(tmp_path / "again")
+
+
+def test_dedicated_test_split(root, tmp_path, capsys):
+    _write_pair(root, "Ts", "t1", 11)
+    _write_pair(root, "Ts", "t2", 12)
+    out = tmp_path / "out"
+    assert main_nifti(_args(root, out)) == 0
+    assert [i["case_id"] for i in load_datalist(out / "datalist.json", "test")] == ["t1", "t2"]
+    assert len(load_datalist(out / "datalist.json")) == 4  # all 5 cases minus 1 validation
+    # giving test cases twice is refused
+    assert main_nifti(_args(root, tmp_path / "other", "--test-count", "1")) == 2
+    assert "test_count must be 0" in capsys.readouterr().err
+
+
+def test_images_ts_without_labels_is_ignored(root, tmp_path, capsys):
+    save_nifti(np.zeros(SHAPE, np.float32), AFFINE, root / "imagesTs" / "hidden.nii.gz")
+    out = tmp_path / "out"
+    assert main_nifti(_args(root, out)) == 0
+    assert "has no labelsTs/ beside it and is ignored" in capsys.readouterr().out
+    assert load_datalist(out / "datalist.json", "test") == []
+
+
+def test_out_as_a_json_path(root, tmp_path):
+    datalist = tmp_path / "lists" / "toy_noisy.json"
+    assert main_nifti(_args(root, datalist)) == 0
+    assert datalist.is_file() and (tmp_path / "lists" / "toy_noisy" / "noise_report.csv").is_file()
+    raw = json.loads(datalist.read_text())
+    assert raw["training"][0]["image"].startswith("toy_noisy/imagesTr/")
+    assert all(Path(i["image"]).is_file() for i in load_datalist(datalist))
+    assert oct(datalist.stat().st_mode & 0o044) == oct(0o044)  # readable by others like any ordinary file
+
+
+def test_classes_inferred_without_dataset_json_and_nnunet_names(tmp_path):
+    root = tmp_path / "raw"
+    for index, case_id in enumerate(CASES):
+        _write_pair(root, "Tr", case_id, index, image_name=f"{case_id}_0000.nii.gz")
+    out = tmp_path / "out"
+    assert main_nifti(_args(root, out)) == 0
+    meta = read_datalist_meta(out / "datalist.json")
+    assert meta["num_classes"] == 3 and meta["labels"] == {"0": "background", "1": "class_1", "2": "class_2"}
+    assert {i["case_id"] for i in load_datalist(out / "datalist.json")} <= set(CASES)
+
+
+def test_downsampled_nifti(root, tmp_path):
+    out = tmp_path / "out"
+    assert main_nifti(_args(root, out, "--downsample", "2")) == 0
+    item = load_datalist(out / "datalist.json")[0]
+    image, affine, _ = load_nifti(item["image"])
+    assert image.shape == (8, 7, 5)
+    np.testing.assert_allclose(affine, downsample_affine(AFFINE, 2))
+    assert read_datalist_meta(out / "datalist.json")["spacing"] == [1.6, 1.6, 4.0]
+
+
+def test_read_dataset_labels_formats(tmp_path):
+    path = tmp_path / "dataset.json"
+    assert read_dataset_labels(path) is None
+    path.write_text(json.dumps({"labels": {"background": 0, "liver": 1, "tumour": 2}}))  # nnU-Net v2
+    assert read_dataset_labels(path) == {"0": "background", "1": "liver", "2": "tumour"}
+    path.write_text(json.dumps({"name": "x"}))
+    assert read_dataset_labels(path) is None
+    path.write_text(json.dumps({"labels": {"0": "background", "2": "gap"}}))
+    with pytest.raises(DataError, match="contiguous"):
+        read_dataset_labels(path)
+    path.write_text(json.dumps({"labels": {"background": [0], "x": [1, 2]}}))
+    with pytest.raises(DataError, match="must map indices"):
+        read_dataset_labels(path)
+
+
+# ----- errors
+
+
+def _missing_images_tr(root: Path) -> Path:
+    for path in (root / "imagesTr").iterdir():
+        path.unlink()
+    (root / "imagesTr").rmdir()
+    return root / "imagesTr"
+
+
+def _empty_labels_tr(root: Path) -> Path:
+    for path in (root / "labelsTr").iterdir():
+        path.unlink()
+    return root / "labelsTr"
+
+
+def _image_without_label(root: Path) -> Path:
+    (root / "labelsTr" / "p2.nii.gz").unlink()
+    return root / "imagesTr" / "p2.nii.gz"
+
+
+def _label_without_image(root: Path) -> Path:
+    save_nifti(_label(7), AFFINE, root / "labelsTr" / "zz.nii.gz")
+    return root / "labelsTr" / "zz.nii.gz"
+
+
+def _shape_mismatch(root: Path) -> Path:
+    save_nifti(np.zeros((16, 14, 9), np.uint8), AFFINE, root / "labelsTr" / "p3.nii.gz")
+    return root / "labelsTr" / "p3.nii.gz"
+
+
+def _affine_mismatch(root: Path) -> Path:
+    shifted = AFFINE.copy()
+    shifted[0, 3] += 0.01
+    save_nifti(_label(2), shifted, root / "labelsTr" / "p3.nii.gz")
+    return root / "labelsTr" / "p3.nii.gz"
+
+
+def _undeclared_class(root: Path) -> Path:
+    label = _label(4)
+    label[0, 0, 0] = 3
+    save_nifti(label, AFFINE, root / "labelsTr" / "p5.nii.gz")
+    return root / "labelsTr" / "p5.nii.gz"
+
+
+def _fractional_label(root: Path) -> Path:
+    save_nifti(_label(1).astype(np.float32) * 0.5, AFFINE, root / "labelsTr" / "p2.nii.gz")
+    return root / "labelsTr" / "p2.nii.gz"
+
+
+def _corrupt_image(root: Path) -> Path:
+    (root / "imagesTr" / "p4.nii.gz").write_bytes(b"\x1f\x8b garbage")
+    return root / "imagesTr" / "p4.nii.gz"
+
+
+def _image_4d(root: Path) -> Path:
+    save_nifti(np.zeros((*SHAPE, 2), np.float32), AFFINE, root / "imagesTr" / "p1.nii.gz")
+    return root / "imagesTr" / "p1.nii.gz"
+
+
+def _labels_ts_alone(root: Path) -> Path:
+    save_nifti(_label(0), AFFINE, root / "labelsTs" / "t1.nii.gz")
+    return root / "labelsTs"
+
+
+def _case_in_both_splits(root: Path) -> Path:
+    _write_pair(root, "Ts", "p1", 0)
+    return root / "imagesTs"
+
+
+def _stored_twice(root: Path) -> Path:
+    save_nifti(_label(1), AFFINE, root / "labelsTr" / "p1.nii")
+    return root / "labelsTr" / "p1.nii.gz"
+
+
+def _bad_dataset_json(root: Path) -> Path:
+    (root / "dataset.json").write_text("{labels: }")
+    return root / "dataset.json"
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (_missing_images_tr, "folder not found"),
+        (_empty_labels_tr, "folder holds no NIfTI files"),
+        (_image_without_label, "no matching label p2.nii.gz"),
+        (_label_without_image, "no matching image"),
+        (_shape_mismatch, "label shape (16, 14, 9) differs from image shape (16, 14, 10)"),
+        (_affine_mismatch, "label affine differs from the image's"),
+        (_undeclared_class, "label values [3] are outside the declared classes 0..2"),
+        (_fractional_label, "non-integer values"),
+        (_corrupt_image, "cannot read NIfTI"),
+        (_image_4d, "expected a 3D image"),
+        (_labels_ts_alone, "labelsTs/ exists but imagesTs/ does not"),
+        (_case_in_both_splits, "cases also in imagesTr/: ['p1']"),
+        (_stored_twice, "is stored twice"),
+        (_bad_dataset_json, "cannot read JSON"),
+    ],
+)
+def test_bad_input_exits_2_names_the_file_and_writes_nothing(root, tmp_path, capsys, damage, problem):
+    culprit = damage(root)
+    results = tmp_path / "results"
+    results.mkdir()
+    assert main_nifti(_args(root, results / "out")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {culprit}: "), err
+    assert problem in err
+    assert list(results.iterdir()) == []  # neither the output nor a temporary folder
+
+
+def test_missing_root(tmp_path, capsys):
+    assert main_nifti(_args(tmp_path / "nowhere", tmp_path / "out")) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'nowhere'}: dataset folder not found")
+
+
+def test_unknown_noise_is_refused_before_reading_data(root, tmp_path, capsys):
+    _corrupt_image(root)
+    with pytest.raises(SystemExit) as info:
+        main_nifti(_args(root, tmp_path / "out", "--noise", "salt"))
+    assert info.value.code == 2
+    assert "unknown noise 'salt'" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_bad_noise_parameter_value_names_the_label(root, tmp_path, capsys):
+    assert main_nifti(_args(root, tmp_path / "out", noise=("--noise", "symmetric", "--param", "rate=2"))) == 2
+    err = capsys.readouterr().err
+    assert "labelsTr/" in err and "noise 'symmetric' failed" in err and not (tmp_path / "out").exists()
+
+
+def test_existing_outputs_are_kept(root, tmp_path, capsys):
+    datalist = tmp_path / "list.json"
+    datalist.write_text("{}")
+    assert main_nifti(_args(root, datalist)) == 2
+    assert "datalist exists" in capsys.readouterr().err and datalist.read_text() == "{}"
+
+
+def test_output_containing_the_input_is_refused(root, tmp_path, capsys):
+    before = _files(root)
+    assert main_nifti(_args(root, root, "--overwrite")) == 2
+    assert main_nifti(_args(root, root.parent, "--overwrite")) == 2
+    assert "must not contain the input folder" in capsys.readouterr().err
+    assert _files(root) == before
+
+
+def test_script_exit_code_and_stderr(root, tmp_path):
+    culprit = _shape_mismatch(root)
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), *_args(root, tmp_path / "out")], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 2
+    assert run.stderr.startswith(f"error: {culprit}: label shape")
+    assert not (tmp_path / "out").exists()
