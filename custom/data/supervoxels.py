@@ -27,7 +27,11 @@ Quality against a label map (vectorised with ``np.bincount``, no loop over super
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,12 +46,19 @@ __all__ = [
     "supervoxel_label_counts",
     "achievable_segmentation_accuracy",
     "undersegmentation_error",
+    "SUPERVOXEL_DIR",
+    "SUPERVOXEL_PARAMS_FILE",
+    "supervoxel_cache_params",
+    "ensure_supervoxels",
 ]
 
 SUPERVOXEL_BACKENDS = ("sitk", "skimage")
 DEFAULT_VOXELS_PER_SEGMENT = 216
 DEFAULT_COMPACTNESS = 0.5
 DEFAULT_MAX_ITERATIONS = 5
+#: cache layout shared with ``scripts/make_supervoxels.py``: ``<image folder>/../supervoxels/<case_id>_supervoxels.nii.gz``
+SUPERVOXEL_DIR = "supervoxels"
+SUPERVOXEL_PARAMS_FILE = "params.json"
 
 
 def _check_spacing(spacing: Sequence[float] | float | None, ndim: int) -> np.ndarray:
@@ -256,3 +267,129 @@ def undersegmentation_error(supervoxels: np.ndarray, label: np.ndarray, definiti
         return float(leak.sum() / total)
     touched = (counts > 0) * sizes
     return float((touched.sum() - total) / total)
+
+
+def supervoxel_cache_params(
+    n_segments: int | None = None,
+    voxels_per_segment: float = DEFAULT_VOXELS_PER_SEGMENT,
+    compactness: float = DEFAULT_COMPACTNESS,
+    backend: str = "sitk",
+    max_iterations: int = DEFAULT_MAX_ITERATIONS,
+) -> dict[str, Any]:
+    """The parameters a cached supervoxel map is keyed on (the ``params`` record of ``supervoxels/params.json``,
+    the same dict ``scripts/make_supervoxels.py`` writes, so caches made by either are reused by the other)."""
+    return {
+        "method": "slic",
+        "backend": backend,
+        "n_segments": n_segments,
+        "voxels_per_segment": None if n_segments is not None else float(voxels_per_segment),
+        "compactness": float(compactness),
+        "max_iterations": int(max_iterations),
+        "normalize": "zscore",
+        "enforce_connectivity": True,
+    }
+
+
+def _read_cache_record(path: Path) -> dict[str, Any]:
+    try:
+        content = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        content = {}  # a damaged cache record only means recomputation
+    return content if isinstance(content, dict) else {}
+
+
+def ensure_supervoxels(
+    datalist_file: str | os.PathLike,
+    splits: Sequence[str] = ("training",),
+    n_segments: int | None = None,
+    voxels_per_segment: float = DEFAULT_VOXELS_PER_SEGMENT,
+    compactness: float = DEFAULT_COMPACTNESS,
+    backend: str = "sitk",
+    max_iterations: int = DEFAULT_MAX_ITERATIONS,
+    num_threads: int | None = None,
+    force: bool = False,
+) -> str:
+    """Make sure every item of ``splits`` carries a ``"superpixel"`` map; compute the missing ones once.
+
+    For bundle configs (SP-guided): called at config time, never inside the training step. Items whose
+    ``"superpixel"`` file exists are left alone (unless ``force``). For the others the map is computed with
+    :func:`compute_supervoxels` (image spacing from the NIfTI header) and cached as
+    ``<image folder>/../supervoxels/<case_id>_supervoxels.nii.gz`` with the parameters in ``params.json`` - the
+    layout of ``scripts/make_supervoxels.py``, so a cache made by the script is reused here and vice versa. The
+    datalist is then rewritten atomically with the relative ``"superpixel"`` paths (unchanged when nothing was
+    missing).
+
+    Args:
+        datalist_file: decathlon-style datalist JSON (paths relative to its folder).
+        splits: sections to process.
+        n_segments / voxels_per_segment / compactness / backend / max_iterations: SLIC parameters, see
+            :func:`compute_supervoxels`.
+        num_threads: SimpleITK threads (default: all CPUs).
+        force: recompute every map.
+
+    Returns:
+        ``str(datalist_file)`` (for chaining in configs).
+
+    Raises:
+        custom.io.DataError: unreadable datalist, a missing section, an item without ``image``, or two items
+            mapping to one cache file.
+    """
+    from custom.io import DataError, load_nifti, save_nifti, write_json
+
+    # absolute but symlinks kept: a linked image must not send the cache into the link target's folder
+    datalist_path = Path(os.path.abspath(datalist_file))
+    try:
+        datalist = json.loads(datalist_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(datalist_path, f"cannot read datalist JSON ({type(exc).__name__}: {exc})") from exc
+    root = datalist_path.parent
+    params = supervoxel_cache_params(n_segments, voxels_per_segment, compactness, backend, max_iterations)
+    threads = int(num_threads) if num_threads is not None else (os.cpu_count() or 1)
+    records: dict[Path, dict[str, Any]] = {}
+    outputs: dict[Path, str] = {}
+    changed = False
+    for split in splits:
+        section = datalist.get(split)
+        if not isinstance(section, list):
+            raise DataError(datalist_path, f"no list under {split!r}")
+        for item in section:
+            if not isinstance(item, dict) or "image" not in item:
+                raise DataError(datalist_path, f"{split} item without 'image': {item!r}")
+            existing = item.get("superpixel")
+            if not force and isinstance(existing, str) and (root / existing).is_file():
+                continue
+            image_path = Path(os.path.normpath(root / item["image"]))
+            case_id = str(item.get("case_id") or image_path.name.split(".")[0])
+            out_dir = image_path.parent.parent / SUPERVOXEL_DIR
+            output = out_dir / f"{case_id}_supervoxels.nii.gz"
+            if outputs.setdefault(output, case_id) != case_id:
+                raise DataError(datalist_path, f"two items map to {output} (case_id {case_id!r})")
+            record_file = out_dir / SUPERVOXEL_PARAMS_FILE
+            if record_file not in records:
+                records[record_file] = _read_cache_record(record_file)
+                if records[record_file].get("params") != params:
+                    records[record_file] = {"params": params, "cases": {}}
+            cases = records[record_file].setdefault("cases", {})
+            if force or case_id not in cases or not output.is_file():
+                image, affine, header = load_nifti(image_path)
+                spacing = [float(z) for z in header.get_zooms()[:3]]
+                supervoxels = compute_supervoxels(
+                    image, spacing, n_segments=n_segments, voxels_per_segment=voxels_per_segment,
+                    compactness=compactness, backend=backend, max_iterations=max_iterations, num_threads=threads,
+                )
+                save_nifti(supervoxels, affine, output, header=header, dtype=np.int32)
+                entry: dict[str, Any] = {"file": output.name, "num_supervoxels": int(supervoxels.max()) + 1}
+                clean = item.get("label_clean")
+                if isinstance(clean, str):
+                    label = np.rint(load_nifti(root / clean)[0]).astype(np.int64)
+                    if label.shape == supervoxels.shape:
+                        entry["asa"] = achievable_segmentation_accuracy(supervoxels, label)
+                        entry["ue"] = undersegmentation_error(supervoxels, label, "corrected")
+                        entry["ue_levinshtein"] = undersegmentation_error(supervoxels, label, "levinshtein")
+                cases[case_id] = entry
+                write_json(records[record_file], record_file)
+            item["superpixel"] = Path(os.path.relpath(output, root)).as_posix()
+            changed = True
+    if changed:
+        write_json(datalist, datalist_path)
+    return str(datalist_file)

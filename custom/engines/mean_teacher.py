@@ -15,6 +15,10 @@ LQ targets: selected samples are trained against the refined label (the noisy la
 weight ``lambda_sel``; unselected samples against their noisy label with weight ``lambda_noisy``. Without selection
 every LQ sample counts as selected when refinement is on; plain Mean Teacher trains all LQ samples on their noisy
 labels with ``lambda_noisy`` *(decision, documented in docs/methods/alc.md)*.
+
+A step is ``L = L_hq + w(t) * (L_con + L_lq)``. Variants override the smallest piece: :meth:`teacher_targets` (what
+the teacher provides for the LQ patches), :meth:`lq_supervision_loss` (how ``L_lq`` uses it) or
+:meth:`ramp_weight`; ``MTCLTrainer`` (``custom/engines/mtcl.py``) replaces the first two.
 """
 
 from __future__ import annotations
@@ -51,10 +55,15 @@ class MeanTeacherTrainer(NoisyLabelTrainer):
         mc_chunk: teacher samples per forward chunk (bounds memory; ``None`` = all ``T`` at once).
         tau: temperature of the softmax fusion weights. fusion_mode: ``"softmax"`` or ``"inverse"``.
         uncertainty_mode: ``"weighted_kl"``, ``"mean_kl"`` or ``"entropy"``.
+        keep_noisy_if_uncertain / uncertainty_threshold: keep the noisy label where the normalised entropy of the
+            fused prediction exceeds the threshold *(decision)*.
         selection_ratio: ``rho``; ``k = ceil(rho * batch_lq)`` samples are kept.
         lambda_sel / lambda_noisy: LQ loss weights.
         kwargs: ``SupervisedTrainer`` arguments (device, max_epochs, train_data_loader, network, optimizer, ...).
     """
+
+    #: entries of :meth:`teacher_targets` copied into ``engine.state.output`` when present
+    logged_target_keys: tuple[str, ...] = ("refined_label", "selected", "uncertainty")
 
     def __init__(
         self,
@@ -155,10 +164,50 @@ class MeanTeacherTrainer(NoisyLabelTrainer):
         return out
 
     def ramp_weight(self, iteration: int) -> float:
+        """``w(t) = w_max * exp(-5 (1 - min(t, t_ramp) / t_ramp)^2)`` at ignite's 1-based ``iteration`` (step 7).
+
+        The MTCL reference evaluates the ramp at its 0-based step counter in stairs of 150 iterations; the
+        difference is at most one ramp step and is not reproduced.
+        """
         return self.consistency_weight * sigmoid_rampup(iteration, self.rampup_iterations)
 
     # ------------------------------------------------------------------ one step
+    def lq_supervision_loss(
+        self, logits_lq: torch.Tensor, noisy: torch.Tensor, targets: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Weighted LQ supervision term (inside the ramp) and its named parts (step 5 of methods.md section 1).
+
+        Selected samples are trained against ``refined_label`` with ``lambda_sel``, the others against their noisy
+        labels with ``lambda_noisy``; each part is the mean over its own samples (0 for an empty set).
+
+        Args:
+            logits_lq: student logits of the LQ samples ``(B_lq, C, *S)``.
+            noisy: their given labels ``(B_lq, 1, *S)`` long.
+            targets: the output of :meth:`teacher_targets`.
+
+        Returns:
+            ``(lambda_sel * loss_sel + lambda_noisy * loss_noisy, {"loss_sel": ..., "loss_noisy": ...})``; the parts
+            are detached.
+        """
+        selected = targets["selected"].to(logits_lq.dtype)
+        per_sample_sel = ce_dice_loss(logits_lq, targets["refined_label"], reduction="none")
+        if not self.refine_labels:
+            per_sample_noisy = per_sample_sel  # the "refined" label is the noisy label
+        elif self.select_samples:
+            per_sample_noisy = ce_dice_loss(logits_lq, noisy, reduction="none")
+        else:
+            per_sample_noisy = torch.zeros_like(per_sample_sel)  # every sample is selected: no noisy term
+        # means over the selected / unselected samples without a host sync (empty sets contribute 0)
+        n_sel = selected.sum()
+        n_uns = selected.numel() - n_sel
+        loss_sel = (per_sample_sel * selected).sum() / n_sel.clamp_min(1)
+        loss_noisy = (per_sample_noisy * (1 - selected)).sum() / n_uns.clamp_min(1)
+        weighted = self.lambda_sel * loss_sel + self.lambda_noisy * loss_noisy
+        return weighted, {"loss_sel": loss_sel.detach(), "loss_noisy": loss_noisy.detach()}
+
     def compute_loss(self, engine: MeanTeacherTrainer, batch: dict[str, Any]) -> torch.Tensor:
+        """``L = L_hq + w(t) * (L_con + L_lq)`` (step 7 of methods.md section 1); ``L_lq`` from
+        :meth:`lq_supervision_loss` on the targets of :meth:`teacher_targets`."""
         image, label = batch["image"], batch["label"].long()
         b_hq = self.batch_hq
         x_lq, noisy = image[b_hq:], label[b_hq:]
@@ -172,27 +221,16 @@ class MeanTeacherTrainer(NoisyLabelTrainer):
         targets = self.teacher_targets(x_lq, noisy)
         logits_lq = logits[b_hq:]
         loss_con = consistency_mse(logits_lq, targets["teacher_probs"])
-        selected = targets["selected"].to(logits.dtype)
-        per_sample_sel = ce_dice_loss(logits_lq, targets["refined_label"], reduction="none")
-        per_sample_noisy = (
-            per_sample_sel if not self.refine_labels else ce_dice_loss(logits_lq, noisy, reduction="none")
-        )
-        # means over the selected / unselected samples without a host sync (empty sets contribute 0)
-        n_sel = selected.sum()
-        n_uns = selected.numel() - n_sel
-        loss_sel = (per_sample_sel * selected).sum() / n_sel.clamp_min(1)
-        loss_noisy = (per_sample_noisy * (1 - selected)).sum() / n_uns.clamp_min(1)
+        loss_lq, lq_parts = self.lq_supervision_loss(logits_lq, noisy, targets)
         w = self.ramp_weight(engine.state.iteration)
-        loss = loss_hq + w * (loss_con + self.lambda_sel * loss_sel + self.lambda_noisy * loss_noisy)
+        loss = loss_hq + w * (loss_con + loss_lq)
         engine.state.output.update(
-            {
-                "loss_hq": loss_hq.detach(), "loss_con": loss_con.detach(), "loss_sel": loss_sel.detach(),
-                "loss_noisy": loss_noisy.detach(), "ramp_weight": w,
-                "noisy_label": noisy, "refined_label": targets["refined_label"], "selected": targets["selected"],
-            }
+            {"loss_hq": loss_hq.detach(), "loss_con": loss_con.detach(), **lq_parts, "ramp_weight": w,
+             "noisy_label": noisy}
         )
-        if "uncertainty" in targets:
-            engine.state.output["uncertainty"] = targets["uncertainty"]
+        for key in self.logged_target_keys:
+            if key in targets:
+                engine.state.output[key] = targets[key]
         if isinstance(batch.get("clean_label"), torch.Tensor):
             engine.state.output["clean_label"] = batch["clean_label"][b_hq:]
         return loss

@@ -2,6 +2,7 @@
 
 from custom.handlers.bundle_writer import BundleWriter, latest_checkpoint, plain_state_dict, write_bundle
 from custom.handlers.label_quality import LabelQualityHandler, foreground_dice_per_sample
+from custom.handlers.superpixel_stage import KeepRatioWarmup, LossGapHandler, SuperpixelRefinementStage
 
 __all__ = [
     "BundleWriter",
@@ -11,6 +12,9 @@ __all__ = [
     "latest_checkpoint",
     "plain_state_dict",
     "write_bundle",
+    "KeepRatioWarmup",
+    "LossGapHandler",
+    "SuperpixelRefinementStage",
 ]
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from ignite.engine import Engine, Events
+from monai.engines.utils import IterationEvents
 
 from custom.io import atomic_output, write_csv
 
@@ -61,7 +62,10 @@ class LabelQualityHandler:
         self._count: torch.Tensor | None = None
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        # MONAI engines decollate the output into per-sample dicts at ITERATION_COMPLETED; MODEL_COMPLETED fires
+        # inside the iteration, while the output is still the batched dict
+        event = IterationEvents.MODEL_COMPLETED if IterationEvents.MODEL_COMPLETED in engine._allowed_events else None
+        engine.add_event_handler(event or Events.ITERATION_COMPLETED, self.iteration_completed)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
         engine.add_event_handler(Events.COMPLETED, self.completed)
 

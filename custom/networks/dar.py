@@ -18,6 +18,12 @@ full-resolution logits ``Q``. The reference code instead up-samples the whole to
 throws away every detail finer than a token; adding only the correction keeps ``Q``'s resolution and makes
 ``P == Q`` whenever the affinity is uninformative.
 
+Evaluation *(decision)*: the network does not multiply the ``N x N`` matrices. ``A = U U^T`` for the unit ReLU'd
+token features ``U`` (``N x d``), so ``A Q = U (U^T Q)``, ``rowsum(A) = U (U^T 1)``, ``(1 - A) Q = 1 1^T Q - A Q``:
+:func:`rectify_token_logits_factored` gives the same ``P`` in ``O(N d C)`` instead of ``O(N^2)`` time and memory
+(equal up to the ``1e-10`` floor and float rounding; :func:`rectify_token_logits` is the literal reference). The
+``N x N`` affinity is still built once per level, for the affinity loss.
+
 The functions here are pure and TorchScript-compatible; :class:`DifferentiatedAffinityRectifier` is a thin
 module wrapper holding the token grid.
 """
@@ -34,6 +40,8 @@ __all__ = [
     "token_affinity",
     "row_normalise",
     "rectify_token_logits",
+    "unit_token_features",
+    "rectify_token_logits_factored",
     "differentiated_affinity_rectify",
     "token_class_labels",
     "DifferentiatedAffinityRectifier",
@@ -103,11 +111,12 @@ def token_affinity(token_features: torch.Tensor, floor: float = 1e-10) -> torch.
     Raises:
         ValueError: if ``token_features`` is not 3D.
     """
-    if token_features.dim() != 3:
-        raise ValueError(f"expected (B, N, d) token features, got shape {list(token_features.shape)}.")
     # all-zero vectors (dead ReLU) normalise to zero and so get the floor affinity with everyone
-    unit = F.normalize(F.relu(token_features), p=2.0, dim=2)
-    return torch.bmm(unit, unit.transpose(1, 2)).clamp(floor, 1.0)
+    return _unit_affinity(unit_token_features(token_features), floor)
+
+
+def _unit_affinity(unit_features: torch.Tensor, floor: float = 1e-10) -> torch.Tensor:
+    return torch.bmm(unit_features, unit_features.transpose(1, 2)).clamp(floor, 1.0)
 
 
 def row_normalise(matrix: torch.Tensor) -> torch.Tensor:
@@ -147,6 +156,77 @@ def rectify_token_logits(token_logits: torch.Tensor, affinity: torch.Tensor) -> 
     return token_logits + 0.5 * torch.bmm(intra - inter, token_logits)
 
 
+def unit_token_features(token_features: torch.Tensor) -> torch.Tensor:
+    """``U``: the ReLU'd token features scaled to unit length; all-zero (dead) vectors stay zero.
+
+    Args:
+        token_features: ``(B, N, d)`` token features (before ReLU).
+
+    Returns:
+        ``(B, N, d)``; ``U U^T`` is the cosine affinity of :func:`token_affinity` before its clamp.
+
+    Raises:
+        ValueError: if ``token_features`` is not 3D.
+    """
+    if token_features.dim() != 3:
+        raise ValueError(f"expected (B, N, d) token features, got shape {list(token_features.shape)}.")
+    return F.normalize(F.relu(token_features), p=2.0, dim=2)
+
+
+def rectify_token_logits_factored(token_logits: torch.Tensor, unit_features: torch.Tensor) -> torch.Tensor:
+    """:func:`rectify_token_logits` with ``A = U U^T``, computed without any ``N x N`` matrix (``O(N d C)``).
+
+    For a token ``i`` with a live feature: ``A+ Q = U_i (U^T Q) / U_i (U^T 1)`` and
+    ``A- Q = (sum_j Q_j - U_i (U^T Q)) / (N - U_i (U^T 1))``. A dead token (all-zero ReLU'd feature) has the
+    uniform floor row in :func:`token_affinity`, for which ``A+ Q = A- Q = mean_j Q_j``: it is left unchanged
+    (``P_i = Q_i``). When a row of ``1 - A`` sums to (rounding) zero, all tokens are parallel and ``A- Q = 0``, as
+    :func:`row_normalise` does for an all-zero row. Computed in float32 at least (sums over ``N`` tokens; stays
+    exact under autocast, which leaves element-wise products alone).
+
+    Args:
+        token_logits: ``Q_tok``, ``(B, N, C)`` logits.
+        unit_features: ``U``, ``(B, N, d)`` from :func:`unit_token_features`.
+
+    Returns:
+        ``P_tok``: ``(B, N, C)`` rectified logits in the dtype of ``token_logits``; equal to
+        ``rectify_token_logits(token_logits, token_affinity(f))`` up to the ``1e-10`` floor and rounding.
+
+    Raises:
+        ValueError: if the shapes do not match.
+    """
+    if token_logits.dim() != 3 or unit_features.dim() != 3:
+        raise ValueError(
+            f"expected (B, N, C) logits and (B, N, d) unit features, got {list(token_logits.shape)} and "
+            f"{list(unit_features.shape)}."
+        )
+    if unit_features.shape[0] != token_logits.shape[0] or unit_features.shape[1] != token_logits.shape[1]:
+        raise ValueError(
+            f"unit features {list(unit_features.shape)} do not match token logits {list(token_logits.shape)}."
+        )
+    # float64 stays float64; anything else (half under autocast) works in float32. (No torch.finfo: TorchScript.)
+    work_dtype = torch.float64 if token_logits.dtype == torch.float64 else torch.float32
+    eps = 2.220446049250313e-16 if work_dtype == torch.float64 else 1.1920928955078125e-07
+    q = token_logits.to(work_dtype)
+    u = unit_features.to(work_dtype)
+    num_tokens = q.shape[1]
+    # broadcast products + sums rather than bmm: (B, N, d, C) is small, and autocast would run bmm in half precision
+    u_t_q = (u.unsqueeze(3) * q.unsqueeze(2)).sum(dim=1)  # U^T Q: (B, d, C)
+    affinity_q = (u.unsqueeze(3) * u_t_q.unsqueeze(1)).sum(dim=2)  # A Q: (B, N, C)
+    affinity_sum = (u * u.sum(dim=1, keepdim=True)).sum(dim=2, keepdim=True)  # rowsum(A): (B, N, 1)
+    complement_sum = num_tokens - affinity_sum  # rowsum(1 - A)
+    q_sum = q.sum(dim=1, keepdim=True)  # (B, 1, C)
+    alive = (u != 0).any(dim=2, keepdim=True)
+    # below a few ulps of N the complement sum is rounding noise: treat the row as all-parallel (A- Q = 0)
+    has_complement = complement_sum > num_tokens * 8.0 * eps
+    ones = torch.ones_like(affinity_sum)
+    # where-guarded denominators: no inf/nan even in the branch that is not selected (keeps gradients finite)
+    intra = affinity_q / torch.where(alive, affinity_sum, ones)
+    inter = (q_sum - affinity_q) / torch.where(has_complement, complement_sum, ones)
+    inter = torch.where(has_complement, inter, torch.zeros_like(inter))
+    correction = torch.where(alive, 0.5 * (intra - inter), torch.zeros_like(intra))
+    return (q + correction).to(token_logits.dtype)
+
+
 def differentiated_affinity_rectify(
     features: torch.Tensor, logits: torch.Tensor, token_grid: list[int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,9 +259,11 @@ def differentiated_affinity_rectify(
         )
     spatial_shape = [int(s) for s in logits.shape[2:]]
     grid = effective_token_grid(spatial_shape, token_grid)
-    affinity = token_affinity(pool_to_tokens(features, grid))
+    unit = unit_token_features(pool_to_tokens(features, grid))
+    affinity = _unit_affinity(unit)  # = token_affinity(), sharing the unit vectors with the rectification
     token_logits = pool_to_tokens(logits, grid)
-    correction = rectify_token_logits(token_logits, affinity) - token_logits  # (B, N, C)
+    # the factored form never multiplies N x N matrices (module docstring)
+    correction = rectify_token_logits_factored(token_logits, unit) - token_logits  # (B, N, C)
     batch, num_classes = logits.shape[0], logits.shape[1]
     correction = correction.transpose(1, 2).reshape(batch, num_classes, grid[0], grid[1], grid[2])
     correction = F.interpolate(correction, size=spatial_shape, mode="trilinear", align_corners=False)

@@ -293,6 +293,15 @@ def _assert_same_label_image(served_file: Path, batch_file: Path) -> None:
     np.testing.assert_array_equal(served_labels.astype(np.int64), batch_labels.astype(np.int64))
 
 
+def test_server_environment_cannot_import_this_repository(monailabel_python, deployment):
+    # what the server sees (same interpreter, environment and working directory): the bundle must be all it needs
+    probe = subprocess.run(
+        [str(monailabel_python), "-c", "import importlib.util as u, sys; sys.exit(u.find_spec('custom') is not None)"],
+        cwd=deployment["root"], env=_clean_env(), capture_output=True, timeout=60,
+    )
+    assert probe.returncode == 0, "the MONAI Label environment can import this repository's `custom` package"
+
+
 def test_server_lists_bundle_as_segmentation_model(deployment):
     models = deployment["info"]["models"]
     assert MODEL_NAME in models

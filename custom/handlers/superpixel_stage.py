@@ -1,0 +1,447 @@
+"""The epoch-level stages of SP-guided training (methods.md §2.3, §2.5-2.7) as ignite handlers.
+
+* :class:`KeepRatioWarmup` (§2.3): at every epoch start, ``R_c = 1 - forget rate``, the forget rate ramping
+  linearly from 0 (epoch 1) to ``1 - R_target`` over ``warmup_epochs`` (5); sets ``trainer.keep_ratio`` from
+  ``trainer.target_keep_ratio`` (any :class:`custom.engines.coteaching.CoTeachingTrainer`).
+* :class:`LossGapHandler` (Eq. 5): averages the per-step ``loss_selected`` / ``loss_unselected`` of the trainer
+  over the epoch on the device (one host sync per epoch), ``G = unselected - selected``, feeds
+  :class:`custom.selection.small_loss.LossGapTracker` and writes ``loss_gap.csv``.
+* :class:`SuperpixelRefinementStage` (Eqs. 6-8, §2.6-2.7): when the gap's maximum has not improved for
+  ``patience`` epochs, refine every training case (:func:`refine_case`: both networks in eval mode, sliding-window
+  ``p = (p1 + p2) / 2`` on the whole volume, supervoxels from the cached NIfTI,
+  :func:`custom.refinement.superpixel_refinement.refine_labels_by_superpixel`), write
+  ``output_dir/refined_labels/round_<r>/<case_id>.nii.gz`` in the source label's geometry and affine, swap the
+  paths into the training dataset (``CacheDataset.set_data`` re-caches; the loader must not use persistent
+  workers), raise ``R <- max(R, min(gamma R, R_max))`` and log refined-vs-clean Dice per case and round
+  (``refined_labels/refinement_log.csv``). Rounds continue up to ``max_rounds`` (1 = the released code; more =
+  the paper) and stop early when the gap's maximum after a refinement does not exceed the one before it.
+
+HQ cases (``quality == "hq"``: clean labels) are not refined unless ``refine_hq`` *(decision)*.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from torch import nn
+
+from custom.io import DataError, load_nifti, save_nifti, write_csv
+from custom.refinement.label_audit import REFINED_LABEL_DIR, to_source_geometry
+from custom.refinement.superpixel_refinement import refine_labels_by_superpixel, update_keep_ratio
+from custom.selection.small_loss import LossGapTracker, forget_rate_schedule
+
+__all__ = [
+    "REFINED_LABEL_DIR",
+    "REFINEMENT_LOG",
+    "warmup_keep_ratio",
+    "KeepRatioWarmup",
+    "LossGapHandler",
+    "averaged_probabilities",
+    "RefinedCase",
+    "refine_case",
+    "SuperpixelRefinementStage",
+]
+
+REFINEMENT_LOG = "refinement_log.csv"
+
+
+def warmup_keep_ratio(epoch: int, target_keep_ratio: Sequence[float] | torch.Tensor, warmup_epochs: int = 5) -> torch.Tensor:
+    """``R_c`` at a 0-based ``epoch``: ``1 - forget_rate_schedule(epoch, 1 - R_target, warmup_epochs)``.
+
+    Returns:
+        float64 CPU tensor ``(C,)``: 1 at epoch 0, ``R_target`` from ``warmup_epochs`` on.
+    """
+    target = torch.as_tensor(target_keep_ratio, dtype=torch.float64).cpu()
+    forget = forget_rate_schedule(epoch, 1.0 - target, warmup_epochs)
+    return 1.0 - torch.as_tensor(forget, dtype=torch.float64)
+
+
+class KeepRatioWarmup:
+    """Forget-rate warm-up: at ``EPOCH_STARTED`` set ``trainer.keep_ratio`` (see :func:`warmup_keep_ratio`).
+
+    Args:
+        warmup_epochs: ramp length in epochs (5); 0 = ``R_target`` from the first epoch.
+    """
+
+    def __init__(self, warmup_epochs: int = 5) -> None:
+        if int(warmup_epochs) < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}.")
+        self.warmup_epochs = int(warmup_epochs)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        engine.keep_ratio = warmup_keep_ratio(engine.state.epoch - 1, engine.target_keep_ratio, self.warmup_epochs)
+
+
+class LossGapHandler:
+    """Eq. 5 of SP-guided per epoch: ``G = mean loss of unselected - mean loss of selected`` (step averages).
+
+    Reads ``loss_selected``, ``loss_unselected`` and ``selected_fraction`` (detached scalars) from
+    ``engine.state.output``; epochs without them are skipped.
+
+    Args:
+        patience: epochs without a new maximum of G that signal refinement (5).
+        min_delta: an improvement must exceed the maximum by more than this.
+        output_dir: folder of ``loss_gap.csv`` (``None``: no file).
+    """
+
+    def __init__(self, patience: int = 5, min_delta: float = 0.0, output_dir: str | None = None) -> None:
+        self.tracker = LossGapTracker(patience=patience, min_delta=min_delta)
+        self.output_dir = None if output_dir is None else Path(output_dir)
+        self.rows: list[dict[str, Any]] = []
+        self._sums: torch.Tensor | None = None
+        self._steps = 0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+
+    def iteration_completed(self, engine: Engine) -> None:
+        out = engine.state.output
+        if not isinstance(out, Mapping) or not isinstance(out.get("loss_selected"), torch.Tensor):
+            return
+        fraction = out.get("selected_fraction", out["loss_selected"].new_full((), math.nan))
+        values = torch.stack([out["loss_selected"], out["loss_unselected"], fraction]).detach().double()
+        self._sums = values if self._sums is None else self._sums + values
+        self._steps += 1
+
+    def epoch_completed(self, engine: Engine) -> None:
+        if self._sums is None:
+            return
+        selected, unselected, fraction = (self._sums / self._steps).tolist()  # one host sync per epoch
+        self._sums, self._steps = None, 0
+        gap = unselected - selected
+        self.tracker.update(gap)
+        keep = getattr(engine, "keep_ratio", None)
+        row = {
+            "epoch": engine.state.epoch,
+            "iteration": engine.state.iteration,
+            "loss_selected": round(selected, 6),
+            "loss_unselected": round(unselected, 6),
+            "loss_gap": round(gap, 6),
+            "best_gap": round(self.tracker.best, 6),
+            "epochs_since_best": self.tracker.epochs_since_best,
+            "selected_fraction": round(fraction, 6),
+            "keep_ratio": " ".join(f"{r:.4f}" for r in keep.tolist()) if isinstance(keep, torch.Tensor) else "",
+        }
+        self.rows.append(row)
+        engine.state.metrics["loss_gap"] = gap
+        if self.output_dir is not None:
+            write_csv(self.rows, self.output_dir / "loss_gap.csv")
+        engine.logger.info(f"loss gap (Eq. 5): {row}")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"tracker": self.tracker.state_dict(), "rows": list(self.rows)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.tracker.load_state_dict(state["tracker"])
+        self.rows = list(state.get("rows", []))
+
+
+# ---------------------------------------------------------------------- functional core of one case's refinement
+def averaged_probabilities(
+    networks: Sequence[nn.Module], image: torch.Tensor, inferer: Callable[..., torch.Tensor] | None = None
+) -> torch.Tensor:
+    """``(1/n) sum_i softmax(f_i(image))`` with every network in eval mode and no gradient (Eq. 7 input).
+
+    Args:
+        networks: f1, f2 (, ...); their train/eval modes are restored afterwards.
+        image: ``(B, C_in, *S)``.
+        inferer: e.g. a ``SlidingWindowInferer`` called as ``inferer(image, predictor)``; ``None`` = one forward.
+            Averaging softmaxes inside the window predictor is exact: the window fusion is linear.
+
+    Returns:
+        float32 probabilities ``(B, C, *S)``.
+    """
+    if not networks:
+        raise ValueError("at least one network is needed.")
+    modes = [net.training for net in networks]
+
+    def predictor(x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.softmax(net(x).float(), dim=1) for net in networks]).mean(dim=0)
+
+    try:
+        for net in networks:
+            net.eval()
+        with torch.no_grad():
+            probs = predictor(image) if inferer is None else inferer(image, predictor)
+    finally:
+        for net, mode in zip(networks, modes):
+            net.train(mode)
+    return probs.as_tensor() if hasattr(probs, "as_tensor") else probs
+
+
+class RefinedCase(NamedTuple):
+    """One refined training case, in the geometry of its source label file.
+
+    Attributes:
+        label: refined labels ``(H, W, D)`` int64.
+        affine: the source label's affine.
+        header: the source label's NIfTI header.
+        changed_fraction: fraction of voxels whose label changed.
+    """
+
+    label: np.ndarray
+    affine: np.ndarray
+    header: Any
+    changed_fraction: float
+
+
+def refine_case(
+    networks: Sequence[nn.Module],
+    item: Mapping[str, Any],
+    load_transform: Callable[[dict], dict],
+    keep_ratio: Sequence[float] | torch.Tensor,
+    inferer: Callable[..., torch.Tensor] | None = None,
+    device: torch.device | str | None = None,
+    use_superpixels: bool = True,
+    pool: str = "superpixel",
+    superpixel_key: str = "superpixel",
+) -> RefinedCase:
+    """Eqs. 6-8 of SP-guided on one whole training volume.
+
+    Args:
+        networks: the trained networks (f1, f2).
+        item: datalist item with absolute ``image``, ``label`` (current labels) and, with superpixels,
+            ``superpixel`` paths.
+        load_transform: the evaluation load transform (e.g. ``@transforms::eval``: load, channel first, RAS,
+            spacing with nearest for label/superpixel, z-score); its spatial steps are inverted for writing.
+        keep_ratio: current ``R_c`` ``(C,)``: at most ``(1 - R_c)`` of the class-c voxels are relabelled.
+        inferer: sliding-window inferer over the volume (``None``: one forward pass).
+        device: where the networks run (default: the first network's parameters' device).
+        use_superpixels: False = voxel pieces (ablation).
+        pool: ``"superpixel"`` or ``"piece"`` (see ``refine_labels_by_superpixel``).
+        superpixel_key: item key of the supervoxel map.
+
+    Returns:
+        :class:`RefinedCase` in the source label's geometry.
+
+    Raises:
+        custom.io.DataError: a missing supervoxel map, or a geometry that cannot be mapped back.
+    """
+    from custom.transforms.supervoxel import relabel_contiguous
+
+    keys = ["image", "label"] + ([superpixel_key] if use_superpixels else [])
+    if use_superpixels and not item.get(superpixel_key):
+        raise DataError(item.get("image"), f"no {superpixel_key!r} map for this case: run ensure_supervoxels first")
+    data = load_transform({key: item[key] for key in keys})
+    if device is None:
+        device = next(iter(networks[0].parameters())).device
+    image = torch.as_tensor(data["image"]).unsqueeze(0).to(device)
+    probs = averaged_probabilities(networks, image, inferer)
+    labels = torch.as_tensor(data["label"]).as_subclass(torch.Tensor).round().long().unsqueeze(0).to(probs.device)
+    superpixels, count = None, None
+    if use_superpixels:
+        ids, count = relabel_contiguous(torch.as_tensor(data[superpixel_key]).as_subclass(torch.Tensor))
+        superpixels = ids.unsqueeze(0).to(probs.device)
+    refined, changed = refine_labels_by_superpixel(
+        probs, labels, superpixels, keep_ratio, num_superpixels=count, pool=pool, per_sample=True
+    )
+    source, affine, header = load_nifti(item["label"])
+    refined_source = to_source_geometry(refined[0], data["label"], load_transform)
+    if refined_source.shape != source.shape:
+        raise DataError(
+            item["label"], f"refined label shape {refined_source.shape} cannot be mapped back to {source.shape}"
+        )
+    changed_fraction = float(np.mean(refined_source != np.rint(source)))
+    return RefinedCase(refined_source, affine, header, changed_fraction)
+
+
+def _case_id(item: Mapping[str, Any]) -> str:
+    return str(item.get("case_id") or Path(str(item["image"])).name.split(".")[0])
+
+
+def _label_dtype(num_classes: int) -> type:
+    return np.uint8 if num_classes <= 256 else np.int16
+
+
+class SuperpixelRefinementStage:
+    """Label refinement rounds of SP-guided, triggered by the loss-gap criterion (module docstring).
+
+    Attach it to a :class:`custom.engines.coteaching.CoTeachingTrainer` (it reads ``networks``, ``target_keep_ratio``
+    and sets ``labels_refined``); it attaches its :class:`LossGapHandler` first so that the gap of the epoch is
+    known when it decides. Put it in the checkpoint (``state_dict``) to resume rounds, ratios and label paths.
+
+    Args:
+        dataset: the training dataset (``CacheDataset``/``Dataset``; its ``data`` items get the new ``label``).
+        load_transform: evaluation load transform for whole volumes (``@transforms::eval``).
+        inferer: sliding-window inferer (``@inferer``).
+        output_dir: run folder; refined labels go to ``output_dir/refined_labels/round_<r>/``.
+        num_classes: C.
+        loss_gap: the Eq. 5 handler (default: ``LossGapHandler(patience=5, output_dir=output_dir)``).
+        gamma: ``R`` growth per refinement (1.1).
+        max_keep_ratio: ``R_max`` per class (scalar or ``(C,)``; reference configs: 0.95 bg, 0.9 fg).
+        max_rounds: refinement rounds at most (1 = released code; 0 disables refinement).
+        use_superpixels: False = voxel pieces (ablation).
+        pool: ``"superpixel"`` or ``"piece"``.
+        refine_hq: also refine HQ cases (default False: their labels are clean).
+        terminate_when_done: end training when refinement stops (default False: train on to ``max_epochs``).
+        superpixel_key: item key of the supervoxel map.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        load_transform: Callable[[dict], dict],
+        inferer: Callable[..., torch.Tensor] | None,
+        output_dir: str,
+        num_classes: int,
+        loss_gap: LossGapHandler | None = None,
+        gamma: float = 1.1,
+        max_keep_ratio: float | Sequence[float] = 0.95,
+        max_rounds: int = 1,
+        use_superpixels: bool = True,
+        pool: str = "superpixel",
+        refine_hq: bool = False,
+        terminate_when_done: bool = False,
+        superpixel_key: str = "superpixel",
+    ) -> None:
+        if int(max_rounds) < 0:
+            raise ValueError(f"max_rounds must be >= 0, got {max_rounds}.")
+        if not gamma >= 1.0:
+            raise ValueError(f"gamma must be >= 1, got {gamma}.")
+        if int(num_classes) < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
+        if not hasattr(dataset, "data"):
+            raise ValueError("dataset must expose its items as .data (a MONAI Dataset/CacheDataset).")
+        self.dataset = dataset
+        self.load_transform = load_transform
+        self.inferer = inferer
+        self.output_dir = Path(output_dir)
+        self.num_classes = int(num_classes)
+        self.loss_gap = loss_gap if loss_gap is not None else LossGapHandler(output_dir=output_dir)
+        self.gamma = float(gamma)
+        self.max_keep_ratio = max_keep_ratio
+        self.max_rounds = int(max_rounds)
+        self.use_superpixels = bool(use_superpixels)
+        self.pool = pool
+        self.refine_hq = bool(refine_hq)
+        self.terminate_when_done = bool(terminate_when_done)
+        self.superpixel_key = superpixel_key
+        self.round = 0
+        self.done = self.max_rounds == 0
+        self.stop_reason = "max_rounds is 0" if self.done else ""
+        self.previous_best = -math.inf  # gap maximum of the round before the last refinement
+        self.rows: list[dict[str, Any]] = []
+        self._engine: Engine | None = None
+
+    def attach(self, engine: Engine) -> None:
+        self._engine = engine
+        self.loss_gap.attach(engine)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+
+    # ------------------------------------------------------------------ decisions
+    def epoch_completed(self, engine: Engine) -> None:
+        tracker = self.loss_gap.tracker
+        if self.done or not tracker.should_stop:
+            return
+        if self.round > 0 and not tracker.best > self.previous_best:
+            self._finish(engine, f"the loss gap did not rise after refinement round {self.round}")
+            return
+        self.previous_best = tracker.best
+        self.refine(engine)
+        tracker.reset()
+        if self.round >= self.max_rounds:
+            self._finish(engine, f"max_rounds={self.max_rounds} reached")
+
+    def _finish(self, engine: Engine, reason: str) -> None:
+        self.done, self.stop_reason = True, reason
+        engine.logger.info(f"SP-guided refinement stops: {reason}")
+        if self.terminate_when_done:
+            engine.terminate()
+
+    # ------------------------------------------------------------------ one round
+    def refine(self, engine: Engine) -> list[dict[str, Any]]:
+        """Refine every (LQ) training case, write the NIfTI files, swap them in and raise ``R``; returns the rows."""
+        self.round += 1
+        round_dir = self.output_dir / REFINED_LABEL_DIR / f"round_{self.round}"
+        networks = list(getattr(engine, "networks", [engine.network]))
+        keep_ratio = engine.target_keep_ratio
+        new_items, rows = [], []
+        for item in list(self.dataset.data):
+            if item.get("quality") == "hq" and not self.refine_hq:
+                new_items.append(item)
+                continue
+            case = refine_case(
+                networks, item, self.load_transform, keep_ratio, self.inferer, getattr(engine.state, "device", None),
+                self.use_superpixels, self.pool, self.superpixel_key,
+            )
+            case_id = _case_id(item)
+            path = round_dir / f"{case_id}.nii.gz"
+            save_nifti(case.label, case.affine, path, header=case.header, dtype=_label_dtype(self.num_classes))
+            row = {
+                "round": self.round, "epoch": engine.state.epoch, "case_id": case_id,
+                "changed_fraction": round(case.changed_fraction, 6), "label": str(path),
+            }
+            clean_path = item.get("label_clean")
+            if clean_path:
+                from custom.noise.quality import foreground_dice
+
+                clean = np.rint(load_nifti(clean_path)[0]).astype(np.int64)
+                before = np.rint(load_nifti(item["label"])[0]).astype(np.int64)
+                row["dice_before"] = round(foreground_dice(before, clean, self.num_classes), 6)
+                row["dice_after"] = round(foreground_dice(case.label, clean, self.num_classes), 6)
+            rows.append(row)
+            new_items.append({**item, "label": str(path)})
+        self._swap(new_items)
+        engine.target_keep_ratio = update_keep_ratio(keep_ratio, self.gamma, self.max_keep_ratio)
+        engine.labels_refined = True
+        self.rows.extend(rows)
+        write_csv(self.rows, self.output_dir / REFINED_LABEL_DIR / REFINEMENT_LOG)
+        summary = {"round": self.round, "epoch": engine.state.epoch, "cases": len(rows),
+                   "mean_changed_fraction": _mean(r["changed_fraction"] for r in rows),
+                   "mean_dice_before": _mean(r.get("dice_before") for r in rows),
+                   "mean_dice_after": _mean(r.get("dice_after") for r in rows),
+                   "new_target_keep_ratio": [round(float(r), 4) for r in engine.target_keep_ratio]}
+        engine.state.metrics["refined_label_dice"] = summary["mean_dice_after"]
+        engine.logger.info(f"SP-guided label refinement: {summary}")
+        return rows
+
+    def _swap(self, items: list[dict[str, Any]]) -> None:
+        if hasattr(self.dataset, "set_data"):
+            self.dataset.set_data(items)  # CacheDataset: re-runs the cached (deterministic) transforms
+        else:
+            self.dataset.data = items
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        engine = self._engine
+        return {
+            "round": self.round,
+            "done": self.done,
+            "stop_reason": self.stop_reason,
+            "previous_best": self.previous_best,
+            "labels": {_case_id(item): item["label"] for item in self.dataset.data},
+            "target_keep_ratio": None if engine is None else [float(r) for r in engine.target_keep_ratio],
+            "loss_gap": self.loss_gap.state_dict(),
+            "rows": list(self.rows),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.round = int(state["round"])
+        self.done = bool(state["done"])
+        self.stop_reason = str(state.get("stop_reason", ""))
+        self.previous_best = float(state["previous_best"])
+        self.rows = list(state.get("rows", []))
+        self.loss_gap.load_state_dict(state["loss_gap"])
+        labels = state.get("labels", {})
+        items = [{**item, "label": labels.get(_case_id(item), item["label"])} for item in self.dataset.data]
+        if any(new["label"] != old["label"] for new, old in zip(items, self.dataset.data)):
+            self._swap(items)
+        if self._engine is not None:
+            if state.get("target_keep_ratio") is not None:
+                self._engine.target_keep_ratio = state["target_keep_ratio"]
+            self._engine.labels_refined = self.round > 0
+
+
+def _mean(values: Any) -> float | None:
+    numbers = [v for v in values if v is not None]
+    return round(float(np.mean(numbers)), 6) if numbers else None

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from ignite.engine import Engine
+
+from custom.handlers.label_quality import LabelQualityHandler, foreground_dice_per_sample
+
+
+def test_foreground_dice_by_hand():
+    ref = torch.zeros(2, 1, 4, 1, 1, dtype=torch.long)
+    ref[0, 0, :2] = 1  # sample 0: 2 foreground voxels
+    pred = ref.clone()
+    pred[0, 0, 2] = 1  # 3 predicted, 2 overlap -> 2*2/(3+2) = 0.8
+    # sample 1: both empty -> 1
+    torch.testing.assert_close(foreground_dice_per_sample(pred, ref, 2), torch.tensor([0.8, 1.0]))
+    # C=3: class 1 perfect, class 2 only in pred -> mean(1, 0) = 0.5
+    a = torch.tensor([[[[[1]], [[2]]]]])
+    b = torch.tensor([[[[[1]], [[0]]]]])
+    torch.testing.assert_close(foreground_dice_per_sample(a, b, 3), torch.tensor([0.5]))
+    with pytest.raises(ValueError):
+        foreground_dice_per_sample(a, b[:, :, :1], 3)
+
+
+def test_handler_writes_epoch_rows(tmp_path):
+    clean = torch.zeros(2, 1, 4, 1, 1, dtype=torch.long)
+    clean[:, 0, :2] = 1
+    noisy = torch.zeros_like(clean)
+    noisy[:, 0, :1] = 1  # Dice 2/3
+    outputs = iter([{"clean_label": clean, "noisy_label": noisy, "refined_label": clean}] * 4)
+    engine = Engine(lambda e, b: next(outputs))
+    handler = LabelQualityHandler(str(tmp_path), num_classes=2, tensorboard=False)
+    handler.attach(engine)
+    engine.run(range(2), max_epochs=2)
+    with open(tmp_path / "label_quality.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert float(rows[0]["noisy_dice"]) == pytest.approx(2 / 3, abs=1e-4)
+    assert float(rows[0]["refined_dice"]) == pytest.approx(1.0)
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "label_quality.png").read_bytes()[:4] == b"\x89PNG"
