@@ -2,11 +2,13 @@
 
 from custom.handlers.bundle_writer import BundleWriter, latest_checkpoint, plain_state_dict, write_bundle
 from custom.handlers.label_quality import LabelQualityHandler, foreground_dice_per_sample
+from custom.handlers.run_stats import RunStatsHandler
 from custom.handlers.superpixel_stage import KeepRatioWarmup, LossGapHandler, SuperpixelRefinementStage
 
 __all__ = [
     "BundleWriter",
     "LabelQualityHandler",
+    "RunStatsHandler",
     "SegmentationReportHandler",
     "foreground_dice_per_sample",
     "latest_checkpoint",

@@ -1,0 +1,1 @@
+"""The noise-robustness benchmark harness behind ``scripts/benchmark.py``."""
