@@ -12,15 +12,16 @@ Variants (each measured in its own fresh process, so that peak memory is per var
   affinity losses, ``T_C``/``T_A``, volume and consistency terms) + both optimiser steps;
 * ``jcas``: the same with DAR.
 
-One step = zero grad, forward, loss, backward, the network's SGD step and the transitions' SGD step. Time is the
-median wall-clock time of ``--repeats`` steps after ``--warmup`` untimed steps. Memory: on CUDA
+One step = zero grad, forward, loss, backward, the network's SGD step and the transitions' SGD step. Times are
+medians over ``--repeats`` steps after ``--warmup`` untimed steps, both wall-clock and process CPU time
+(``time.process_time``). On a CPU shared with other jobs the wall clock mostly measures the others' load, so the
+ratios use the CPU time, with ``--threads 1`` by default (one intra-op thread: CPU time = work done). Memory: on CUDA
 ``torch.cuda.max_memory_allocated`` (tensor memory only); on CPU the growth of the process's peak resident set size
 (``resource.getrusage(...).ru_maxrss``) from just before the first step to the end, i.e. activations, gradients,
 optimiser state and allocator overhead of the step, without the interpreter and libraries.
 
 The printed ratios are measured in one run: ``jcas / jcas_no_dar`` is the cost of DAR (target <= 1.30),
-``jcas / vnet_ce`` the cost of JCAS as a whole. On a shared CPU the load of other processes adds noise; the load
-average is printed with the table.
+``jcas / vnet_ce`` the cost of JCAS as a whole. The load average is printed with the table.
 """
 
 from __future__ import annotations
@@ -58,10 +59,16 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-def measure(variant: str, setting: dict[str, Any], warmup: int, repeats: int, device: str, seed: int = 0) -> dict:
+def measure(
+    variant: str, setting: dict[str, Any], warmup: int, repeats: int, device: str, threads: int | None = None,
+    seed: int = 0,
+) -> dict:
     """Run ``warmup + repeats`` training steps of ``variant`` in this process; return times (s) and peak memory."""
     import torch
     import torch.nn.functional as F
+
+    if threads is not None:
+        torch.set_num_threads(threads)
 
     from custom.losses.jcas_loss import JcasLoss, JcasTransitions
     from custom.networks.deep_supervision import JcasVNet
@@ -96,10 +103,10 @@ def measure(variant: str, setting: dict[str, Any], warmup: int, repeats: int, de
     if transitions is not None:
         optimisers.append(torch.optim.SGD(transitions.parameters(), lr=1e-3, momentum=0.9))
 
-    def step() -> float:
+    def step() -> tuple[float, float]:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         for optimiser in optimisers:
             optimiser.zero_grad(set_to_none=True)
         loss = loss_of()
@@ -108,25 +115,28 @@ def measure(variant: str, setting: dict[str, Any], warmup: int, repeats: int, de
             optimiser.step()
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - start_cpu
 
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     rss_before = _peak_rss_mb()
     for _ in range(warmup):
         step()
-    times = [step() for _ in range(repeats)]
+    measured = [step() for _ in range(repeats)]
+    times, cpu_times = [m[0] for m in measured], [m[1] for m in measured]
     if dev.type == "cuda":
         memory_mb, memory_kind = torch.cuda.max_memory_allocated(dev) / 1024**2, "cuda max_memory_allocated"
     else:
         memory_mb, memory_kind = _peak_rss_mb() - rss_before, "peak RSS growth (ru_maxrss)"
-    return {"variant": variant, "times": times, "median_s": statistics.median(times), "memory_mb": memory_mb,
-            "memory_kind": memory_kind, "threads": torch.get_num_threads(), "device": str(dev)}
+    return {"variant": variant, "times": times, "median_s": statistics.median(times), "cpu_times": cpu_times,
+            "median_cpu_s": statistics.median(cpu_times), "memory_mb": memory_mb, "memory_kind": memory_kind,
+            "threads": torch.get_num_threads(), "device": str(dev)}
 
 
 def _run_worker(variant: str, setting_name: str, args: argparse.Namespace) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", variant, "--settings", setting_name,
-               "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--device", args.device]
+               "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--device", args.device,
+               "--threads", str(args.threads)]
     proc = subprocess.run(command, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{variant} / {setting_name} failed:\n{proc.stderr[-3000:]}")
@@ -137,15 +147,19 @@ def _table(setting_name: str, setting: dict[str, Any], results: dict[str, dict])
     head = (f"{setting_name}: patch {setting['patch']}, base_filters {setting['base_filters']}, batch "
             f"{setting['batch']}, token grid {setting['token_grid']} ({results['jcas']['device']}, "
             f"{results['jcas']['threads']} threads)")
-    lines = [head, f"  {'variant':<12} {'median step (s)':>16} {'all steps (s)':>28} {'peak mem (MB)':>14}"]
+    lines = [head, f"  {'variant':<12} {'CPU s/step':>11} {'wall s/step':>12} {'CPU s, all steps':>30} "
+                   f"{'peak mem (MB)':>14}"]
     for variant in VARIANTS:
         r = results[variant]
-        steps = ", ".join(f"{t:.2f}" for t in r["times"])
-        lines.append(f"  {variant:<12} {r['median_s']:>16.3f} {steps:>28} {r['memory_mb']:>14.0f}")
-    dar_time = results["jcas"]["median_s"] / results["jcas_no_dar"]["median_s"]
-    jcas_time = results["jcas"]["median_s"] / results["vnet_ce"]["median_s"]
+        steps = ", ".join(f"{t:.2f}" for t in r["cpu_times"])
+        lines.append(f"  {variant:<12} {r['median_cpu_s']:>11.2f} {r['median_s']:>12.2f} {steps:>30} "
+                     f"{r['memory_mb']:>14.0f}")
+    key = "median_s" if results["jcas"]["device"].startswith("cuda") else "median_cpu_s"
+    dar_time = results["jcas"][key] / results["jcas_no_dar"][key]
+    jcas_time = results["jcas"][key] / results["vnet_ce"][key]
     dar_mem = results["jcas"]["memory_mb"] / max(results["jcas_no_dar"]["memory_mb"], 1e-9)
-    lines.append(f"  time   ratio jcas / jcas_no_dar = {dar_time:.2f} (DAR; target <= 1.30), "
+    lines.append(f"  time   ratio ({'wall' if key == 'median_s' else 'CPU'}) jcas / jcas_no_dar = {dar_time:.2f} "
+                 "(DAR; target <= 1.30), "
                  f"jcas / vnet_ce = {jcas_time:.2f}")
     lines.append(f"  memory ratio jcas / jcas_no_dar = {dar_mem:.2f}; memory = {results['jcas']['memory_kind']}")
     return "\n".join(lines)
@@ -158,17 +172,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before timing (default 1)")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps (default 3)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, see above)")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.warmup < 0 or args.repeats < 1:
-        print("--warmup must be >= 0 and --repeats >= 1", file=sys.stderr)
+    if args.warmup < 0 or args.repeats < 1 or args.threads < 1:
+        print("--warmup must be >= 0, --repeats and --threads >= 1", file=sys.stderr)
         return 2
     if args.worker:
-        print(json.dumps(measure(args.worker, SETTINGS[args.settings[0]], args.warmup, args.repeats, args.device)))
+        result = measure(args.worker, SETTINGS[args.settings[0]], args.warmup, args.repeats, args.device, args.threads)
+        print(json.dumps(result))
         return 0
     print(f"load average before: {os.getloadavg()[0]:.2f} (on {os.cpu_count()} CPUs)")
     for setting_name in args.settings:

@@ -238,4 +238,3 @@ class MeanTeacherTrainer(NoisyLabelTrainer):
     def after_step(self, engine: MeanTeacherTrainer) -> None:
         # ignite counts iterations from 1; the EMA warm-up counts optimiser steps from 0 (first update = copy)
         ema_update(self.teacher, engine.network, engine.state.iteration - 1, self.ema_decay)
-

@@ -112,8 +112,9 @@ def test_gradients_reach_only_the_student_and_teacher_follows_the_ema(num_classe
         assert all(g is None for g in teacher_grads)
         assert all(student_has_grad)
     for step in range(2):
-        start, after_optimiser, student_now, end = (record[k][step] for k in ("start", "after_optimiser", "student",
-                                                                                "end"))
+        start, after_optimiser, student_now, end = (
+            record[k][step] for k in ("start", "after_optimiser", "student", "end")
+        )
         for name in start:  # the optimiser does not touch the teacher
             assert torch.equal(after_optimiser[name], start[name]), name
         alpha = min(1.0 - 1.0 / (step + 1.0), 0.99)  # step 0: alpha 0 (copy); step 1: alpha 0.5

@@ -1,0 +1,235 @@
+"""Seconds per training iteration of the mean-teacher methods at equal batch and patch, measured in one run.
+
+Example::
+
+    python scripts/benchmark_step.py                        # CPU profile: 64x64x32, base_filters 8, batch 1 HQ + 3 LQ
+    python scripts/benchmark_step.py --profile paper        # 112x112x80, base_filters 16, batch 2 HQ + 2 LQ
+    python scripts/benchmark_step.py --repeats 7 --threads 2
+
+Steps timed (each the real trainer's ``_iteration`` on one fixed in-memory batch; the trainers are built directly in
+Python, not through configs, so that only the step is measured):
+
+* ``supervised``: MONAI ``SupervisedTrainer`` with ``0.5 * (CE + Dice)`` on the whole batch (HQ + LQ);
+* ``mean_teacher``: :class:`MeanTeacherTrainer` with ``refine_labels=False, select_samples=False``
+  (student step + one perturbed no-grad teacher pass on the LQ part + EMA);
+* ``alc``: :class:`MeanTeacherTrainer` with refinement and selection (``T`` perturbed teacher passes);
+* ``mtcl``: :class:`MTCLTrainer` (hard correction: one perturbed and one clean teacher pass + confident learning);
+* ``alc_floor``: ALC's floor, one ``supervised`` step followed by ``T + 1`` bare no-grad teacher forward passes on
+  the LQ part (dropout active, same chunking as ALC), i.e. what any implementation of ALC must pay at least;
+* ``mt_plus_clean_pass``: one ``mean_teacher`` step followed by one bare no-grad teacher pass on the clean LQ part,
+  the floor of MTCL (it isolates the confident-learning cost from the extra forward pass MTCL needs).
+
+The steps are interleaved (round robin, after ``--warmup`` untimed rounds) so that load changes on a shared machine
+hit all of them alike; each figure is the median of ``--repeats`` rounds. Printed ratios: ``alc / alc_floor``
+(target <= 1.1) and the MTCL correction overhead ``(mtcl - mean_teacher) / mean_teacher`` (target <= 10%), with
+``mtcl / mt_plus_clean_pass`` beside it. The load average is printed before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(REPO_ROOT))
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "cpu": {"patch": [64, 64, 32], "base_filters": 8, "batch_hq": 1, "batch_lq": 3},
+    "paper": {"patch": [112, 112, 80], "base_filters": 16, "batch_hq": 2, "batch_lq": 2},
+}
+STEPS = ("supervised", "mean_teacher", "alc", "mtcl", "alc_floor", "mt_plus_clean_pass")
+
+
+def fixed_batch(patch: list[int], batch_hq: int, batch_lq: int, num_classes: int, device, seed: int = 0) -> dict:
+    """One two-stream batch ``[HQ..., LQ...]``: a bright ball (nested shells for ``C > 2``) in noise.
+
+    HQ labels are the true shells; LQ labels are the shells grown by 3 voxels (the dilation noise of MTCL/ALC).
+    Returns ``{"image": (B, 1, *patch) float, "label": (B, 1, *patch) long}`` on ``device``.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    batch = batch_hq + batch_lq
+    axes = [torch.arange(n, dtype=torch.float32) - (n - 1) / 2 for n in patch]
+    grid = torch.meshgrid(*axes, indexing="ij")
+    radius = torch.sqrt(sum(g**2 for g in grid))  # (*patch)
+    outer = 0.35 * min(patch)
+    shells = torch.linspace(outer, 0.5 * outer, num_classes - 1)  # class c inside radius shells[c - 1]
+
+    def labels_for(grow: float) -> torch.Tensor:
+        return sum((radius < r + grow).long() for r in shells)
+
+    clean, noisy = labels_for(0.0), labels_for(3.0)
+    label = torch.stack([clean] * batch_hq + [noisy] * batch_lq)[:, None]
+    noise = torch.randn(batch, 1, *patch, generator=generator)
+    image = clean[None, None].float().expand(batch, 1, *patch) + 0.5 * noise
+    return {"image": image.contiguous().to(device), "label": label.to(device)}
+
+
+def build_steps(args: argparse.Namespace, device) -> tuple[dict[str, Callable[[], Any]], dict]:
+    """Trainers and the zero-argument callables that run one iteration of each timed step."""
+    import torch
+    from monai.engines import SupervisedTrainer
+    from monai.inferers import SimpleInferer
+
+    from custom.engines import MeanTeacherTrainer, MTCLTrainer
+    from custom.losses.segmentation_losses import CEDiceLoss
+    from custom.networks import PaperVNet
+    from custom.refinement.teacher_fusion import mc_dropout_mode
+
+    batch = fixed_batch(args.patch, args.batch_hq, args.batch_lq, args.num_classes, device, args.seed)
+    x_lq = batch["image"][args.batch_hq:]
+
+    def network() -> torch.nn.Module:
+        torch.manual_seed(args.seed)  # every trainer starts from the same weights
+        return PaperVNet(3, 1, args.num_classes, base_filters=args.base_filters, dropout=0.5).to(device)
+
+    def common(net: torch.nn.Module) -> dict:
+        return dict(
+            device=device, max_epochs=1, epoch_length=1, train_data_loader=[batch], network=net,
+            optimizer=torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-4),
+            inferer=SimpleInferer(), amp=args.amp, decollate=False,
+        )
+
+    def teacher_kwargs() -> dict:
+        return dict(teacher=network(), num_classes=args.num_classes, batch_hq=args.batch_hq, rampup_iterations=100,
+                    mc_chunk=args.mc_chunk, loss_function=None)
+
+    supervised = SupervisedTrainer(loss_function=CEDiceLoss(), **common(network()))
+    mean_teacher = MeanTeacherTrainer(refine_labels=False, select_samples=False, **teacher_kwargs(),
+                                      **common(network()))
+    alc = MeanTeacherTrainer(num_samples=args.num_samples, **teacher_kwargs(), **common(network()))
+    mtcl = MTCLTrainer(**teacher_kwargs(), **common(network()))
+    floor_teacher = network()
+    trainers = {"supervised": supervised, "mean_teacher": mean_teacher, "alc": alc, "mtcl": mtcl}
+    for trainer in trainers.values():
+        trainer.state.iteration = 50  # inside the ramp; the EMA is past its warm-up copy
+
+    def step(trainer) -> Callable[[], Any]:
+        def run() -> None:
+            trainer.state.iteration += 1
+            trainer._iteration(trainer, batch)
+        return run
+
+    def bare_teacher_passes(num_passes: int, chunk: int | None) -> None:
+        rows = x_lq.shape[0]
+        per_forward = num_passes if chunk is None else min(chunk, num_passes)
+        with torch.no_grad(), mc_dropout_mode(floor_teacher):
+            repeated = x_lq.repeat(num_passes, 1, 1, 1, 1)
+            for start in range(0, num_passes, per_forward):
+                floor_teacher(repeated[start * rows:min(start + per_forward, num_passes) * rows])
+
+    run_supervised, run_mt = step(supervised), step(mean_teacher)
+
+    def alc_floor() -> None:
+        run_supervised()
+        bare_teacher_passes(args.num_samples + 1, args.mc_chunk)
+
+    def mt_plus_clean_pass() -> None:
+        run_mt()
+        bare_teacher_passes(1, None)
+
+    steps = {"supervised": run_supervised, "mean_teacher": run_mt, "alc": step(alc), "mtcl": step(mtcl),
+             "alc_floor": alc_floor, "mt_plus_clean_pass": mt_plus_clean_pass}
+    return steps, trainers
+
+
+def synchronize(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(steps: dict[str, Callable[[], Any]], warmup: int, repeats: int, device) -> dict[str, list[float]]:
+    """Round-robin timing: ``warmup`` untimed rounds, then ``repeats`` timed rounds of every step."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for round_index in range(warmup + repeats):
+        for name, run in steps.items():
+            synchronize(device)
+            start = time.perf_counter()
+            run()
+            synchronize(device)
+            if round_index >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
+    parser.add_argument("--patch", type=int, nargs=3, default=None, help="override the profile's patch size")
+    parser.add_argument("--base-filters", type=int, default=None)
+    parser.add_argument("--batch-hq", type=int, default=None)
+    parser.add_argument("--batch-lq", type=int, default=None)
+    parser.add_argument("--num-classes", type=int, default=2)
+    parser.add_argument("--num-samples", type=int, default=8, help="ALC's T")
+    parser.add_argument("--mc-chunk", type=int, default=None, help="teacher perturbations per forward (None = all)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--amp", action="store_true", help="autocast + grad scaling (CUDA only)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    profile = PROFILES[args.profile]
+    for key in ("patch", "base_filters", "batch_hq", "batch_lq"):
+        if getattr(args, key) is None:
+            setattr(args, key, profile[key])
+    if any(p % 16 for p in args.patch):
+        parser.error(f"--patch sides must be divisible by 16 (PaperVNet), got {args.patch}")
+    if args.batch_hq < 1 or args.batch_lq < 1 or args.repeats < 1 or args.warmup < 0 or args.num_samples < 1:
+        parser.error("batch sizes, --repeats and --num-samples must be >= 1, --warmup >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    args = parse_args(argv)
+    import torch
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.amp and device.type != "cuda":
+        raise SystemExit("--amp needs a CUDA device")
+    load_before = os.getloadavg()
+    shown_argv = sys.argv[1:] if argv is None else argv
+    print(f"command: python scripts/benchmark_step.py {' '.join(shown_argv)}")
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
+          f"cpus {os.cpu_count()}, load average before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
+    print(f"patch {args.patch}, base_filters {args.base_filters}, batch {args.batch_hq} HQ + {args.batch_lq} LQ, "
+          f"C {args.num_classes}, ALC T {args.num_samples}, mc_chunk {args.mc_chunk}, "
+          f"warmup {args.warmup}, repeats {args.repeats}")
+    steps, _ = build_steps(args, device)
+    times = measure(steps, args.warmup, args.repeats, device)
+    load_after = os.getloadavg()
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    print(f"\n{'step':<20} {'median s/it':>12} {'min':>8} {'max':>8}")
+    for name in STEPS:
+        values = times[name]
+        print(f"{name:<20} {medians[name]:>12.3f} {min(values):>8.3f} {max(values):>8.3f}")
+    ratios = {
+        "alc/alc_floor": medians["alc"] / medians["alc_floor"],
+        "mtcl_overhead": (medians["mtcl"] - medians["mean_teacher"]) / medians["mean_teacher"],
+        "mtcl/mt_plus_clean_pass": medians["mtcl"] / medians["mt_plus_clean_pass"],
+        "alc/supervised": medians["alc"] / medians["supervised"],
+        "mean_teacher/supervised": medians["mean_teacher"] / medians["supervised"],
+    }
+    print(f"\nALC / ALC floor                          {ratios['alc/alc_floor']:.3f}  (target <= 1.1)")
+    print(f"MTCL correction overhead (MTCL-MT)/MT    {100 * ratios['mtcl_overhead']:.1f}%  (target <= 10%)")
+    print(f"MTCL / (MT + one clean teacher pass)     {ratios['mtcl/mt_plus_clean_pass']:.3f}")
+    print(f"ALC / supervised                         {ratios['alc/supervised']:.3f}")
+    print(f"Mean Teacher / supervised                {ratios['mean_teacher/supervised']:.3f}")
+    print(f"load average after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
+    return {**medians, **ratios}
+
+
+if __name__ == "__main__":
+    main()

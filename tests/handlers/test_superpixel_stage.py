@@ -1,0 +1,318 @@
+"""Tests for custom/handlers/superpixel_stage.py: forget-rate warm-up, the Eq. 5 loss-gap handler and the
+refinement stage (NIfTI written in the source geometry, labels swapped into the dataset, rounds and stopping)."""
+
+from __future__ import annotations
+
+import csv
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine, Events
+from monai.data import CacheDataset
+from monai.inferers import SlidingWindowInferer
+from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, LoadImaged, Orientationd, Spacingd
+from scipy import ndimage
+from torch import nn
+
+from custom.handlers import KeepRatioWarmup, LossGapHandler, SuperpixelRefinementStage
+from custom.handlers.superpixel_stage import averaged_probabilities, refine_case, warmup_keep_ratio
+
+SIDE = 16
+SPACING = 1.25
+
+
+class SignNet(nn.Module):
+    """Logits ``(-k x, k x)``: predicts class 1 wherever the image is positive (a perfect, known "network")."""
+
+    def __init__(self, k: float = 4.0) -> None:
+        super().__init__()
+        self.k = nn.Parameter(torch.tensor(float(k)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([-self.k * x, self.k * x], dim=1)
+
+
+def _sphere(center=(5, 8, 8), radius=4.0) -> np.ndarray:
+    grid = np.indices((SIDE, SIDE, SIDE)).astype(float)
+    distance = np.sqrt(sum((g - c) ** 2 for g, c in zip(grid, center)))
+    return (distance <= radius).astype(np.uint8)
+
+
+def _grid_supervoxels(cell: int = 4) -> np.ndarray:
+    axis = np.arange(SIDE) // cell
+    per_axis = SIDE // cell
+    return (axis[:, None, None] * per_axis**2 + axis[None, :, None] * per_axis + axis[None, None, :]).astype(np.int32)
+
+
+def _save(array, path, affine):
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+    return str(path)
+
+
+def _dataset_items(tmp_path, affine=None, cases=("a", "b"), hq=("h",)):
+    """Cases with a bright off-centre sphere (clean label) and a noisy label = the sphere dilated by 2 voxels."""
+    affine = np.diag([SPACING, SPACING, SPACING, 1.0]) if affine is None else affine
+    folder = tmp_path / "data"
+    folder.mkdir(exist_ok=True)
+    clean = _sphere()
+    noisy = ndimage.binary_dilation(clean, iterations=2).astype(np.uint8)
+    image = np.where(clean > 0, 1.0, -1.0).astype(np.float32)
+    items = []
+    for case_id in (*cases, *hq):
+        is_hq = case_id in hq
+        items.append({
+            "case_id": case_id,
+            "image": _save(image, folder / f"{case_id}_img.nii.gz", affine),
+            "label": _save(clean if is_hq else noisy, folder / f"{case_id}_lab.nii.gz", affine),
+            "label_clean": _save(clean, folder / f"{case_id}_clean.nii.gz", affine),
+            "superpixel": _save(_grid_supervoxels(), folder / f"{case_id}_sv.nii.gz", affine),
+            "quality": "hq" if is_hq else "lq",
+        })
+    return items, clean, noisy
+
+
+def _load_transform():
+    keys = ["image", "label", "superpixel"]
+    return Compose([
+        LoadImaged(keys, image_only=True, allow_missing_keys=True),
+        EnsureChannelFirstd(keys, allow_missing_keys=True),
+        Orientationd(keys, axcodes="RAS", allow_missing_keys=True),
+        Spacingd("image", pixdim=[SPACING] * 3, mode="bilinear"),
+        Spacingd(["label", "superpixel"], pixdim=[SPACING] * 3, mode="nearest", allow_missing_keys=True),
+        EnsureTyped(keys, allow_missing_keys=True, track_meta=True),
+    ])
+
+
+def _dice(a, b) -> float:
+    return 2.0 * np.sum((a > 0) & (b > 0)) / (np.sum(a > 0) + np.sum(b > 0))
+
+
+# ---------------------------------------------------------------------- warm-up
+@pytest.mark.parametrize(
+    "epoch, warmup, expected",
+    # target R = (0.5, 0.8): forget rates (0.5, 0.2) ramp linearly over 5 epochs
+    [(0, 5, [1.0, 1.0]), (1, 5, [0.9, 0.96]), (4, 5, [0.6, 0.84]), (5, 5, [0.5, 0.8]), (9, 5, [0.5, 0.8]),
+     (0, 0, [0.5, 0.8])],
+)
+def test_warmup_keep_ratio(epoch, warmup, expected):
+    assert warmup_keep_ratio(epoch, [0.5, 0.8], warmup).tolist() == pytest.approx(expected)
+
+
+def test_keep_ratio_warmup_handler_sets_the_trainer_ratio_per_epoch():
+    seen = []
+    engine = Engine(lambda e, b: seen.append(e.keep_ratio.tolist()))
+    engine.target_keep_ratio = torch.tensor([0.6, 0.8], dtype=torch.float64)
+    KeepRatioWarmup(warmup_epochs=2).attach(engine)
+    engine.run([0], max_epochs=4)
+    assert seen == pytest.approx([[1.0, 1.0], [0.8, 0.9], [0.6, 0.8], [0.6, 0.8]])
+    with pytest.raises(ValueError):
+        KeepRatioWarmup(warmup_epochs=-1)
+
+
+# ---------------------------------------------------------------------- loss gap
+def _gap_engine(unselected_per_epoch, steps_per_epoch=1):
+    def step(engine, _):
+        value = unselected_per_epoch[engine.state.epoch - 1]
+        return {"loss_selected": torch.tensor(0.0), "loss_unselected": torch.tensor(float(value)),
+                "selected_fraction": torch.tensor(0.5)}
+
+    engine = Engine(step)
+    engine.keep_ratio = torch.tensor([0.7, 0.7], dtype=torch.float64)
+    return engine, [0] * steps_per_epoch
+
+
+def test_loss_gap_is_the_epoch_mean_difference(tmp_path):
+    # two steps: (selected, unselected) = (1, 3) and (2, 2) -> means 1.5 and 2.5 -> G = 1.0
+    values = iter([(1.0, 3.0), (2.0, 2.0)])
+
+    def step(engine, _):
+        selected, unselected = next(values)
+        return {"loss_selected": torch.tensor(selected), "loss_unselected": torch.tensor(unselected),
+                "selected_fraction": torch.tensor(0.25)}
+
+    engine = Engine(step)
+    handler = LossGapHandler(patience=3, output_dir=str(tmp_path))
+    handler.attach(engine)
+    engine.run([0, 0], max_epochs=1)
+    assert handler.rows[0]["loss_gap"] == pytest.approx(1.0)
+    assert handler.rows[0]["selected_fraction"] == pytest.approx(0.25)
+    assert engine.state.metrics["loss_gap"] == pytest.approx(1.0)
+    with open(tmp_path / "loss_gap.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert float(rows[0]["loss_gap"]) == pytest.approx(1.0) and rows[0]["epoch"] == "1"
+
+
+def test_loss_gap_patience():
+    engine, data = _gap_engine([1.0, 2.0, 1.5, 1.9, 1.0])
+    handler = LossGapHandler(patience=3)
+    handler.attach(engine)
+    flags = []
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: flags.append(handler.tracker.should_stop))
+    engine.run(data, max_epochs=5)
+    assert flags == [False, False, False, False, True]  # best at epoch 2, three epochs without improvement
+
+
+def test_loss_gap_skips_engines_without_selection_output():
+    engine = Engine(lambda e, b: {"loss": torch.tensor(1.0)})
+    handler = LossGapHandler()
+    handler.attach(engine)
+    engine.run([0], max_epochs=2)
+    assert handler.rows == [] and handler.tracker.num_updates == 0
+
+
+# ---------------------------------------------------------------------- one case
+def test_averaged_probabilities_restores_modes_and_averages():
+    net1, net2 = SignNet(1.0), SignNet(3.0)
+    net1.train()
+    net2.eval()
+    x = torch.tensor([0.5]).view(1, 1, 1, 1, 1)
+    probs = averaged_probabilities([net1, net2], x)
+    expected = 0.5 * (torch.sigmoid(torch.tensor(1.0)) + torch.sigmoid(torch.tensor(3.0)))  # p1 = sigmoid(2 k x)
+    assert float(probs[0, 1]) == pytest.approx(float(expected), abs=1e-6)
+    assert net1.training and not net2.training
+    with pytest.raises(ValueError):
+        averaged_probabilities([], x)
+
+
+@pytest.mark.parametrize("use_superpixels", [False, True])
+@pytest.mark.parametrize("flip", [False, True])
+def test_refine_case_corrects_labels_in_the_source_geometry(tmp_path, use_superpixels, flip):
+    # a flipped first axis makes Orientationd reorder the volume: the result must be mapped back
+    affine = np.diag([-SPACING if flip else SPACING, SPACING, SPACING, 1.0])
+    items, clean, noisy = _dataset_items(tmp_path, affine=affine, cases=("a",), hq=())
+    case = refine_case(
+        [SignNet(), SignNet(2.0)], items[0], _load_transform(), keep_ratio=[0.5, 0.5],
+        inferer=SlidingWindowInferer(roi_size=(SIDE,) * 3), use_superpixels=use_superpixels,
+    )
+    np.testing.assert_allclose(case.affine, affine)
+    assert case.label.shape == clean.shape
+    assert case.changed_fraction == pytest.approx(float(np.mean(case.label != noisy)))
+    if use_superpixels:
+        # whole (supervoxel, class) pieces flip: most of the dilation ring is undone
+        assert _dice(case.label, clean) > _dice(noisy, clean) + 0.1
+    else:
+        # voxel pieces, a perfect network and a budget above the number of wrong voxels: exact correction
+        np.testing.assert_array_equal(case.label, clean)
+
+
+def test_refine_case_keeps_labels_when_nothing_may_change(tmp_path):
+    items, _, noisy = _dataset_items(tmp_path, cases=("a",), hq=())
+    case = refine_case([SignNet(), SignNet()], items[0], _load_transform(), keep_ratio=[1.0, 1.0])
+    np.testing.assert_array_equal(case.label, noisy)
+    assert case.changed_fraction == 0.0
+
+
+def test_refine_case_needs_the_supervoxel_map(tmp_path):
+    items, _, _ = _dataset_items(tmp_path, cases=("a",), hq=())
+    del items[0]["superpixel"]
+    with pytest.raises(ValueError, match="superpixel"):
+        refine_case([SignNet()], items[0], _load_transform(), keep_ratio=[0.5, 0.5])
+
+
+# ---------------------------------------------------------------------- the stage
+def _stage_engine(gaps, keep_ratio=(0.5, 0.5)):
+    engine, data = _gap_engine(gaps)
+    engine.networks = [SignNet(), SignNet(2.0)]
+    engine.target_keep_ratio = torch.tensor(keep_ratio, dtype=torch.float64)
+    engine.labels_refined = False
+    return engine, data
+
+
+def _stage(tmp_path, items, **kwargs):
+    dataset = CacheDataset(items, transform=_load_transform(), progress=False)
+    arguments = dict(
+        dataset=dataset, load_transform=_load_transform(), inferer=None, output_dir=str(tmp_path / "run"),
+        num_classes=2, loss_gap=LossGapHandler(patience=2), use_superpixels=False,
+    )
+    arguments.update(kwargs)
+    return SuperpixelRefinementStage(**arguments), dataset
+
+
+def test_patience_triggers_refinement_which_writes_and_swaps_labels(tmp_path):
+    items, clean, noisy = _dataset_items(tmp_path)
+    stage, dataset = _stage(tmp_path, items)
+    engine, data = _stage_engine([1.0, 0.9, 0.8, 0.7, 0.6])
+    stage.attach(engine)
+    epochs_refined = []
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: epochs_refined.append(stage.round))
+    engine.run(data, max_epochs=5)
+    assert epochs_refined == [0, 0, 1, 1, 1]  # best at epoch 1, two epochs without improvement -> epoch 3
+    assert stage.done and "max_rounds" in stage.stop_reason
+    round_dir = tmp_path / "run" / "refined_labels" / "round_1"
+    assert sorted(p.name for p in round_dir.iterdir()) == ["a.nii.gz", "b.nii.gz"]  # the HQ case is not refined
+    written = nib.load(str(round_dir / "a.nii.gz"))
+    np.testing.assert_array_equal(np.asarray(written.dataobj), clean)
+    np.testing.assert_allclose(written.affine, nib.load(items[0]["label"]).affine)
+    # the dataset now serves the refined labels (re-cached); the HQ item keeps its own
+    assert [item["label"] for item in dataset.data] == [str(round_dir / "a.nii.gz"), str(round_dir / "b.nii.gz"),
+                                                         items[2]["label"]]
+    np.testing.assert_array_equal(np.asarray(dataset[0]["label"][0]), clean)
+    # R grows by gamma, the trainer is told that it trains on refined labels
+    assert engine.target_keep_ratio.tolist() == pytest.approx([0.55, 0.55])
+    assert engine.labels_refined
+    with open(tmp_path / "run" / "refined_labels" / "refinement_log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["case_id"] for r in rows] == ["a", "b"] and {r["round"] for r in rows} == {"1"}
+    assert float(rows[0]["dice_after"]) == pytest.approx(1.0)
+    assert float(rows[0]["dice_before"]) == pytest.approx(_dice(noisy, clean), abs=1e-5)
+
+
+def test_rounds_continue_while_the_gap_rises_and_stop_when_it_does_not(tmp_path):
+    items, _, _ = _dataset_items(tmp_path, cases=("a",), hq=())
+    stage, _ = _stage(tmp_path, items, max_rounds=5)
+    # round 1 at epoch 3 (best 1.0); the gap then peaks at 2.0 > 1.0 -> round 2 at epoch 6;
+    # then it peaks at 0.5 < 2.0: refinement did not help, no round 3
+    engine, data = _stage_engine([1.0, 0.9, 0.8, 2.0, 1.9, 1.8, 0.5, 0.4, 0.3, 0.2])
+    stage.attach(engine)
+    engine.run(data, max_epochs=10)
+    assert stage.round == 2 and stage.done and "did not rise" in stage.stop_reason
+    assert engine.target_keep_ratio.tolist() == pytest.approx([0.605, 0.605])
+    assert (tmp_path / "run" / "refined_labels" / "round_2" / "a.nii.gz").is_file()
+    assert not (tmp_path / "run" / "refined_labels" / "round_3").exists()
+
+
+def test_rounds_stop_at_max_rounds_and_can_end_training(tmp_path):
+    items, _, _ = _dataset_items(tmp_path, cases=("a",), hq=())
+    stage, _ = _stage(tmp_path, items, max_rounds=2, terminate_when_done=True)
+    engine, data = _stage_engine([1.0, 0.9, 0.8, 2.0, 1.9, 1.8, 3.0, 2.9, 2.8, 2.7])
+    stage.attach(engine)
+    engine.run(data, max_epochs=10)
+    assert stage.round == 2 and "max_rounds=2" in stage.stop_reason
+    assert engine.state.epoch == 6  # terminated right after the last round
+
+
+def test_max_rounds_zero_never_refines(tmp_path):
+    items, _, _ = _dataset_items(tmp_path, cases=("a",), hq=())
+    stage, dataset = _stage(tmp_path, items, max_rounds=0)
+    engine, data = _stage_engine([1.0, 0.5, 0.4, 0.3])
+    stage.attach(engine)
+    engine.run(data, max_epochs=4)
+    assert stage.round == 0 and dataset.data[0]["label"] == items[0]["label"]
+
+
+def test_state_dict_round_trip_restores_labels_and_ratio(tmp_path):
+    items, clean, _ = _dataset_items(tmp_path, cases=("a",), hq=())
+    stage, _ = _stage(tmp_path, items)
+    engine, data = _stage_engine([1.0, 0.9, 0.8])
+    stage.attach(engine)
+    engine.run(data, max_epochs=3)
+    state = stage.state_dict()
+
+    resumed, dataset = _stage(tmp_path, items)
+    engine2, _ = _stage_engine([1.0])
+    resumed.attach(engine2)
+    resumed.load_state_dict(state)
+    assert resumed.round == 1 and resumed.done
+    assert dataset.data[0]["label"].endswith("round_1/a.nii.gz")
+    np.testing.assert_array_equal(np.asarray(dataset[0]["label"][0]), clean)
+    assert engine2.target_keep_ratio.tolist() == pytest.approx([0.55, 0.55]) and engine2.labels_refined
+    assert resumed.loss_gap.tracker.history == stage.loss_gap.tracker.history
+
+
+@pytest.mark.parametrize("kwargs", [{"max_rounds": -1}, {"gamma": 0.9}, {"num_classes": 1}])
+def test_stage_bad_arguments(tmp_path, kwargs):
+    items, _, _ = _dataset_items(tmp_path, cases=("a",), hq=())
+    with pytest.raises(ValueError):
+        _stage(tmp_path, items, **kwargs)
