@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--downsample", type=int, default=2, help="LA resolution factor (2 = 1.25 mm, the CPU profile)")
-    parser.add_argument("--report", default="docs/benchmarks_results.md")
+    parser.add_argument("--report", default="docs/benchmarks.md")
+    parser.add_argument("--notes", default="docs/benchmark_notes.md",
+                        help="markdown placed above the generated tables (how to read them, targets met or missed)")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra config overrides for every run, e.g. max_epochs=2")
@@ -54,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         run_benchmark(args.h5_dir, args.work_dir, args.settings, args.methods, PROFILES[args.profile], args.seeds,
                       args.downsample, extra)
     rows = collect_results(args.work_dir)
-    header = (f"## Results (`scripts/benchmark.py --profile {args.profile}`; {len(rows)} runs from "
+    notes = Path(args.notes).read_text() if args.notes and Path(args.notes).is_file() else "# Benchmarks\n"
+    header = notes.rstrip() + "\n\n" + (f"## Results (`scripts/benchmark.py --profile {args.profile}`; {len(rows)} runs from "
               f"`{args.work_dir}`)\n\nDice etc. on the 6 LA test cases against clean labels, last checkpoint; "
               "gap recovery = (method - HL-Sup) / (clean - HL-Sup); label Dice = last epoch's training-patch "
               "labels vs clean; s/iter = median training-step time.")

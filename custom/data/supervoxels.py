@@ -56,7 +56,8 @@ SUPERVOXEL_BACKENDS = ("sitk", "skimage")
 DEFAULT_VOXELS_PER_SEGMENT = 216
 DEFAULT_COMPACTNESS = 0.5
 DEFAULT_MAX_ITERATIONS = 5
-#: cache layout shared with ``scripts/make_supervoxels.py``: ``<image folder>/../supervoxels/<case_id>_supervoxels.nii.gz``
+#: cache layout shared with ``scripts/make_supervoxels.py``:
+#: ``<image folder>/../supervoxels/<case_id>_supervoxels.nii.gz``
 SUPERVOXEL_DIR = "supervoxels"
 SUPERVOXEL_PARAMS_FILE = "params.json"
 

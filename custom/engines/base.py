@@ -4,7 +4,13 @@ A method trainer implements :meth:`NoisyLabelTrainer.compute_loss` only: given t
 it runs its forward passes, puts ``Keys.PRED`` into ``engine.state.output``, fires ``FORWARD_COMPLETED``, and
 returns the loss. This class does the rest exactly as MONAI's ``SupervisedTrainer._iteration`` does: zero grad,
 autocast + grad scaling when ``amp`` is on, ``LOSS_COMPLETED``, backward, ``BACKWARD_COMPLETED``, optimiser
-step, ``MODEL_COMPLETED``; then :meth:`after_step` (EMA updates and the like).
+step, ``MODEL_COMPLETED``; then :meth:`after_step` (EMA updates and the like). Without an override,
+:meth:`NoisyLabelTrainer.compute_loss` is the plain supervised step.
+
+Data-parallel training (``torchrun``, ``configs/multi_gpu.json``): when a process group is initialised, the
+weights of :meth:`synced_modules` are broadcast from rank 0 at start and, after each backward pass, the gradients
+of every optimiser's parameters (:meth:`extra_optimizers` included) are averaged over ranks with one all-reduce.
+This keeps a teacher, peers and transition matrices in step without wrapping each in DistributedDataParallel.
 """
 
 from __future__ import annotations
@@ -13,8 +19,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from monai.data import MetaTensor
 from monai.engines import SupervisedTrainer
+from ignite.engine import Events
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
@@ -46,15 +54,59 @@ class NoisyLabelTrainer(SupervisedTrainer):
 
     device_keys: Sequence[str] = ("image", "label", "clean_label", "superpixel", "is_hq")
 
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.add_event_handler(Events.STARTED, self._start_in_step)
+
+    def _start_in_step(self, engine: NoisyLabelTrainer) -> None:
+        if dist.is_available() and dist.is_initialized():
+            self._broadcast_from_rank0()
+
     def compute_loss(self, engine: NoisyLabelTrainer, batch: dict[str, Any]) -> torch.Tensor:
-        raise NotImplementedError
+        """Plain supervised step (the default): ``loss_function(inferer(image, network), label)``."""
+        logits = engine.inferer(batch["image"], engine.network)
+        engine.state.output[Keys.PRED] = logits
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        return engine.loss_function(logits, batch["label"]).mean()
 
     def after_step(self, engine: NoisyLabelTrainer) -> None:
         """Hook run after the optimiser step (no gradient tracking needed by default)."""
 
-    def extra_parameters(self) -> list[torch.nn.Parameter]:
-        """Parameters outside ``network`` that the trainer's optimiser also updates (e.g. a peer network)."""
+    # ------------------------------------------------------------------ data-parallel training (torchrun)
+    def extra_optimizers(self) -> list[torch.optim.Optimizer]:
+        """Optimisers besides ``self.optimizer`` (e.g. JCAS's transition matrices); their gradients are synced too."""
         return []
+
+    def synced_modules(self) -> list[torch.nn.Module]:
+        """Modules whose weights must start identical on every rank (the network, peers, teacher, ...)."""
+        return [m for m in (self.network, getattr(self, "teacher", None)) if isinstance(m, torch.nn.Module)]
+
+    def _trainable_parameters(self) -> list[torch.nn.Parameter]:
+        params = []
+        for opt in [self.optimizer, *self.extra_optimizers()]:
+            for group in opt.param_groups:
+                params.extend(p for p in group["params"] if p.requires_grad)
+        return params
+
+    def _broadcast_from_rank0(self) -> None:
+        with torch.no_grad():
+            for module in self.synced_modules():
+                for tensor in [*module.parameters(), *module.buffers()]:
+                    dist.broadcast(tensor, src=0)
+
+    def _average_gradients(self) -> None:
+        # every trainable tensor of every optimiser (peers, T matrices included), so that each procedure's
+        # extra networks stay in step without wrapping each of them in DistributedDataParallel
+        grads = [p.grad for p in self._trainable_parameters() if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= dist.get_world_size()
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
 
     def _iteration(self, engine: NoisyLabelTrainer, batchdata: dict[str, Any]) -> dict:
         if batchdata is None:
@@ -71,13 +123,18 @@ class NoisyLabelTrainer(SupervisedTrainer):
             loss = self.compute_loss(engine, batch)
         engine.state.output[Keys.LOSS] = loss
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        distributed = dist.is_available() and dist.is_initialized()
         if use_amp:
             engine.scaler.scale(loss).backward()
+            if distributed:
+                self._average_gradients()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             engine.scaler.step(engine.optimizer)
             engine.scaler.update()
         else:
             loss.backward()
+            if distributed:
+                self._average_gradients()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             engine.optimizer.step()
         engine.fire_event(IterationEvents.MODEL_COMPLETED)

@@ -144,6 +144,10 @@ class CoTeachingTrainer(NoisyLabelTrainer):
         """``[network, *peers]``: f1 first."""
         return [self.network, *self.peers]
 
+    def synced_modules(self) -> list[nn.Module]:
+        """Every network starts identical on all ranks under data-parallel training (see the base class)."""
+        return self.networks
+
     @property
     def keep_ratio(self) -> torch.Tensor:
         """Current ``R_c``, float64 CPU ``(C,)`` (kept on the CPU: the selection reads it without a device sync)."""
@@ -212,9 +216,10 @@ class CoTeachingTrainer(NoisyLabelTrainer):
             raise ValueError(f"label must be (B, 1, *S), got shape {tuple(labels.shape)}.")
         logits = self.forward_networks(engine, image)
         terms = self.selection_terms(logits, labels, batch)
-        loss = torch.stack([self.reduce(term, mask, labels) for term, mask in terms]).sum()
+        reduced = [self.reduce(term, mask, labels) for term, mask in terms]
+        loss = torch.stack(reduced).sum()
         with torch.no_grad():
-            selected = torch.stack([self.reduce(term.detach(), mask, labels) for term, mask in terms]).mean()
+            selected = torch.stack(reduced).mean().detach()
             unselected = torch.stack([self.reduce(term.detach(), ~mask, labels) for term, mask in terms]).mean()
             fraction = torch.stack([mask.float().mean() for _, mask in terms]).mean()
         output = engine.state.output
@@ -367,8 +372,8 @@ def estimate_training_keep_ratio(
     differ from each other and from the LQ cases'; several draws average out e.g. MTCL's 50/50 dilate/erode choice
     when there are few HQ cases); per class c this gives, per corrupted case, the voxels labelled c (``T_c``) and
     those of them that are right (``A_c``), and per clean case the voxels of class c (``N_c``), all averaged over
-    the HQ cases and draws. With ``n_clean`` training cases whose label is clean (HQ, and LQ items whose ``label`` is their
-    ``label_clean`` file, i.e. not corrupted) and ``n_noisy`` corrupted ones, the expected precision of the
+    the HQ cases and draws. With ``n_clean`` training cases whose label is clean (HQ, and LQ items whose ``label``
+    is their ``label_clean`` file, i.e. not corrupted) and ``n_noisy`` corrupted ones, the expected precision of the
     training labels is ``R_c = (n_clean N_c + n_noisy A_c) / (n_clean N_c + n_noisy T_c)``.
 
     Limits: the noise is simulated at the stored resolution (prepare simulates before downsampling, so with

@@ -13,8 +13,8 @@ part of the network: they have their own SGD optimiser (paper code: lr 1e-3, mom
 stepped only in stage 2, and the exported inference network never contains them. The transitions' optimiser state
 travels in the trainer's own ``state_dict`` (so a checkpoint holding ``trainer`` and ``transitions`` resumes both).
 
-The learned ``T_C`` is logged at every epoch end and written to ``<output_dir>/transition_matrix.json`` when
-training completes.
+The learned ``T_C`` is logged at every epoch end and written, with its per-epoch history, to
+``<output_dir>/transition_matrix.json`` when training completes.
 """
 
 from __future__ import annotations
@@ -151,6 +151,8 @@ class JcasTrainer(NoisyLabelTrainer):
         )
         self.output_dir = None if output_dir is None else str(output_dir)
         self.current_stage = jcas_stage(1, self.warmup_epochs)
+        # T_C at each epoch end, written with the final matrices (training logs may not be kept)
+        self.transition_history: list[dict[str, Any]] = []
         # stepped between backward and the main optimiser step, so that an AMP grad scaler unscales both
         # optimisers before its update() (the base iteration calls update() right after the main step)
         self.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self._step_transitions)
@@ -176,6 +178,15 @@ class JcasTrainer(NoisyLabelTrainer):
         engine.state.output.update({f"loss_{name}": value for name, value in parts.items()})
         return loss
 
+    # ------------------------------------------------------------------ data-parallel hooks of the base trainer
+    def extra_optimizers(self) -> list[torch.optim.Optimizer]:
+        """The transitions' optimiser: under ``torchrun`` the base trainer averages its gradients over ranks."""
+        return [self.transition_optimizer]
+
+    def synced_modules(self) -> list[torch.nn.Module]:
+        """The network and the transition matrices start from rank 0's values."""
+        return [*super().synced_modules(), self.transitions]
+
     def _step_transitions(self, engine: JcasTrainer) -> None:
         if self.current_stage != "correction":
             return  # stage 1 does not use T: its parameters and momentum stay untouched
@@ -200,6 +211,9 @@ class JcasTrainer(NoisyLabelTrainer):
 
     def _log_transitions(self, engine: JcasTrainer) -> None:
         summary = self.transition_summary()
+        self.transition_history.append(
+            {"epoch": int(engine.state.epoch), "stage": self.current_stage, "class_transition": summary["class_transition"]}
+        )
         engine.logger.info(
             f"epoch {engine.state.epoch} ({self.current_stage}): T_C (rows clean, cols noisy) = "
             f"{summary['class_transition']}, T_A = {summary['affinity_transition']}"
@@ -216,6 +230,7 @@ class JcasTrainer(NoisyLabelTrainer):
             "warmup_epochs": self.warmup_epochs,
             "final_stage": self.current_stage,
             **self.transition_summary(),
+            "history": self.transition_history,
         }
         write_json(summary, Path(self.output_dir) / TRANSITION_MATRIX_FILE)
 

@@ -51,7 +51,9 @@ __all__ = [
 REFINEMENT_LOG = "refinement_log.csv"
 
 
-def warmup_keep_ratio(epoch: int, target_keep_ratio: Sequence[float] | torch.Tensor, warmup_epochs: int = 5) -> torch.Tensor:
+def warmup_keep_ratio(
+    epoch: int, target_keep_ratio: Sequence[float] | torch.Tensor, warmup_epochs: int = 5
+) -> torch.Tensor:
     """``R_c`` at a 0-based ``epoch``: ``1 - forget_rate_schedule(epoch, 1 - R_target, warmup_epochs)``.
 
     Returns:
@@ -85,7 +87,8 @@ class LossGapHandler:
     """Eq. 5 of SP-guided per epoch: ``G = mean loss of unselected - mean loss of selected`` (step averages).
 
     Reads ``loss_selected``, ``loss_unselected`` and ``selected_fraction`` (detached scalars) from
-    ``engine.state.output``; epochs without them are skipped.
+    ``engine.state.output`` (also when the engine decollated it into per-sample dicts); epochs without them are
+    skipped.
 
     Args:
         patience: epochs without a new maximum of G that signal refinement (5).
@@ -106,10 +109,15 @@ class LossGapHandler:
 
     def iteration_completed(self, engine: Engine) -> None:
         out = engine.state.output
-        if not isinstance(out, Mapping) or not isinstance(out.get("loss_selected"), torch.Tensor):
+        if isinstance(out, Sequence) and out and isinstance(out[0], Mapping):
+            out = out[0]  # decollated by the engine (``decollate=True``): the scalars are repeated per sample
+        if not isinstance(out, Mapping) or "loss_selected" not in out or "loss_unselected" not in out:
             return
-        fraction = out.get("selected_fraction", out["loss_selected"].new_full((), math.nan))
-        values = torch.stack([out["loss_selected"], out["loss_unselected"], fraction]).detach().double()
+        parts = [out["loss_selected"], out["loss_unselected"], out.get("selected_fraction", math.nan)]
+        if all(isinstance(p, torch.Tensor) for p in parts):
+            values = torch.stack([p.reshape(()) for p in parts]).detach().double()  # stays on the device
+        else:
+            values = torch.tensor([float(p) for p in parts], dtype=torch.float64)
         self._sums = values if self._sums is None else self._sums + values
         self._steps += 1
 
@@ -363,7 +371,7 @@ class SuperpixelRefinementStage:
         """Refine every (LQ) training case, write the NIfTI files, swap them in and raise ``R``; returns the rows."""
         self.round += 1
         round_dir = self.output_dir / REFINED_LABEL_DIR / f"round_{self.round}"
-        networks = list(getattr(engine, "networks", [engine.network]))
+        networks = list(getattr(engine, "networks", None) or [engine.network])
         keep_ratio = engine.target_keep_ratio
         new_items, rows = [], []
         for item in list(self.dataset.data):
@@ -438,7 +446,7 @@ class SuperpixelRefinementStage:
             self._swap(items)
         if self._engine is not None:
             if state.get("target_keep_ratio") is not None:
-                self._engine.target_keep_ratio = state["target_keep_ratio"]
+                self._engine.target_keep_ratio = torch.as_tensor(state["target_keep_ratio"], dtype=torch.float64)
             self._engine.labels_refined = self.round > 0
 
 

@@ -228,7 +228,8 @@ def spguided_audit_cases(
         noisy = np.rint(noisy).astype(np.int64)
         refined = _int_labels(str(refined_files[case_id])) if case_id in refined_files else noisy
         if refined.shape != noisy.shape:
-            raise DataError(refined_files[case_id], f"shape {refined.shape} differs from the noisy label's {noisy.shape}")
+            raise DataError(refined_files[case_id], f"shape {refined.shape} differs from the noisy label's "
+                                                    f"{noisy.shape}")
         score = float(np.mean(refined != noisy))
         yield AuditCase(case_id, refined, affine, header, score, str(item["label"]), item.get("label_clean"))
 

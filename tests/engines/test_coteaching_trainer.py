@@ -203,10 +203,14 @@ def test_keep_ratio_can_change_between_epochs():
     trainer = _trainer(JoCoRTrainer, keep_ratio=(0.6, 0.6), max_epochs=2,
                        batches=_batches(num_batches=1))
     fractions = []
-    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: setattr(e, "keep_ratio", [1.0, 1.0] if
-                                                                       e.state.epoch == 1 else [0.6, 0.6]))
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: fractions.append(float(e.state.output[
-        "selected_fraction"])))
+
+    def set_ratio(engine):
+        engine.keep_ratio = [1.0, 1.0] if engine.state.epoch == 1 else [0.6, 0.6]
+
+    trainer.add_event_handler(Events.EPOCH_STARTED, set_ratio)
+    trainer.add_event_handler(
+        Events.EPOCH_COMPLETED, lambda e: fractions.append(float(e.state.output["selected_fraction"]))
+    )
     trainer.run()
     assert fractions[0] == 1.0 and abs(fractions[1] - 0.6) < 1e-3
     assert torch.equal(trainer.target_keep_ratio, torch.tensor([0.6, 0.6], dtype=torch.float64))

@@ -131,6 +131,13 @@ def test_transitions_use_their_own_optimiser_settings():
     assert_close(weights.detach(), before["t_c"] - 0.5 * weights.grad)
 
 
+def test_data_parallel_hooks_cover_the_transitions():
+    trainer = _trainer(warmup_epochs=0, max_epochs=1)
+    assert trainer.extra_optimizers() == [trainer.transition_optimizer]
+    synced = trainer.synced_modules()
+    assert any(m is trainer.network for m in synced) and any(m is trainer.transitions for m in synced)
+
+
 def test_stage_switches_after_warmup_epochs():
     trainer = _trainer(warmup_epochs=2, max_epochs=4)
     init = _transition_weights(trainer)[0]
@@ -182,6 +189,8 @@ def test_transitions_logged_each_epoch_and_written_at_completion(tmp_path, caplo
     np.testing.assert_allclose(summary["class_frequencies"], [0.5, 0.3, 0.2], atol=1e-4)
     with torch.no_grad():
         np.testing.assert_allclose(t_c, trainer.transitions()[0].numpy(), atol=1e-4)
+    assert [(h["epoch"], h["stage"]) for h in summary["history"]] == [(1, "warmup"), (2, "correction")]
+    np.testing.assert_allclose(summary["history"][-1]["class_transition"], t_c)
 
 
 def test_no_json_without_output_dir(tmp_path, monkeypatch):
