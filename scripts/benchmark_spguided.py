@@ -10,7 +10,10 @@ Steps timed (each the real trainer's ``_iteration`` on one fixed in-memory batch
 only the step is measured; every network starts from the same weights):
 
 * ``supervised_x2``: two MONAI ``SupervisedTrainer`` steps (cross-entropy, one per network): what two networks
-  cost without any selection - the floor of every two-network method;
+  cost without any selection - the reference of every ratio;
+* ``supervised_pair``: both networks forward, the sum of their plain cross-entropies, one backward and one
+  optimiser step (no selection): the floor of any method that couples two networks in one step. It holds both
+  networks' activations at once, which on a CPU costs page faults (system time) that two separate steps do not pay;
 * ``spguided``: :class:`SPGuidedTrainer` (two forwards, no-grad superpixel pooling + Eq. 2 scores + per-class
   small-loss selection over (supervoxel, class) pieces, Eq. 4 joint loss, one backward, one optimiser step);
 * ``spguided_voxel``: :class:`SPGuidedVoxelTrainer` (the same with voxels as pieces: sorts ``B * V`` scores);
@@ -22,16 +25,23 @@ The batch is a bright ball with 3-voxel dilation noise in Gaussian noise; its su
 warm-up, so selection runs).
 
 Timing: the steps are interleaved (round robin, after ``--warmup`` untimed rounds); each figure is the median of
-``--repeats`` rounds, both wall clock and process CPU time. On a CPU shared with other jobs the wall clock mostly
-measures the others' load, so on CPU the ratios use the process CPU time and ``--threads`` defaults to 1 (CPU time
-= work done); on CUDA they use the wall clock (synchronised). Printed: every step's ratio to ``supervised_x2``
-(target for ``spguided``: <= 1.1) and the load average before and after.
+``--repeats`` rounds, of the wall clock and of the process's user and system CPU time (``getrusage``). On a CPU
+shared with other jobs the wall clock mostly measures the others' load, so on CPU the ratios use the process CPU time
+(user + system) and ``--threads`` defaults to 1 (CPU time = work done); on CUDA they use the wall clock
+(synchronised). Printed: every step's ratio to ``supervised_x2`` (target for ``spguided``: <= 1.1), the same on user
+time only (the arithmetic, without the allocator's page faults), and the load average before and after.
+
+On CPU with glibc's default malloc, large freed blocks go back to the OS and are faulted in again at the next step;
+holding two networks' activations at once makes that cost visible as system time. Run with
+``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=8589934592`` (keep freed memory in the process) to remove
+it; the header prints the ``MALLOC_*`` settings in effect.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import time
@@ -47,7 +57,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "cpu": {"patch": [64, 64, 32], "base_filters": 8, "batch": 4},
     "paper": {"patch": [112, 112, 80], "base_filters": 16, "batch": 2},
 }
-STEPS = ("supervised_x2", "spguided", "spguided_voxel", "jocor", "coteaching")
+STEPS = ("supervised_x2", "supervised_pair", "spguided", "spguided_voxel", "jocor", "coteaching")
 KEEP_RATIO = (0.9, 0.7)
 
 
@@ -129,7 +139,22 @@ def build_steps(args: argparse.Namespace, device) -> dict[str, Callable[[], Any]
             run_second()
         return run
 
+    def supervised_pair() -> Callable[[], None]:
+        nets = [network(0), network(1)]
+        optimizer = common(nets, batch)["optimizer"]
+        target = supervised_batch["label"][:, 0]
+
+        def run() -> None:
+            for net in nets:
+                net.train()
+            optimizer.zero_grad(set_to_none=True)
+            loss = sum(F.cross_entropy(net(supervised_batch["image"]), target) for net in nets)
+            loss.backward()
+            optimizer.step()
+        return run
+
     makers["supervised_x2"] = supervised_x2
+    makers["supervised_pair"] = supervised_pair
     makers["spguided"] = lambda: step(pair(SPGuidedTrainer), batch)
     makers["spguided_voxel"] = lambda: step(pair(SPGuidedVoxelTrainer), batch)
     makers["jocor"] = lambda: step(pair(JoCoRTrainer), batch)
@@ -144,18 +169,26 @@ def synchronize(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _cpu_times() -> tuple[float, float]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
+
+
 def measure(steps: dict[str, Callable[[], Any]], warmup: int, repeats: int, device) -> dict[str, dict[str, list]]:
-    """Round-robin timing: ``warmup`` untimed rounds, then ``repeats`` timed rounds (wall and process CPU time)."""
-    times: dict[str, dict[str, list]] = {name: {"wall": [], "cpu": []} for name in steps}
+    """Round-robin timing: ``warmup`` untimed rounds, then ``repeats`` timed rounds (wall, user, system, cpu)."""
+    times: dict[str, dict[str, list]] = {name: {"wall": [], "user": [], "sys": [], "cpu": []} for name in steps}
     for round_index in range(warmup + repeats):
         for name, run in steps.items():
             synchronize(device)
-            wall, cpu = time.perf_counter(), time.process_time()
+            wall, (user, system) = time.perf_counter(), _cpu_times()
             run()
             synchronize(device)
             if round_index >= warmup:
+                end_user, end_system = _cpu_times()
                 times[name]["wall"].append(time.perf_counter() - wall)
-                times[name]["cpu"].append(time.process_time() - cpu)
+                times[name]["user"].append(end_user - user)
+                times[name]["sys"].append(end_system - system)
+                times[name]["cpu"].append(end_user - user + end_system - system)
     return times
 
 
@@ -204,20 +237,28 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
           f"load average before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
     print(f"patch {args.patch}, base_filters {args.base_filters}, batch {args.batch}, R {list(KEEP_RATIO)}, "
           f"warmup {args.warmup}, repeats {args.repeats}; ratios on {clock} time")
+    malloc = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
+    print(f"glibc malloc settings: {malloc or 'defaults'}")
     steps = build_steps(args, device)
     times = measure(steps, args.warmup, args.repeats, device)
     load_after = os.getloadavg()
     medians = {name: statistics.median(t[clock]) for name, t in times.items()}
-    print(f"\n{'step':<16} {'wall s/it':>10} {'cpu s/it':>10} {'min':>8} {'max':>8}   ratio to supervised_x2")
+    user = {name: statistics.median(t["user"]) for name, t in times.items()}
+    print(f"\n{'step':<16} {'wall s/it':>9} {'user':>7} {'sys':>7} {'cpu':>7} {'min':>7} {'max':>7}   "
+          f"ratio ({clock})  ratio (user)")
     reference = medians["supervised_x2"]
     for name in args.steps:
-        wall, cpu = statistics.median(times[name]["wall"]), statistics.median(times[name]["cpu"])
+        t = {key: statistics.median(values) for key, values in times[name].items()}
         values = times[name][clock]
-        print(f"{name:<16} {wall:>10.3f} {cpu:>10.3f} {min(values):>8.3f} {max(values):>8.3f}   "
-              f"{medians[name] / reference:.3f}")
+        print(f"{name:<16} {t['wall']:>9.3f} {t['user']:>7.3f} {t['sys']:>7.3f} {t['cpu']:>7.3f} {min(values):>7.3f} "
+              f"{max(values):>7.3f}   {medians[name] / reference:>11.3f}  {user[name] / user['supervised_x2']:>12.3f}")
     ratios = {f"{name}/supervised_x2": medians[name] / reference for name in args.steps}
     if "spguided" in medians:
-        print(f"\nSP-guided / two supervised steps: {ratios['spguided/supervised_x2']:.3f}  (target <= 1.1)")
+        print(f"\nSP-guided / two supervised steps: {ratios['spguided/supervised_x2']:.3f} on {clock} time, "
+              f"{user['spguided'] / user['supervised_x2']:.3f} on user time  (target <= 1.1)")
+        if "supervised_pair" in medians:
+            print(f"SP-guided / supervised pair (both graphs alive): "
+                  f"{medians['spguided'] / medians['supervised_pair']:.3f}")
     print(f"load average after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
     return {**medians, **ratios}
 

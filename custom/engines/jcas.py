@@ -169,7 +169,8 @@ class JcasTrainer(NoisyLabelTrainer):
         output = engine.inferer(batch["image"], engine.network)
         if not isinstance(output, JcasOutput):
             raise ValueError(
-                f"the network must return a JcasOutput in train() mode (DeepSupervisionNet), got {type(output).__name__}."
+                "the network must return a JcasOutput in train() mode (DeepSupervisionNet), got "
+                f"{type(output).__name__}."
             )
         engine.state.output[Keys.PRED] = output.fine.rectified_logits
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
@@ -212,7 +213,11 @@ class JcasTrainer(NoisyLabelTrainer):
     def _log_transitions(self, engine: JcasTrainer) -> None:
         summary = self.transition_summary()
         self.transition_history.append(
-            {"epoch": int(engine.state.epoch), "stage": self.current_stage, "class_transition": summary["class_transition"]}
+            {
+                "epoch": int(engine.state.epoch),
+                "stage": self.current_stage,
+                "class_transition": summary["class_transition"],
+            }
         )
         engine.logger.info(
             f"epoch {engine.state.epoch} ({self.current_stage}): T_C (rows clean, cols noisy) = "
@@ -236,13 +241,15 @@ class JcasTrainer(NoisyLabelTrainer):
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> OrderedDict:
-        """Ignite's engine state plus the transitions' optimiser state (momentum), for exact resumption."""
+        """Ignite's engine state plus the transitions' optimiser state (momentum) and ``T_C`` history, for resuming."""
         state = super().state_dict()
         state["transition_optimizer"] = self.transition_optimizer.state_dict()
+        state["transition_history"] = list(self.transition_history)
         return state
 
     def load_state_dict(self, state_dict: Mapping) -> None:
-        """Inverse of :meth:`state_dict`; a checkpoint without the transitions' optimiser state is accepted."""
+        """Inverse of :meth:`state_dict`; a checkpoint without the JCAS entries (engine state only) is accepted."""
         super().load_state_dict(state_dict)
         if "transition_optimizer" in state_dict:
             self.transition_optimizer.load_state_dict(state_dict["transition_optimizer"])
+        self.transition_history = list(state_dict.get("transition_history", []))

@@ -62,9 +62,9 @@ class LabelQualityHandler:
         self._count: torch.Tensor | None = None
 
     def attach(self, engine: Engine) -> None:
-        # MONAI engines decollate the output into per-sample dicts at ITERATION_COMPLETED; MODEL_COMPLETED fires
-        # inside the iteration, while the output is still the batched dict
-        event = IterationEvents.MODEL_COMPLETED if IterationEvents.MODEL_COMPLETED in engine._allowed_events else None
+        # MONAI engines decollate the output into per-sample dicts on MODEL_COMPLETED; LOSS_COMPLETED fires
+        # earlier in the iteration, while the output is still the batched dict the trainer filled
+        event = IterationEvents.LOSS_COMPLETED if IterationEvents.LOSS_COMPLETED in engine._allowed_events else None
         engine.add_event_handler(event or Events.ITERATION_COMPLETED, self.iteration_completed)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
         engine.add_event_handler(Events.COMPLETED, self.completed)

@@ -47,6 +47,7 @@ __all__ = [
     "DifferentiatedAffinityRectifier",
 ]
 
+
 def _validate_token_grid(token_grid: list[int]) -> None:
     if len(token_grid) != 3:
         raise ValueError(f"token_grid must have 3 entries (one per spatial dim), got {token_grid}.")

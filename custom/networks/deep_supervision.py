@@ -282,7 +282,7 @@ class JcasVNet(DeepSupervisionNet):
 
     # no return annotation on purpose: TorchScript then infers Tensor for the compiled (inference) path, whereas an
     # annotation naming JcasOutput would make it try to compile the training NamedTuples too
-    def forward(self, x: torch.Tensor):  # noqa: ANN201
+    def forward(self, x: torch.Tensor):
         """:meth:`training_output` (:class:`JcasOutput`) in ``train()`` mode, else :meth:`inference_output`."""
         # torch.jit.is_scripting() is a compile-time constant: the scripted graph holds the inference path only
         if self.training and not torch.jit.is_scripting():

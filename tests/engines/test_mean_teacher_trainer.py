@@ -296,3 +296,28 @@ def test_bad_arguments(kwargs):
     arguments = {"batch_hq": 1, **kwargs}
     with pytest.raises(ValueError):
         _trainer(2, _batches(1, 1, 1, 2), **arguments)
+
+
+# ---------------------------------------------------------------- ablation overlays
+
+
+@pytest.mark.parametrize(
+    "overlay, refine, select, bundle_name",
+    [
+        (None, True, True, "alc_la"),
+        ("mean_teacher.json", False, False, "mean_teacher_la"),
+        ("alc_no_selection.json", True, False, "alc_no_selection_la"),
+        ("alc_no_refinement.json", False, True, "alc_no_refinement_la"),
+    ],
+)
+def test_ablation_overlays_set_the_switches(repo_root, overlay, refine, select, bundle_name):
+    from monai.bundle import ConfigParser
+
+    files = [str(repo_root / "configs" / "alc_la.json")]
+    if overlay is not None:
+        files.append(str(repo_root / "configs" / "ablations" / overlay))
+    parser = ConfigParser()
+    parser.read_config(files)
+    assert (parser["refine_labels"], parser["select_samples"], parser["bundle_name"]) == (refine, select, bundle_name)
+    trainer = parser["train"]["trainer"]  # the trainer reads the switches from the overlaid top-level ids
+    assert (trainer["refine_labels"], trainer["select_samples"]) == ("@refine_labels", "@select_samples")

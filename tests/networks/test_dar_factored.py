@@ -48,7 +48,8 @@ def test_gradients_match_reference():
     logits = torch.randn(1, 30, 3, dtype=torch.float64, generator=generator, requires_grad=True)
     weight = torch.randn(1, 30, 3, dtype=torch.float64, generator=generator)
     grads = []
-    for rectified in (rectify_token_logits_factored(logits, unit_token_features(features)), _reference(logits, features)):
+    factored = rectify_token_logits_factored(logits, unit_token_features(features))
+    for rectified in (factored, _reference(logits, features)):
         grads.append(torch.autograd.grad((rectified * weight).sum(), [features, logits]))
     assert_close(grads[0][0], grads[1][0], atol=1e-8, rtol=1e-6)
     assert_close(grads[0][1], grads[1][1], atol=1e-8, rtol=1e-6)
