@@ -17,14 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = [
-    "DataError",
-    "atomic_output",
-    "load_nifti",
-    "save_nifti",
-    "write_json",
-    "write_csv",
-]
+__all__ = ["DataError", "atomic_output", "load_nifti", "save_nifti", "write_json", "write_csv"]
 
 
 class DataError(ValueError):
@@ -119,7 +112,9 @@ def write_json(obj: Any, path: str | os.PathLike, indent: int = 2) -> Path:
     return Path(path)
 
 
-def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, fieldnames: Sequence[str] | None = None) -> Path:
+def write_csv(
+    rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, fieldnames: Sequence[str] | None = None
+) -> Path:
     """Write a list of dicts as CSV atomically; columns are the union of keys in first-seen order."""
     if fieldnames is None:
         seen: dict[str, None] = {}

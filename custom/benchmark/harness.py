@@ -42,9 +42,19 @@ METHODS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "jcas": (["configs/jcas_la.json"], {}),
 }
 METHOD_LABELS = {
-    "h_sup": "H-Sup", "hl_sup": "HL-Sup", "clean": "Clean (upper bound)", "mean_teacher": "Mean Teacher",
-    "alc_no_ls": "ALC w/o LS", "alc_no_lr": "ALC w/o LR", "alc": "ALC", "mtcl": "MTCL", "coteaching": "Co-teaching",
-    "jocor": "JoCoR", "trinet": "Tri-network", "spguided_voxel": "SP-guided (voxel pieces)", "spguided": "SP-guided",
+    "h_sup": "H-Sup",
+    "hl_sup": "HL-Sup",
+    "clean": "Clean (upper bound)",
+    "mean_teacher": "Mean Teacher",
+    "alc_no_ls": "ALC w/o LS",
+    "alc_no_lr": "ALC w/o LR",
+    "alc": "ALC",
+    "mtcl": "MTCL",
+    "coteaching": "Co-teaching",
+    "jocor": "JoCoR",
+    "trinet": "Tri-network",
+    "spguided_voxel": "SP-guided (voxel pieces)",
+    "spguided": "SP-guided",
     "jcas": "JCAS",
 }
 
@@ -60,16 +70,33 @@ class Setting:
     methods: list[str] = field(default_factory=list)
 
 
-_MTCL_METHODS = ["h_sup", "hl_sup", "clean", "mean_teacher", "alc_no_ls", "alc_no_lr", "alc", "mtcl",
-                 "coteaching", "jocor", "trinet", "spguided_voxel", "spguided", "jcas"]
+_MTCL_METHODS = [
+    "h_sup",
+    "hl_sup",
+    "clean",
+    "mean_teacher",
+    "alc_no_ls",
+    "alc_no_lr",
+    "alc",
+    "mtcl",
+    "coteaching",
+    "jocor",
+    "trinet",
+    "spguided_voxel",
+    "spguided",
+    "jcas",
+]
 _SP_METHODS = ["hl_sup", "clean", "coteaching", "jocor", "trinet", "spguided_voxel", "spguided"]
 SETTINGS: dict[str, Setting] = {
     "mtcl_hq25": Setting("mtcl_hq25", ["--noise", "mtcl", "--hq-fraction", "0.25"], 0.75, "mtcl", _MTCL_METHODS),
     "mtcl_hq10": Setting("mtcl_hq10", ["--noise", "mtcl", "--hq-fraction", "0.10"], 0.90, "mtcl", _MTCL_METHODS),
     **{
         f"sp_a{a}_b{b}": Setting(
-            f"sp_a{a}_b{b}", ["--noise", "sp", "--alpha", str(a), "--param", f"beta={b}", "--hq-fraction", "0.25"],
-            a * b, "sp", _SP_METHODS,
+            f"sp_a{a}_b{b}",
+            ["--noise", "sp", "--alpha", str(a), "--param", f"beta={b}", "--hq-fraction", "0.25"],
+            a * b,
+            "sp",
+            _SP_METHODS,
         )
         for a, b in [(0.3, 0.5), (0.5, 0.5), (0.7, 0.7)]
     },
@@ -85,8 +112,19 @@ def prepare_setting(setting: Setting, h5_dir: str, data_root: Path, seed: int, d
     out = data_root / f"{setting.name}_seed{seed}_ds{downsample}"
     if (out / "datalist.json").is_file():
         return out
-    cmd = [sys.executable, "scripts/prepare_la.py", "--h5-dir", h5_dir, "--out", str(out), "--seed", str(seed),
-           "--downsample", str(downsample), *setting.prepare_args]
+    cmd = [
+        sys.executable,
+        "scripts/prepare_la.py",
+        "--h5-dir",
+        h5_dir,
+        "--out",
+        str(out),
+        "--seed",
+        str(seed),
+        "--downsample",
+        str(downsample),
+        *setting.prepare_args,
+    ]
     _log(" ".join(cmd))
     subprocess.run(cmd, check=True)
     return out
@@ -99,14 +137,27 @@ def _bundle_cmd(run_id: str, configs: Sequence[str], overrides: Mapping[str, Any
     return cmd
 
 
-def run_one(method: str, dataset_dir: Path, run_dir: Path, profile: Sequence[str], seed: int,
-            extra: Mapping[str, Any] | None = None, log_file: Path | None = None) -> dict[str, Any]:
+def run_one(
+    method: str,
+    dataset_dir: Path,
+    run_dir: Path,
+    profile: Sequence[str],
+    seed: int,
+    extra: Mapping[str, Any] | None = None,
+    log_file: Path | None = None,
+) -> dict[str, Any]:
     """Train + evaluate one method (skipped when its evaluation summary already exists)."""
     configs, overrides = METHODS[method]
     summary = run_dir / "eval" / "metrics_summary.json"
     if not summary.is_file():
-        params = {"dataset_dir": str(dataset_dir), "output_dir": str(run_dir), "seed": seed, "bundle_name": method,
-                  **overrides, **(extra or {})}
+        params = {
+            "dataset_dir": str(dataset_dir),
+            "output_dir": str(run_dir),
+            "seed": seed,
+            "bundle_name": method,
+            **overrides,
+            **(extra or {}),
+        }
         all_configs = [*configs, *profile]
         run_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_file or run_dir / "benchmark.log"
@@ -119,8 +170,7 @@ def run_one(method: str, dataset_dir: Path, run_dir: Path, profile: Sequence[str
                 proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
                 if proc.returncode != 0:
                     raise RuntimeError(f"{method}: `{run_id}` failed (exit {proc.returncode}); see {log_path}")
-                write_json({"seconds": time.perf_counter() - start, "command": cmd},
-                           run_dir / f"{run_id}_command.json")
+                write_json({"seconds": time.perf_counter() - start, "command": cmd}, run_dir / f"{run_id}_command.json")
     return read_run(method, run_dir)
 
 
@@ -159,9 +209,17 @@ def _float(value: Any) -> float | None:
         return None
 
 
-def run_benchmark(h5_dir: str, work_dir: str | Path, settings: Sequence[str], methods: Sequence[str] | None,
-                  profile: Sequence[str], seeds: Sequence[int] = (0,), downsample: int = 2,
-                  extra_overrides: Mapping[str, Any] | None = None, keep_going: bool = True) -> list[dict[str, Any]]:
+def run_benchmark(
+    h5_dir: str,
+    work_dir: str | Path,
+    settings: Sequence[str],
+    methods: Sequence[str] | None,
+    profile: Sequence[str],
+    seeds: Sequence[int] = (0,),
+    downsample: int = 2,
+    extra_overrides: Mapping[str, Any] | None = None,
+    keep_going: bool = True,
+) -> list[dict[str, Any]]:
     """Run every (setting, method, seed) not yet done; returns all result rows."""
     work = Path(work_dir)
     rows: list[dict[str, Any]] = []
@@ -184,8 +242,14 @@ def run_benchmark(h5_dir: str, work_dir: str | Path, settings: Sequence[str], me
                         raise
                     _log(f"FAILED: {exc}")
                     continue
-                row.update({"setting": setting_name, "seed": seed, "noise_level": setting.noise_level,
-                            "family": setting.family})
+                row.update(
+                    {
+                        "setting": setting_name,
+                        "seed": seed,
+                        "noise_level": setting.noise_level,
+                        "family": setting.family,
+                    }
+                )
                 rows.append(row)
                 write_json(rows, work / "results.json")
                 write_csv(rows, work / "results.csv")
@@ -208,8 +272,14 @@ def collect_results(work_dir: str | Path) -> list[dict[str, Any]]:
             if method not in METHODS:
                 continue
             row = read_run(method, run_dir)
-            row.update({"setting": setting_name, "seed": int(seed), "noise_level": setting.noise_level,
-                        "family": setting.family})
+            row.update(
+                {
+                    "setting": setting_name,
+                    "seed": int(seed),
+                    "noise_level": setting.noise_level,
+                    "family": setting.family,
+                }
+            )
             rows.append(row)
     return rows
 
@@ -227,7 +297,9 @@ def aggregate(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], dict[s
     for key, group in groups.items():
         agg: dict[str, Any] = {"n_seeds": len(group)}
         for col in group[0]:
-            values = [r[col] for r in group if isinstance(r.get(col), (int, float)) and not isinstance(r.get(col), bool)]
+            values = [
+                r[col] for r in group if isinstance(r.get(col), (int, float)) and not isinstance(r.get(col), bool)
+            ]
             values = [v for v in values if not math.isnan(v)]
             if values and col not in ("seed",):
                 agg[col] = _mean(values)
@@ -241,16 +313,19 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def write_report(rows: Sequence[Mapping[str, Any]], path: str | Path, header: str = "", plots_dir: str | Path | None = None
-                 ) -> Path:
+def write_report(
+    rows: Sequence[Mapping[str, Any]], path: str | Path, header: str = "", plots_dir: str | Path | None = None
+) -> Path:
     """Markdown tables (metrics, noise-gap recovery, label quality, cost) and PNG plots."""
     agg = aggregate(rows)
     lines = [header.rstrip(), ""] if header else []
     for setting_name in [s for s in SETTINGS if any(k[0] == s for k in agg)]:
         lines += [f"### Setting `{setting_name}`", ""]
-        lines += ["| method | Dice | Jaccard | HD95 (mm) | ASD (mm) | HD95 (vox) | ASD (vox) | gap recovery | "
-                  "noisy-label Dice | refined-label Dice | s/iter | x HL-Sup | peak RSS (MB) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "| method | Dice | Jaccard | HD95 (mm) | ASD (mm) | HD95 (vox) | ASD (vox) | gap recovery | "
+            "noisy-label Dice | refined-label Dice | s/iter | x HL-Sup | peak RSS (MB) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         base = agg.get((setting_name, "hl_sup"), {})
         clean = agg.get((setting_name, "clean"), {})
         for method in METHODS:
@@ -262,7 +337,11 @@ def write_report(rows: Sequence[Mapping[str, Any]], path: str | Path, header: st
                 gap = clean["dice_mean"] - base["dice_mean"]
                 if abs(gap) > 1e-9:
                     recovery = (r["dice_mean"] - base["dice_mean"]) / gap
-            rel = (r.get("sec_per_iter") / base["sec_per_iter"]) if r.get("sec_per_iter") and base.get("sec_per_iter") else None
+            rel = (
+                (r.get("sec_per_iter") / base["sec_per_iter"])
+                if r.get("sec_per_iter") and base.get("sec_per_iter")
+                else None
+            )
             pm = "\u00b1"
             lines.append(
                 f"| {METHOD_LABELS[method]} | {_fmt(r.get('dice_mean'))} {pm} {_fmt(r.get('dice_std'), 3)} "
@@ -299,7 +378,9 @@ def plot_results(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]
         fig, ax = plt.subplots(figsize=(6, 4))
         plotted = False
         for method in METHODS:
-            pts = sorted((s.noise_level, agg[(s.name, method)]["dice_mean"]) for s in settings if (s.name, method) in agg)
+            pts = sorted(
+                (s.noise_level, agg[(s.name, method)]["dice_mean"]) for s in settings if (s.name, method) in agg
+            )
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=METHOD_LABELS[method])
                 plotted = True

@@ -194,7 +194,7 @@ def assign_splits(
         hq_count = _round_half_up((DEFAULT_HQ_FRACTION if hq_fraction is None else hq_fraction) * remaining)
     if hq_count > remaining:
         raise ValueError(f"hq_count {hq_count} exceeds the {remaining} training cases")
-    rng = np.random.default_rng([int(seed) % (2**32), 0x5B1]) # fixed salt: independent of the noise streams
+    rng = np.random.default_rng([int(seed) % (2**32), 0x5B1])  # fixed salt: independent of the noise streams
     shuffled = [sorted(ids)[i] for i in rng.permutation(len(ids))]
     cuts = np.cumsum([test_count, val_count, hq_count])
     groups = {
@@ -423,7 +423,11 @@ def prepare_dataset(
     """
     check_noise(noise, noise_params)
     check_split_options(
-        hq_fraction=hq_fraction, hq_count=hq_count, val_count=val_count, test_count=test_count, alpha=alpha,
+        hq_fraction=hq_fraction,
+        hq_count=hq_count,
+        val_count=val_count,
+        test_count=test_count,
+        alpha=alpha,
         downsample=downsample,
     )
     if num_classes < 2:
@@ -445,8 +449,12 @@ def prepare_dataset(
     say = log or (lambda message: None)
 
     splits = assign_splits(
-        [s.case_id for s in train_sources], seed=seed, val_count=val_count, test_count=test_count,
-        hq_fraction=hq_fraction, hq_count=hq_count,
+        [s.case_id for s in train_sources],
+        seed=seed,
+        val_count=val_count,
+        test_count=test_count,
+        hq_fraction=hq_fraction,
+        hq_count=hq_count,
     )
     corrupted = set(splits["lq"] if alpha is None else select_corrupted_cases(splits["lq"], alpha, seed))
     role = {case_id: group for group, members in splits.items() for case_id in members}
@@ -477,8 +485,13 @@ def prepare_dataset(
                 if case_id in corrupted:
                     try:
                         result = simulate_noise(
-                            noise, clean, seed=seed, case_id=case_id, num_classes=num_classes,
-                            spacing=native_spacing, **noise_params,
+                            noise,
+                            clean,
+                            seed=seed,
+                            case_id=case_id,
+                            num_classes=num_classes,
+                            spacing=native_spacing,
+                            **noise_params,
                         )
                     except (TypeError, ValueError) as exc:
                         raise DataError(source.label_origin, f"noise {noise!r} failed: {exc}") from exc
@@ -510,8 +523,13 @@ def prepare_dataset(
                 item.update({"quality": group, "noisy_dice": round(dice, 6)})
                 entries["training"].append(item)
                 report.append(
-                    {"case_id": case_id, "quality": group, "noise": noise_used,
-                     "params": json.dumps(params_used, sort_keys=True), "noisy_dice": f"{dice:.6f}"}
+                    {
+                        "case_id": case_id,
+                        "quality": group,
+                        "noise": noise_used,
+                        "params": json.dumps(params_used, sort_keys=True),
+                        "noisy_dice": f"{dice:.6f}",
+                    }
                 )
                 parts = (group, noise_used, _describe_params(params_used), f"noisy_dice={dice:.3f}")
                 status = "  ".join(part for part in parts if part)
@@ -803,14 +821,25 @@ def _run(kind: str, argv: Sequence[str] | None) -> int:
         params = parse_noise_params(args.param)
         check_noise(args.noise, params)
         check_split_options(
-            hq_fraction=args.hq_fraction, hq_count=args.hq_count, val_count=args.val_count, test_count=test_count,
-            alpha=args.alpha, downsample=args.downsample,
+            hq_fraction=args.hq_fraction,
+            hq_count=args.hq_count,
+            val_count=args.val_count,
+            test_count=test_count,
+            alpha=args.alpha,
+            downsample=args.downsample,
         )
     except ValueError as exc:
         parser.error(str(exc))  # exit code 2
     options = dict(
-        noise=args.noise, noise_params=params, alpha=args.alpha, hq_fraction=args.hq_fraction, hq_count=args.hq_count,
-        val_count=args.val_count, seed=args.seed, downsample=args.downsample, overwrite=args.overwrite,
+        noise=args.noise,
+        noise_params=params,
+        alpha=args.alpha,
+        hq_fraction=args.hq_fraction,
+        hq_count=args.hq_count,
+        val_count=args.val_count,
+        seed=args.seed,
+        downsample=args.downsample,
+        overwrite=args.overwrite,
     )
     log = lambda message: print(message, flush=True)  # noqa: E731
     try:

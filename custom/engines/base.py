@@ -20,16 +20,18 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from ignite.engine import Events
 from monai.data import MetaTensor
 from monai.engines import SupervisedTrainer
-from ignite.engine import Events
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
 __all__ = ["NoisyLabelTrainer", "batch_to_device"]
 
 
-def batch_to_device(batchdata: Mapping[str, Any], device: torch.device, keys: Sequence[str], non_blocking: bool = False):
+def batch_to_device(
+    batchdata: Mapping[str, Any], device: torch.device, keys: Sequence[str], non_blocking: bool = False
+):
     """Move the tensors under ``keys`` (those present) to ``device`` as plain tensors; other entries are untouched.
 
     Training steps slice and concatenate HQ/LQ parts of a batch; MetaTensor metadata is not needed there and its

@@ -30,9 +30,13 @@ _SHIPPED_NETWORKS: dict[str, tuple[tuple[str, ...], str]] = {
     "PaperVNet": (("networks/vnet.py",), "scripts.vnet.PaperVNet"),
     "NnUNetDynUNet": (("networks/dynunet.py",), "scripts.dynunet.NnUNetDynUNet"),
     "JcasVNet": (
-        ("networks/vnet.py", "networks/dar.py", "networks/deep_supervision.py"), "scripts.deep_supervision.JcasVNet"
+        ("networks/vnet.py", "networks/dar.py", "networks/deep_supervision.py"),
+        "scripts.deep_supervision.JcasVNet",
     ),
 }
+_SCHEMA_URL = (
+    "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
+)
 _SHIPPED_ALWAYS = {"inference/folder_inference.py": "folder_inference.py"}
 _NETWORK_DESCRIPTIONS = {
     "PaperVNet": "the papers' V-Net (UA-MT/MTCL/ALC): 3x3x3 convolutions, BatchNorm, additive skips, two Dropout3d"
@@ -67,7 +71,10 @@ def _save_torch(obj: Any, path: Path) -> None:
 
 
 def _inference_config(
-    network_class: str, network_kwargs: Mapping[str, Any], spacing: Sequence[float], patch_size: Sequence[int],
+    network_class: str,
+    network_kwargs: Mapping[str, Any],
+    spacing: Sequence[float],
+    patch_size: Sequence[int],
     bundle_root: str,
 ) -> dict[str, Any]:
     if network_class in _SHIPPED_NETWORKS:
@@ -93,8 +100,11 @@ def _inference_config(
             "_target_": "Compose",
             "transforms": [
                 # MONAI Label adds the string key "image_path", which MONAI 1.6.1's Spacingd would call .update() on
-                {"_target_": "scripts.folder_inference.SetAsideStrayKeysd", "keys": "image",
-                 "_requires_": "@bundle_scripts"},
+                {
+                    "_target_": "scripts.folder_inference.SetAsideStrayKeysd",
+                    "keys": "image",
+                    "_requires_": "@bundle_scripts",
+                },
                 {"_target_": "LoadImaged", "keys": "image", "image_only": True},
                 {"_target_": "EnsureChannelFirstd", "keys": "image"},
                 {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
@@ -108,8 +118,14 @@ def _inference_config(
             "_target_": "Compose",
             "transforms": [
                 {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-                {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
-                 "nearest_interp": False, "to_tensor": True},
+                {
+                    "_target_": "Invertd",
+                    "keys": "pred",
+                    "transform": "@preprocessing",
+                    "orig_keys": "image",
+                    "nearest_interp": False,
+                    "to_tensor": True,
+                },
                 {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
                 # give back what SetAsideStrayKeysd hid: MONAI Label's writer takes the file type from "image_path"
                 {"_target_": "Lambda", "func": "$lambda d: {**d, **d.get('set_aside', {})}"},
@@ -119,9 +135,14 @@ def _inference_config(
         # a component, not a "$__import__(...)" expression: MONAI 1.6.1 parses every expression that contains the
         # word "import" as an import statement before substituting references, and "@network" is no Python
         "infer_folder": {
-            "_target_": "scripts.folder_inference.infer_folder", "_requires_": ["@bundle_scripts", "@load_weights"],
-            "network": "@network", "input_dir_or_files": "@dataset_dir", "output_dir": "@output_dir",
-            "preprocessing": "@preprocessing", "inferer": "@inferer", "postprocessing": "@postprocessing",
+            "_target_": "scripts.folder_inference.infer_folder",
+            "_requires_": ["@bundle_scripts", "@load_weights"],
+            "network": "@network",
+            "input_dir_or_files": "@dataset_dir",
+            "output_dir": "@output_dir",
+            "preprocessing": "@preprocessing",
+            "inferer": "@inferer",
+            "postprocessing": "@postprocessing",
             "device": "@device",
         },
         "run": ["@infer_folder"],
@@ -130,8 +151,14 @@ def _inference_config(
 
 
 def _metadata(
-    bundle_name: str, method: str, network_class: str, network_kwargs: Mapping[str, Any], class_names: Sequence[str],
-    patch_size: Sequence[int], spacing: Sequence[float], extra: Mapping[str, Any] | None = None,
+    bundle_name: str,
+    method: str,
+    network_class: str,
+    network_kwargs: Mapping[str, Any],
+    class_names: Sequence[str],
+    patch_size: Sequence[int],
+    spacing: Sequence[float],
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     import monai
     import numpy
@@ -140,7 +167,7 @@ def _metadata(
     channel_def = {str(i): str(name) for i, name in enumerate(class_names)}
     now = datetime.date.today().isoformat()
     meta = {
-        "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json",
+        "schema": _SCHEMA_URL,
         "version": "0.1.0",
         "changelog": {"0.1.0": f"trained with noisyseg ({bundle_name}) on {now}"},
         "monai_version": monai.__version__,
@@ -161,16 +188,27 @@ def _metadata(
         "network_data_format": {
             "inputs": {
                 "image": {
-                    "type": "image", "format": "magnitude", "modality": "MR", "num_channels": 1,
-                    "spatial_shape": [int(p) for p in patch_size], "dtype": "float32", "value_range": [],
-                    "is_patch_data": True, "channel_def": {"0": "image"},
+                    "type": "image",
+                    "format": "magnitude",
+                    "modality": "MR",
+                    "num_channels": 1,
+                    "spatial_shape": [int(p) for p in patch_size],
+                    "dtype": "float32",
+                    "value_range": [],
+                    "is_patch_data": True,
+                    "channel_def": {"0": "image"},
                 }
             },
             "outputs": {
                 "pred": {
-                    "type": "image", "format": "segmentation", "num_channels": num_classes,
-                    "spatial_shape": [int(p) for p in patch_size], "dtype": "float32", "value_range": [],
-                    "is_patch_data": True, "channel_def": channel_def,
+                    "type": "image",
+                    "format": "segmentation",
+                    "num_channels": num_classes,
+                    "spatial_shape": [int(p) for p in patch_size],
+                    "dtype": "float32",
+                    "value_range": [],
+                    "is_patch_data": True,
+                    "channel_def": channel_def,
                 }
             },
         },
@@ -188,8 +226,16 @@ def _version(package: str) -> str:
         return "unknown"
 
 
-def _readme(bundle_name: str, method: str, network_class: str, network_kwargs: Mapping[str, Any],
-            class_names: Sequence[str], spacing: Sequence[float], patch_size: Sequence[int], datalist: str | None) -> str:
+def _readme(
+    bundle_name: str,
+    method: str,
+    network_class: str,
+    network_kwargs: Mapping[str, Any],
+    class_names: Sequence[str],
+    spacing: Sequence[float],
+    patch_size: Sequence[int],
+    datalist: str | None,
+) -> str:
     return f"""# {bundle_name}
 
 {method}
@@ -197,7 +243,8 @@ def _readme(bundle_name: str, method: str, network_class: str, network_kwargs: M
 Trained with noisyseg. This folder is a self-contained MONAI bundle: the network code it needs is in `scripts/`.
 
 ## Network
-`{network_class}({', '.join(f'{k}={v!r}' for k, v in network_kwargs.items())})`: {_NETWORK_DESCRIPTIONS.get(network_class, '')}
+`{network_class}({', '.join(f'{k}={v!r}' for k, v in network_kwargs.items())})`:
+{_NETWORK_DESCRIPTIONS.get(network_class, '')}
 
 ## Data
 Trained from `{datalist}`. Classes: {', '.join(f'{i} = {n}' for i, n in enumerate(class_names))}.
@@ -267,14 +314,32 @@ class BundleWriter:
     Only rank 0 writes under DDP. Arguments are those of :func:`write_bundle`.
     """
 
-    def __init__(self, output_dir: str, network: torch.nn.Module, network_class: str, network_kwargs: Mapping[str, Any],
-                 class_names: Sequence[str], spacing: Sequence[float], patch_size: Sequence[int],
-                 bundle_name: str = "noisyseg", method: str = "", extra_networks: Mapping[str, Any] | None = None,
-                 datalist: str | None = None):
+    def __init__(
+        self,
+        output_dir: str,
+        network: torch.nn.Module,
+        network_class: str,
+        network_kwargs: Mapping[str, Any],
+        class_names: Sequence[str],
+        spacing: Sequence[float],
+        patch_size: Sequence[int],
+        bundle_name: str = "noisyseg",
+        method: str = "",
+        extra_networks: Mapping[str, Any] | None = None,
+        datalist: str | None = None,
+    ):
         self.kwargs = dict(
-            output_dir=output_dir, network=network, network_class=network_class, network_kwargs=network_kwargs,
-            class_names=class_names, spacing=spacing, patch_size=patch_size, bundle_name=bundle_name, method=method,
-            extra_networks=extra_networks, datalist=datalist,
+            output_dir=output_dir,
+            network=network,
+            network_class=network_class,
+            network_kwargs=network_kwargs,
+            class_names=class_names,
+            spacing=spacing,
+            patch_size=patch_size,
+            bundle_name=bundle_name,
+            method=method,
+            extra_networks=extra_networks,
+            datalist=datalist,
         )
 
     def attach(self, engine: Engine) -> None:
@@ -286,4 +351,3 @@ class BundleWriter:
         extra = {"trained_iterations": int(engine.state.iteration), "trained_epochs": int(engine.state.epoch)}
         write_bundle(**self.kwargs, extra_metadata=extra)
         engine.logger.info(f"bundle written to {Path(self.kwargs['output_dir']).resolve()}")
-

@@ -145,4 +145,7 @@ def plot_label_quality(rows: list[dict], path: Path) -> Path | None:
 
 
 def _is_rank0() -> bool:
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+    return (
+        not (torch.distributed.is_available() and torch.distributed.is_initialized())
+        or torch.distributed.get_rank() == 0
+    )

@@ -17,9 +17,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # method configs define a trainer; overlays (cpu_la.json, paper_la.json, ...) only override ids
-METHOD_CONFIGS = sorted(
-    p.name for p in (REPO_ROOT / "configs").glob("*.json") if "train" in json.loads(p.read_text())
-)
+METHOD_CONFIGS = sorted(p.name for p in (REPO_ROOT / "configs").glob("*.json") if "train" in json.loads(p.read_text()))
 MULTICLASS = {"jcas_la.json"}
 
 
@@ -30,8 +28,9 @@ def run_bundle(run_id: str, config_files: list[str], **overrides) -> None:
 
 
 @pytest.mark.parametrize("config_name", METHOD_CONFIGS)
-def test_method_config_trains_evaluates_and_exports(config_name, demo_dataset, demo_dataset_3class, tmp_path,
-                                                     monkeypatch):
+def test_method_config_trains_evaluates_and_exports(
+    config_name, demo_dataset, demo_dataset_3class, tmp_path, monkeypatch
+):
     monkeypatch.chdir(REPO_ROOT)  # configs reference configs/base/*.json relative to the repository root
     datalist = demo_dataset_3class if config_name in MULTICLASS else demo_dataset
     out = tmp_path / "bundle"
@@ -39,8 +38,13 @@ def test_method_config_trains_evaluates_and_exports(config_name, demo_dataset, d
     common = dict(dataset_dir=str(datalist.parent), datalist=str(datalist), output_dir=str(out), device="cpu")
     run_bundle("training", configs, **common)
 
-    for rel in ("configs/metadata.json", "configs/inference.json", "docs/README.md", "models/model.pt",
-                "checkpoints/checkpoint_final.pt"):
+    for rel in (
+        "configs/metadata.json",
+        "configs/inference.json",
+        "docs/README.md",
+        "models/model.pt",
+        "checkpoints/checkpoint_final.pt",
+    ):
         assert (out / rel).is_file(), rel
     import torch
 
@@ -73,7 +77,11 @@ def test_method_config_trains_evaluates_and_exports(config_name, demo_dataset, d
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run(
         [sys.executable, "-c", script, str(out / "configs" / "inference.json"), str(out), str(inputs), str(preds)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     seg = nib.load(str(preds / "case0_seg.nii.gz"))

@@ -397,4 +397,3 @@ def test_real_la_data_mtcl_noise_level(tmp_path):
     training = load_datalist(out / "datalist.json")
     assert len(training) == 22 and sum(i["quality"] == "hq" for i in training) == 6  # round_half_up(0.25 * 22)
     assert len(load_datalist(out / "datalist.json", "test")) == 6
-
