@@ -42,6 +42,9 @@ _NETWORK_DESCRIPTIONS = {
     "PaperVNet": "the papers' V-Net (UA-MT/MTCL/ALC): 3x3x3 convolutions, BatchNorm, additive skips, two Dropout3d"
     " layers (bottleneck and before the output convolution); about 9.4 M parameters at base_filters=16. Not"
     " MONAI's VNet (5x5x5 kernels, about 46 M parameters).",
+    "JcasVNet": "the papers' V-Net with JCAS's two deep-supervision levels (classifier and feature heads) and"
+    " differentiated affinity reasoning on a coarse token grid; in eval mode it outputs softmax(P2) + softmax(Q2)"
+    " and needs no transition matrices.",
     "NnUNetDynUNet": "MONAI's DynUNet configured nnU-Net style (kernels and strides from the patch size and spacing).",
 }
 
