@@ -229,7 +229,8 @@ def run_benchmark(
         setting = SETTINGS[setting_name]
         for seed in seeds:
             data = prepare_setting(setting, h5_dir, work / "data", seed, downsample)
-            for method in [m for m in setting.methods if methods is None or m in methods]:
+            # the order given on the command line wins (run the most important methods first)
+            for method in [m for m in (methods or setting.methods) if m in setting.methods]:
                 if not all(Path(c).is_file() for c in METHODS[method][0]):
                     _log(f"skip {method}: config missing")
                     continue
