@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# tiny test volumes: one intra-op thread is faster than two fighting over 2 cores (and is inherited by the
+# subprocesses the tests start)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LA_H5_DIR = REPO_ROOT.parent / "shared" / "data" / "la2018_h5"
