@@ -148,6 +148,16 @@ def superpixel_mean(
     return (sums / counts.clamp_min(1.0).unsqueeze(1)).to(values.dtype)
 
 
+def _check_labels_and_superpixels(labels: torch.Tensor, superpixels: torch.Tensor, num_classes: int) -> None:
+    """Shared argument checks of the (label, superpixel) functions; raises ``ValueError``."""
+    if int(num_classes) < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
+    _check_id_map(labels, "labels")
+    _check_id_map(superpixels, "superpixels")
+    if labels.shape != superpixels.shape:
+        raise ValueError(f"labels {tuple(labels.shape)} and superpixels {tuple(superpixels.shape)} must match.")
+
+
 def superpixel_soft_labels(
     labels: torch.Tensor,
     superpixels: torch.Tensor,
@@ -165,12 +175,7 @@ def superpixel_soft_labels(
     Returns:
         float32 ``(B, C, K)``; columns sum to 1 (0 for an empty superpixel).
     """
-    if int(num_classes) < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
-    _check_id_map(labels, "labels")
-    _check_id_map(superpixels, "superpixels")
-    if labels.shape != superpixels.shape:
-        raise ValueError(f"labels {tuple(labels.shape)} and superpixels {tuple(superpixels.shape)} must match.")
+    _check_labels_and_superpixels(labels, superpixels, num_classes)
     num = resolve_num_superpixels(superpixels, num_superpixels)
     classes = int(num_classes)
     joint = _flat_ids(superpixels) * classes + _flat_ids(labels)
@@ -197,12 +202,7 @@ def piece_ids(
     Returns:
         :class:`Pieces` with ``ids (B, 1, *S)``, ``piece_class (B, P)`` (= ``p % C``), ``piece_size (B, P)``.
     """
-    if int(num_classes) < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
-    _check_id_map(labels, "labels")
-    _check_id_map(superpixels, "superpixels")
-    if labels.shape != superpixels.shape:
-        raise ValueError(f"labels {tuple(labels.shape)} and superpixels {tuple(superpixels.shape)} must match.")
+    _check_labels_and_superpixels(labels, superpixels, num_classes)
     num = resolve_num_superpixels(superpixels, num_superpixels)
     classes = int(num_classes)
     ids = superpixels.long() * classes + labels.long()
