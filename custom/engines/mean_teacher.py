@@ -59,6 +59,9 @@ class MeanTeacherTrainer(NoisyLabelTrainer):
             fused prediction exceeds the threshold *(decision)*.
         selection_ratio: ``rho``; ``k = ceil(rho * batch_lq)`` samples are kept.
         lambda_sel / lambda_noisy: LQ loss weights.
+        teacher_batch_norm: BatchNorm of the teacher while it predicts: ``"batch"`` (batch statistics, as the
+            UA-MT/MTCL reference whose EMA model stays in train mode) or ``"running"`` *(decision)*; see
+            :func:`custom.refinement.teacher_fusion.teacher_sampling_mode`.
         kwargs: ``SupervisedTrainer`` arguments (device, max_epochs, train_data_loader, network, optimizer, ...).
     """
 
@@ -88,6 +91,7 @@ class MeanTeacherTrainer(NoisyLabelTrainer):
         selection_ratio: float = 0.5,
         lambda_sel: float = 5.0,
         lambda_noisy: float = 0.5,
+        teacher_batch_norm: str = "batch",
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -95,6 +99,8 @@ class MeanTeacherTrainer(NoisyLabelTrainer):
             raise ValueError(f"batch_hq must be >= 0, got {batch_hq}.")
         if num_samples < 1:
             raise ValueError(f"num_samples (T) must be >= 1, got {num_samples}.")
+        if teacher_batch_norm not in tf.BATCH_NORM_MODES:
+            raise ValueError(f"teacher_batch_norm must be one of {tf.BATCH_NORM_MODES}, got {teacher_batch_norm!r}.")
         if not 0.0 < selection_ratio <= 1.0:
             raise ValueError(f"selection_ratio must be in (0, 1], got {selection_ratio}.")
         self.teacher = teacher.to(self.state.device)
@@ -121,6 +127,7 @@ class MeanTeacherTrainer(NoisyLabelTrainer):
         self.selection_ratio = selection_ratio
         self.lambda_sel = lambda_sel
         self.lambda_noisy = lambda_noisy
+        self.teacher_batch_norm = teacher_batch_norm
 
     # ------------------------------------------------------------------ teacher side (no gradient)
     def teacher_targets(self, x_lq: torch.Tensor, noisy: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -137,6 +144,7 @@ class MeanTeacherTrainer(NoisyLabelTrainer):
             probs = tf.perturbed_teacher_predictions(
                 self.teacher, x_lq, num_samples=self.num_samples if needs_samples else 1,
                 noise_std=self.noise_std, noise_clip=self.noise_clip, mc_chunk=self.mc_chunk,
+                batch_norm=self.teacher_batch_norm,
             )
             out: dict[str, torch.Tensor] = {"teacher_probs": probs[0]}
             if needs_samples:

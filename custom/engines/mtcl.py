@@ -18,9 +18,10 @@ Facts from the reference code (lemoshu/MTCL ``LA_set_3D/code/train_MTCL_3D.py``,
 * The ramp multiplies the consistency *and* the weak (corrected-label) term; the HQ loss is never ramped. The ramp
   reaches 1 at 75% of training (``consistency_rampup = 40`` in units of 150 of its 8000 iterations).
 * The reference calls ``ema_model.train()`` once and never switches the teacher to eval mode, so its clean pass
-  runs with dropout active (and BatchNorm on batch statistics). This project's teachers always use BatchNorm running
-  statistics (averaged from the student, see :mod:`custom.networks.ema`); ``clean_pass_dropout=True`` (default)
-  keeps the reference's active dropout, ``False`` gives a deterministic eval-mode pass *(decision)*.
+  runs with dropout active and BatchNorm on batch statistics. Here both are options: ``teacher_batch_norm``
+  (``"batch"``, the reference, default; ``"running"`` uses the running statistics averaged from the student, see
+  :mod:`custom.networks.ema`) and ``clean_pass_dropout`` (True, the reference; False gives a deterministic pass)
+  *(decision)*.
 * For ``"uncertainty_smooth"`` the reference draws ``T = 6`` extra perturbed teacher passes; here the first of them
   doubles as the consistency target (the reference draws one more pass for it), which has the same distribution.
 
@@ -32,12 +33,9 @@ entropy-minimisation term (``use_entropymin``, off by default there).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
-from torch import nn
 
 from custom.engines.mean_teacher import MeanTeacherTrainer
 from custom.losses.segmentation_losses import ce_dice_loss
@@ -54,18 +52,6 @@ _ALC_ONLY_ARGUMENTS = (
     "refine_labels", "select_samples", "num_samples", "tau", "fusion_mode", "uncertainty_mode",
     "keep_noisy_if_uncertain", "uncertainty_threshold", "selection_ratio", "lambda_sel", "lambda_noisy",
 )
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Temporarily put every sub-module of ``model`` in eval mode; the previous flags are restored on exit."""
-    previous = [(module, module.training) for module in model.modules()]
-    try:
-        model.eval()
-        yield model
-    finally:
-        for module, was_training in previous:
-            module.training = was_training
 
 
 class MTCLTrainer(MeanTeacherTrainer):
@@ -142,8 +128,9 @@ class MTCLTrainer(MeanTeacherTrainer):
         Returns:
             Probabilities ``(B_lq, C, *S)`` (at least float32).
         """
-        mode = tf.mc_dropout_mode if self.clean_pass_dropout else _eval_mode
-        with torch.no_grad(), mode(self.teacher):
+        with torch.no_grad(), tf.teacher_sampling_mode(
+            self.teacher, batch_norm=self.teacher_batch_norm, dropout=self.clean_pass_dropout
+        ):
             logits = self.teacher(x_lq)
         if logits.dtype in (torch.float16, torch.bfloat16):
             return torch.softmax(logits, dim=1, dtype=torch.float32)
@@ -166,6 +153,7 @@ class MTCLTrainer(MeanTeacherTrainer):
             perturbed = tf.perturbed_teacher_predictions(
                 self.teacher, x_lq, num_samples=self.uncertainty_samples if needs_uncertainty else 1,
                 noise_std=self.noise_std, noise_clip=self.noise_clip, mc_chunk=self.mc_chunk,
+                batch_norm=self.teacher_batch_norm,
             )  # (T, B_lq, C, *S)
             clean_probs = self.clean_teacher_probs(x_lq)
             issues = cl.find_label_issues(

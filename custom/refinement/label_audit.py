@@ -167,8 +167,13 @@ def alc_audit_cases(
     uncertainty_mode: str = "weighted_kl",
     seed: int = 0,
     include_hq: bool = False,
+    batch_norm: str = "batch",
 ) -> Iterator[AuditCase]:
     """ALC source: the teacher's refined label and uncertainty per (LQ) case, one whole volume at a time.
+
+    ``batch_norm`` is the teacher's BatchNorm mode while sampling (as in training, see
+    :func:`custom.refinement.teacher_fusion.teacher_sampling_mode`); in ``"batch"`` mode the statistics are those of
+    each sliding-window batch.
 
     Each of the ``T`` perturbations is one sliding-window pass over the whole volume (``mc_chunk=1``), so memory
     holds ``T`` probability volumes. Input noise comes from a generator seeded with ``seed``; dropout masks from
@@ -187,6 +192,7 @@ def alc_audit_cases(
         result = alc_refine(
             predictor, image, num_samples=num_samples, noise_std=noise_std, noise_clip=noise_clip, mc_chunk=1,
             tau=tau, weight_mode=fusion_mode, uncertainty_mode=uncertainty_mode, generator=generator,
+            batch_norm=batch_norm,
         )
         refined = to_source_geometry(result.refined_labels[0], data["label"], load_transform)
         _, affine, header = load_nifti(item["label"])

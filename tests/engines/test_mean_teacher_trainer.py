@@ -236,7 +236,7 @@ def test_alc_without_refinement_keeps_noisy_labels_for_selected_samples(num_clas
 def test_alc_refines_to_the_teacher_argmax_and_splits_the_losses(num_classes):
     # without dropout and input noise all T teacher samples agree, so p_hat is the teacher's (eval-mode) prediction
     batches = _batches(1, 1, 4, num_classes)
-    trainer = _trainer(num_classes, batches, batch_hq=1, dropout=0.0, noise_std=0.0)
+    trainer = _trainer(num_classes, batches, batch_hq=1, dropout=0.0, noise_std=0.0, teacher_batch_norm="running")
     expected: list[torch.Tensor] = []
 
     def teacher_argmax(engine):

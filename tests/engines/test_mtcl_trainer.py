@@ -133,7 +133,7 @@ def test_uncertainty_smooth_moves_one_minus_teacher_entropy(num_classes, monkeyp
     probs, flagged, _ = _teacher_disagreement(noisy, num_classes)
     # no dropout and no input noise: every perturbed pass equals the eval-mode teacher
     trainer = _trainer(num_classes, [batch], dropout=0.0, noise_std=0.0, correction_mode="uncertainty_smooth",
-                       uncertainty_samples=6)
+                       uncertainty_samples=6, teacher_batch_norm="running")
     calls: list[int] = []
     original = teacher_fusion.perturbed_teacher_predictions
 
@@ -170,7 +170,7 @@ def test_hard_mode_uses_one_perturbed_pass(monkeypatch):
 def test_clean_pass_has_no_input_noise_and_restores_modes():
     batch = _batch(2)
     x_lq = batch["image"][BATCH_HQ:]
-    trainer = _trainer(2, [batch], dropout=0.5, clean_pass_dropout=False)
+    trainer = _trainer(2, [batch], dropout=0.5, clean_pass_dropout=False, teacher_batch_norm="running")
     trainer.teacher.train()
     with torch.no_grad():
         first = trainer.clean_teacher_probs(x_lq)
@@ -186,6 +186,20 @@ def test_clean_pass_has_no_input_noise_and_restores_modes():
     fourth = trainer.clean_teacher_probs(x_lq)
     assert not torch.allclose(third, fourth)
     assert not trainer.teacher.training
+
+
+def test_clean_pass_batch_norm_on_batch_statistics_by_default():
+    batch = _batch(2)
+    x_lq = batch["image"][BATCH_HQ:]
+    trainer = _trainer(2, [batch], dropout=0.0)
+    assert trainer.teacher_batch_norm == "batch"
+    with torch.no_grad():
+        for module in trainer.teacher.modules():  # stale running statistics must not matter in batch mode
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.running_mean.fill_(3.0)
+        probs = trainer.clean_teacher_probs(x_lq)
+        expected = torch.softmax(trainer.teacher.train()(x_lq), dim=1)
+    assert_close(probs, expected)
 
 
 def test_teacher_is_the_ema_of_the_student():

@@ -18,6 +18,7 @@ from custom.refinement.teacher_fusion import (
     refined_labels,
     sample_uncertainty,
     select_lowest_uncertainty,
+    teacher_sampling_mode,
 )
 
 
@@ -44,16 +45,64 @@ def test_perturbed_predictions_shape_and_simplex(num_classes):
 
 
 def test_chunked_equals_unchunked_with_same_generator():
-    teacher = _teacher(2, dropout=False)  # dropout masks come from the global RNG: compare a dropout-free teacher
+    # dropout masks come from the global RNG and batch statistics depend on the chunk: compare a dropout-free
+    # teacher whose BatchNorm uses running statistics
+    teacher = _teacher(2, dropout=False)
     x = torch.randn(2, 1, 8, 8, 8)
-    full = perturbed_teacher_predictions(teacher, x, num_samples=5, generator=torch.Generator().manual_seed(7))
+    kwargs = {"num_samples": 5, "batch_norm": "running"}
+    full = perturbed_teacher_predictions(teacher, x, generator=torch.Generator().manual_seed(7), **kwargs)
     for chunk in (1, 2, 5, 9):
         chunked = perturbed_teacher_predictions(
-            teacher, x, num_samples=5, mc_chunk=chunk, generator=torch.Generator().manual_seed(7)
+            teacher, x, mc_chunk=chunk, generator=torch.Generator().manual_seed(7), **kwargs
         )
         torch.testing.assert_close(chunked, full)
-    other = perturbed_teacher_predictions(teacher, x, num_samples=5, generator=torch.Generator().manual_seed(8))
+    other = perturbed_teacher_predictions(teacher, x, generator=torch.Generator().manual_seed(8), **kwargs)
     assert not torch.allclose(other, full)
+
+
+def _stale_running_stats_teacher() -> nn.Module:
+    teacher = _teacher(2, dropout=False)
+    with torch.no_grad():  # running statistics far from any batch's statistics
+        teacher[1].running_mean.fill_(5.0)
+        teacher[1].running_var.fill_(0.01)
+    return teacher
+
+
+def test_batch_norm_batch_mode_uses_batch_statistics_and_leaves_buffers_alone():
+    teacher = _stale_running_stats_teacher()
+    buffers = {k: v.clone() for k, v in teacher.state_dict().items()}
+    x = torch.randn(3, 1, 8, 8, 8)
+    batch = perturbed_teacher_predictions(teacher, x, num_samples=1, noise_std=0.0, batch_norm="batch")[0]
+    running = perturbed_teacher_predictions(teacher, x, num_samples=1, noise_std=0.0, batch_norm="running")[0]
+    teacher.train()
+    with torch.no_grad():
+        expected = torch.softmax(teacher(x), dim=1)  # train mode: batch statistics (and a buffer update)
+    torch.testing.assert_close(batch, expected)
+    assert not torch.allclose(batch, running, atol=1e-3)
+    teacher_after = _stale_running_stats_teacher()  # the same teacher before the train-mode call above
+    perturbed_teacher_predictions(teacher_after, x, num_samples=2, batch_norm="batch")
+    for key, value in teacher_after.state_dict().items():
+        torch.testing.assert_close(value, buffers[key], msg=key)
+
+
+@pytest.mark.parametrize("batch_norm", ["batch", "running"])
+@pytest.mark.parametrize("dropout", [True, False])
+def test_teacher_sampling_mode_sets_and_restores_modes(batch_norm, dropout):
+    teacher = _teacher(2)
+    teacher.eval()
+    with teacher_sampling_mode(teacher, batch_norm=batch_norm, dropout=dropout):
+        assert teacher[1].training == (batch_norm == "batch")
+        assert teacher[1].track_running_stats == (batch_norm == "running")
+        assert teacher[3].training == dropout
+        assert not teacher[0].training
+    assert not any(m.training for m in teacher.modules())
+    assert teacher[1].track_running_stats
+
+
+def test_teacher_sampling_mode_rejects_unknown_batch_norm():
+    with pytest.raises(ValueError, match="batch_norm"):
+        with teacher_sampling_mode(_teacher(2), batch_norm="frozen"):
+            pass
 
 
 def test_rows_are_t_major():
