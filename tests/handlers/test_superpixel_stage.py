@@ -316,6 +316,28 @@ def test_rounds_stop_at_max_rounds_and_can_end_training(tmp_path):
     assert engine.state.epoch == 6  # terminated right after the last round
 
 
+@pytest.mark.parametrize("refine_by_epoch, gaps, expected_epoch, trigger", [
+    (3, [1.0, 2.0, 3.0, 4.0, 5.0], 3, "deadline"),  # the gap keeps rising: the deadline starts round 1
+    (4, [1.0, 0.9, 0.8, 0.7, 0.6], 3, "loss_gap"),  # the gap stalls first: the deadline is not needed
+    (None, [1.0, 2.0, 3.0, 4.0, 5.0], None, ""),  # the paper: no round while the gap rises
+])
+def test_refine_by_epoch_deadline(tmp_path, refine_by_epoch, gaps, expected_epoch, trigger):
+    items, _, _ = _dataset_items(tmp_path, cases=("a",), hq=())
+    stage, _ = _stage(tmp_path, items, max_rounds=3, refine_by_epoch=refine_by_epoch)
+    engine, data = _stage_engine(gaps)
+    stage.attach(engine)
+    rounds_per_epoch = []
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: rounds_per_epoch.append(stage.round))
+    engine.run(data, max_epochs=len(gaps))
+    first = next((i + 1 for i, r in enumerate(rounds_per_epoch) if r > 0), None)
+    assert first == expected_epoch
+    assert stage.round == (0 if expected_epoch is None else 1)  # the deadline starts only the first round
+    assert stage.trigger == trigger
+    if expected_epoch is not None:
+        with open(tmp_path / "run" / "refined_labels" / "refinement_log.csv") as f:
+            assert {r["trigger"] for r in csv.DictReader(f)} == {trigger}
+
+
 def test_max_rounds_zero_never_refines(tmp_path):
     items, _, _ = _dataset_items(tmp_path, cases=("a",), hq=())
     stage, dataset = _stage(tmp_path, items, max_rounds=0)
@@ -344,7 +366,9 @@ def test_state_dict_round_trip_restores_labels_and_ratio(tmp_path):
     assert resumed.loss_gap.tracker.history == stage.loss_gap.tracker.history
 
 
-@pytest.mark.parametrize("kwargs", [{"max_rounds": -1}, {"gamma": 0.9}, {"num_classes": 1}])
+@pytest.mark.parametrize(
+    "kwargs", [{"max_rounds": -1}, {"gamma": 0.9}, {"num_classes": 1}, {"refine_by_epoch": 0}]
+)
 def test_stage_bad_arguments(tmp_path, kwargs):
     items, _, _ = _dataset_items(tmp_path, cases=("a",), hq=())
     with pytest.raises(ValueError):
