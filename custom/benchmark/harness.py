@@ -4,25 +4,54 @@ Each (setting, method, seed) run lives in ``<work_dir>/<setting>/<method>_s<seed
 ``eval/metrics_summary.json``, ``run_stats.json`` and, where the method refines labels, ``label_quality.csv``).
 A run whose ``eval/metrics_summary.json`` exists is not repeated, so an interrupted benchmark resumes where it
 stopped. Results go to ``<work_dir>/results.json`` / ``results.csv`` and the markdown report.
+
+Runs are launched in the order given (settings, then seeds, then methods) and up to ``jobs`` of them run at the same
+time, each as its own subprocesses with ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` set to the threads per job (see
+:func:`threads_per_job`). A setting's dataset is prepared once, by the first run that needs it, before any of its
+runs starts. Every invocation appends a record (start, end, wall seconds, jobs, threads per job, per-run seconds)
+to ``<work_dir>/benchmark_timing.json``; :func:`write_report` states the wall time of the latest full invocation.
 """
 
 from __future__ import annotations
 
 import csv
+import datetime
+import heapq
 import json
 import math
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: the in-process lock still serialises this invocation's writes
+    fcntl = None
 
 from custom.io import atomic_output, write_csv, write_json
 
-__all__ = ["METHODS", "SETTINGS", "Setting", "run_benchmark", "collect_results", "write_report"]
+__all__ = [
+    "METHODS",
+    "SETTINGS",
+    "TIMING_FILE",
+    "Setting",
+    "available_cpus",
+    "threads_per_job",
+    "estimate_eta",
+    "run_benchmark",
+    "collect_results",
+    "read_timing",
+    "describe_timing",
+    "write_report",
+]
+
+TIMING_FILE = "benchmark_timing.json"
 
 # method name -> (config files before the profile overlay, CLI overrides)
 METHODS: dict[str, tuple[list[str], dict[str, Any]]] = {
@@ -107,8 +136,129 @@ def _log(msg: str) -> None:
     print(f"[benchmark {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def prepare_setting(setting: Setting, h5_dir: str, data_root: Path, seed: int, downsample: int) -> Path:
-    """Prepare (once) the dataset of a setting; returns its folder."""
+def available_cpus() -> int:
+    """CPUs this process may run on: its affinity mask where the OS has one, else ``os.cpu_count()``."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS / Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def threads_per_job(
+    jobs: int, threads: int | None = None, environ: Mapping[str, str] | None = None, cpus: int | None = None
+) -> tuple[int, str]:
+    """Intra-op threads for each of ``jobs`` concurrent runs, and where that number comes from.
+
+    Precedence: ``threads`` (the ``--threads-per-job`` option), then ``OMP_NUM_THREADS`` when it is set in
+    ``environ`` (the user chose it explicitly, e.g. to leave cores to others), then ``max(1, cpus // jobs)``.
+    The chosen number is exported to every run as both ``OMP_NUM_THREADS`` and ``MKL_NUM_THREADS``.
+
+    Args:
+        jobs: runs at the same time (>= 1).
+        threads: explicit threads per job (>= 1), or None.
+        environ: environment to look for ``OMP_NUM_THREADS`` in (None: ignore the environment).
+        cpus: CPUs to share (default :func:`available_cpus`).
+
+    Returns:
+        ``(threads, source)`` with source one of ``"--threads-per-job"``, ``"OMP_NUM_THREADS"``, ``"cpus // jobs"``.
+
+    Raises:
+        ValueError: when ``jobs`` or ``threads`` is below 1, or ``OMP_NUM_THREADS`` is not a positive integer.
+    """
+    if int(jobs) < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}.")
+    if threads is not None:
+        if int(threads) < 1:
+            raise ValueError(f"threads per job must be >= 1, got {threads}.")
+        return int(threads), "--threads-per-job"
+    value = (environ or {}).get("OMP_NUM_THREADS", "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"OMP_NUM_THREADS must be a positive integer, got {value!r}; unset it or fix it.")
+        return int(value), "OMP_NUM_THREADS"
+    return max(1, (cpus or available_cpus()) // int(jobs)), "cpus // jobs"
+
+
+def estimate_eta(mean_seconds: float, running_elapsed: Sequence[float], pending: int, jobs: int) -> float:
+    """Seconds until the last run ends if every run takes ``mean_seconds`` and ``jobs`` run at a time.
+
+    Args:
+        mean_seconds: mean duration of the runs finished so far.
+        running_elapsed: seconds already spent by each run in progress (at most ``jobs`` of them).
+        pending: runs not started yet.
+        jobs: concurrent runs.
+
+    Raises:
+        ValueError: for ``jobs`` < 1, more running runs than jobs, or negative inputs.
+    """
+    if jobs < 1 or len(running_elapsed) > jobs or pending < 0 or mean_seconds < 0:
+        raise ValueError(
+            f"bad ETA inputs: mean {mean_seconds}, {len(running_elapsed)} running, {pending} pending, {jobs} jobs."
+        )
+    # each slot holds the time at which that job becomes free; pending runs go to the earliest free job
+    slots = [max(mean_seconds - elapsed, 0.0) for elapsed in running_elapsed]
+    slots += [0.0] * (jobs - len(slots))
+    heapq.heapify(slots)
+    for _ in range(pending):
+        heapq.heappush(slots, heapq.heappop(slots) + mean_seconds)
+    return max(slots) if (pending or running_elapsed) else 0.0
+
+
+def _hms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+# child processes of the runs in progress, so that an interrupted benchmark can stop them
+_CHILDREN: set[subprocess.Popen] = set()
+_CHILDREN_LOCK = threading.Lock()
+
+
+def _run_child(cmd: Sequence[str], env: Mapping[str, str] | None = None, stdout: IO[str] | None = None) -> int:
+    """Run ``cmd`` to completion (output to ``stdout``, stderr merged into it when given); returns its exit code."""
+    proc = subprocess.Popen(
+        list(cmd),
+        env=None if env is None else dict(env),
+        stdout=stdout,
+        stderr=None if stdout is None else subprocess.STDOUT,
+    )
+    with _CHILDREN_LOCK:
+        _CHILDREN.add(proc)
+    try:
+        return proc.wait()
+    finally:
+        with _CHILDREN_LOCK:
+            _CHILDREN.discard(proc)
+
+
+def _terminate_children(timeout: float = 20.0) -> None:
+    with _CHILDREN_LOCK:
+        procs = list(_CHILDREN)
+    for proc in procs:
+        proc.terminate()
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def prepare_setting(
+    setting: Setting,
+    h5_dir: str,
+    data_root: Path,
+    seed: int,
+    downsample: int,
+    env: Mapping[str, str] | None = None,
+) -> Path:
+    """Prepare (once) the dataset of a setting; returns its folder.
+
+    Raises:
+        RuntimeError: when ``scripts/prepare_la.py`` fails.
+    """
     out = data_root / f"{setting.name}_seed{seed}_ds{downsample}"
     if (out / "datalist.json").is_file():
         return out
@@ -126,7 +276,9 @@ def prepare_setting(setting: Setting, h5_dir: str, data_root: Path, seed: int, d
         *setting.prepare_args,
     ]
     _log(" ".join(cmd))
-    subprocess.run(cmd, check=True)
+    code = _run_child(cmd, env)
+    if code != 0:
+        raise RuntimeError(f"{setting.name}: dataset preparation failed (exit {code}): {' '.join(cmd)}")
     return out
 
 
@@ -145,8 +297,16 @@ def run_one(
     seed: int,
     extra: Mapping[str, Any] | None = None,
     log_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Train + evaluate one method (skipped when its evaluation summary already exists)."""
+    """Train + evaluate one method (skipped when its evaluation summary already exists).
+
+    The commands run with environment ``env`` (default: this process's) and log to ``log_file`` (default
+    ``<run_dir>/benchmark.log``).
+
+    Raises:
+        RuntimeError: when training or evaluation exits with an error.
+    """
     configs, overrides = METHODS[method]
     summary = run_dir / "eval" / "metrics_summary.json"
     if not summary.is_file():
@@ -167,9 +327,9 @@ def run_one(
                 log.write(" ".join(cmd) + "\n")
                 log.flush()
                 start = time.perf_counter()
-                proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
-                if proc.returncode != 0:
-                    raise RuntimeError(f"{method}: `{run_id}` failed (exit {proc.returncode}); see {log_path}")
+                code = _run_child(cmd, env, stdout=log)
+                if code != 0:
+                    raise RuntimeError(f"{method}: `{run_id}` failed (exit {code}); see {log_path}")
                 write_json({"seconds": time.perf_counter() - start, "command": cmd}, run_dir / f"{run_id}_command.json")
     return read_run(method, run_dir)
 
@@ -209,6 +369,217 @@ def _float(value: Any) -> float | None:
         return None
 
 
+@dataclass
+class _Task:
+    index: int
+    setting: Setting
+    method: str
+    seed: int
+    run_dir: Path
+
+
+def _now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def read_timing(work_dir: str | Path) -> list[dict[str, Any]]:
+    """The invocation records of ``<work_dir>/benchmark_timing.json`` (empty when the file does not exist).
+
+    Raises:
+        ValueError: when the file is not a JSON list (move it away to start a new one).
+    """
+    path = Path(work_dir) / TIMING_FILE
+    if not path.is_file():
+        return []
+    try:
+        records = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); move it away to start a new timing file") from exc
+    if not isinstance(records, list):
+        raise ValueError(f"{path}: expected a JSON list of invocation records, got {type(records).__name__}")
+    return records
+
+
+def _store_timing(work: Path, record: Mapping[str, Any]) -> None:
+    """Insert or replace (by ``id``) this invocation's record; a file lock guards against other invocations."""
+    work.mkdir(parents=True, exist_ok=True)
+    with open(work / f".{TIMING_FILE}.lock", "a") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            records = [r for r in read_timing(work) if r.get("id") != record["id"]]
+            write_json([*records, dict(record)], work / TIMING_FILE)
+        finally:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class _Benchmark:
+    """State of one invocation: the run queue (in launch order), the workers, results and timing (one lock)."""
+
+    def __init__(self, tasks, work, h5_dir, profile, downsample, extra, keep_going, jobs, env, record):
+        self.tasks: list[_Task] = tasks
+        self.work: Path = work
+        self.h5_dir = h5_dir
+        self.profile = profile
+        self.downsample = downsample
+        self.extra = extra
+        self.keep_going = keep_going
+        self.jobs = jobs
+        self.env = env
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.next_task = 0
+        self.done = 0
+        self.running: dict[int, float] = {}  # task index -> perf_counter at start
+        self.run_seconds: list[float] = []
+        self.rows: dict[int, dict[str, Any]] = {}
+        self.errors: list[BaseException] = []
+        self.datasets: dict[tuple[str, int], Path | BaseException] = {}
+        self.dataset_locks: dict[tuple[str, int], threading.Lock] = {}
+        self.t0 = time.perf_counter()
+        self.record = record
+
+    # ---- datasets: prepared once, by the first run that needs one, while the others of that setting wait
+    def dataset(self, setting: Setting, seed: int) -> Path:
+        key = (setting.name, seed)
+        with self.lock:
+            key_lock = self.dataset_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            if key not in self.datasets:
+                start = time.perf_counter()
+                try:
+                    self.datasets[key] = prepare_setting(
+                        setting, self.h5_dir, self.work / "data", seed, self.downsample, self.env
+                    )
+                except RuntimeError as exc:
+                    self.datasets[key] = exc
+                with self.lock:
+                    self.record["preparations"].append(
+                        {
+                            "setting": setting.name,
+                            "seed": seed,
+                            "seconds": round(time.perf_counter() - start, 1),
+                            "ok": not isinstance(self.datasets[key], BaseException),
+                        }
+                    )
+            result = self.datasets[key]
+        if isinstance(result, BaseException):
+            raise RuntimeError(f"dataset of {setting.name} (seed {seed}) not available: {result}")
+        return result
+
+    # ---- workers
+    def worker(self) -> None:
+        try:
+            while not self.stop.is_set():
+                with self.lock:
+                    if self.next_task >= len(self.tasks):
+                        return
+                    task = self.tasks[self.next_task]
+                    self.next_task += 1
+                self.run(task)
+        except BaseException as exc:  # a bug, not a failed run: stop launching and let the main thread raise it
+            with self.lock:
+                self.errors.append(exc)
+            self.stop.set()
+
+    def _name(self, task: _Task) -> str:
+        return f"{task.setting.name} / {task.method} / seed {task.seed}"
+
+    def run(self, task: _Task) -> None:
+        n = len(self.tasks)
+        if (task.run_dir / "eval" / "metrics_summary.json").is_file():
+            row = read_run(task.method, task.run_dir)
+            self.finish(task, "skipped", None, row, f"already finished (dice {_fmt(row.get('dice_mean'))})")
+            return
+        try:
+            data = self.dataset(task.setting, task.seed)
+        except RuntimeError as exc:
+            self.finish(task, "failed", None, None, f"FAILED: {exc}", exc)
+            return
+        start = time.perf_counter()
+        with self.lock:
+            self.running[task.index] = start
+            _log(
+                f"[start {task.index + 1}/{n}] {self._name(task)} ({len(self.running)} running, "
+                f"{self.env.get('OMP_NUM_THREADS')} thread(s) each)"
+            )
+        try:
+            row = run_one(task.method, data, task.run_dir, self.profile, task.seed, self.extra, env=self.env)
+        except RuntimeError as exc:
+            status = "interrupted" if self.stop.is_set() else "failed"
+            self.finish(task, status, time.perf_counter() - start, None, f"{status.upper()}: {exc}", exc)
+            return
+        seconds = time.perf_counter() - start
+        self.finish(task, "trained", seconds, row, f"dice {_fmt(row.get('dice_mean'))} in {_hms(seconds)}")
+
+    def finish(self, task, status, seconds, row, message, error=None) -> None:
+        with self.lock:
+            self.running.pop(task.index, None)
+            self.done += 1
+            entry = {"setting": task.setting.name, "method": task.method, "seed": task.seed, "status": status}
+            if seconds is not None:
+                entry["seconds"] = round(seconds, 1)
+                entry["started_after_seconds"] = round(time.perf_counter() - self.t0 - seconds, 1)
+            self.record["runs"].append(entry)
+            if status == "trained":
+                self.run_seconds.append(seconds)
+            if row is not None:
+                row.update(
+                    {
+                        "setting": task.setting.name,
+                        "seed": task.seed,
+                        "noise_level": task.setting.noise_level,
+                        "family": task.setting.family,
+                    }
+                )
+                self.rows[task.index] = row
+                rows = self.ordered_rows()
+                write_json(rows, self.work / "results.json")
+                write_csv(rows, self.work / "results.csv")
+            elapsed = time.perf_counter() - self.t0
+            progress = f"elapsed {_hms(elapsed)}"
+            if self.run_seconds:
+                now = time.perf_counter()
+                pending = len(self.tasks) - self.next_task if not self.stop.is_set() else 0
+                eta = estimate_eta(
+                    sum(self.run_seconds) / len(self.run_seconds),
+                    [now - t for t in self.running.values()],
+                    pending,
+                    self.jobs,
+                )
+                progress += f", ETA {_hms(eta)} (mean of {len(self.run_seconds)} trained run(s))"
+            _log(f"[done {self.done}/{len(self.tasks)}] {self._name(task)}: {message}; {progress}")
+            self.update_record()
+        if error is not None and status == "failed" and not self.keep_going:
+            with self.lock:
+                self.errors.append(error)
+            self.stop.set()
+
+    def ordered_rows(self) -> list[dict[str, Any]]:
+        return [self.rows[i] for i in sorted(self.rows)]
+
+    def update_record(self, end: bool = False, status: str | None = None) -> None:
+        """Refresh the counters of the timing record and store it (call with ``self.lock`` held or at the end)."""
+        runs = self.record["runs"]
+        wall = time.perf_counter() - self.t0
+        self.record.update(
+            {
+                "wall_seconds": round(wall, 1),
+                "runs_total": len(self.tasks),
+                "runs_trained": sum(r["status"] == "trained" for r in runs),
+                "runs_skipped": sum(r["status"] == "skipped" for r in runs),
+                "runs_failed": sum(r["status"] in ("failed", "interrupted") for r in runs),
+                "sum_run_seconds": round(sum(self.run_seconds), 1),
+            }
+        )
+        if end:
+            self.record["end"] = _now()
+        if status is not None:
+            self.record["status"] = status
+        _store_timing(self.work, self.record)
+
+
 def run_benchmark(
     h5_dir: str,
     work_dir: str | Path,
@@ -219,42 +590,110 @@ def run_benchmark(
     downsample: int = 2,
     extra_overrides: Mapping[str, Any] | None = None,
     keep_going: bool = True,
+    jobs: int = 1,
+    threads: int | None = None,
+    record: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every (setting, method, seed) not yet done; returns all result rows."""
-    work = Path(work_dir)
-    rows: list[dict[str, Any]] = []
+    """Run every (setting, method, seed) not yet done, up to ``jobs`` at a time; returns this invocation's rows.
+
+    Runs start in the order settings x seeds x methods (methods in the order given). ``results.json`` /
+    ``results.csv`` are rewritten (in that order) each time a run finishes; the timing record of this invocation
+    in ``<work_dir>/benchmark_timing.json`` is stored at the start, after each run and at the end, with status
+    ``running``, ``completed``, ``failed`` (a run or a dataset preparation failed) or ``interrupted``.
+
+    Args:
+        h5_dir: folder of the LA h5 files.
+        work_dir: benchmark folder (datasets, run folders, results, timing).
+        settings: names from :data:`SETTINGS`.
+        methods: names from :data:`METHODS` in launch order (None: every method of each setting).
+        profile: config overlays applied after each method's configs.
+        seeds: training / noise seeds.
+        downsample: LA resolution factor for the dataset preparation.
+        extra_overrides: config overrides for every run.
+        keep_going: when False, a failed run stops the launch of further runs (those running are finished) and
+            its error is raised.
+        jobs: runs at the same time.
+        threads: intra-op threads per run (None: see :func:`threads_per_job`).
+        record: extra fields for the timing record (e.g. the command line).
+
+    Raises:
+        ValueError: for an unknown setting, ``jobs`` < 1 or a bad thread count.
+        RuntimeError: the first failure when ``keep_going`` is False.
+    """
     for setting_name in settings:
         if setting_name not in SETTINGS:
             raise ValueError(f"unknown setting {setting_name!r}; choose from {sorted(SETTINGS)}")
+    if int(jobs) < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}.")
+    work = Path(work_dir)
+    n_threads, source = threads_per_job(jobs, threads, os.environ)
+    env = {**os.environ, "OMP_NUM_THREADS": str(n_threads), "MKL_NUM_THREADS": str(n_threads)}
+    tasks: list[_Task] = []
+    for setting_name in settings:
         setting = SETTINGS[setting_name]
         for seed in seeds:
-            data = prepare_setting(setting, h5_dir, work / "data", seed, downsample)
             # the order given on the command line wins (run the most important methods first)
             for method in [m for m in (methods or setting.methods) if m in setting.methods]:
                 if not all(Path(c).is_file() for c in METHODS[method][0]):
                     _log(f"skip {method}: config missing")
                     continue
-                run_dir = work / setting_name / f"{method}_s{seed}"
-                _log(f"{setting_name} / {method} / seed {seed}")
-                try:
-                    row = run_one(method, data, run_dir, profile, seed, extra_overrides)
-                except RuntimeError as exc:
-                    if not keep_going:
-                        raise
-                    _log(f"FAILED: {exc}")
-                    continue
-                row.update(
-                    {
-                        "setting": setting_name,
-                        "seed": seed,
-                        "noise_level": setting.noise_level,
-                        "family": setting.family,
-                    }
-                )
-                rows.append(row)
-                write_json(rows, work / "results.json")
-                write_csv(rows, work / "results.csv")
-                _log(f"  dice {row['dice_mean']:.4f}  ({row.get('training_seconds')} s training)")
+                tasks.append(_Task(len(tasks), setting, method, seed, work / setting_name / f"{method}_s{seed}"))
+    start = _now()
+    timing = {
+        "id": f"{start}-pid{os.getpid()}",
+        "start": start,
+        "end": None,
+        "status": "running",
+        "jobs": int(jobs),
+        "threads_per_job": n_threads,
+        "threads_source": source,
+        "cpus": available_cpus(),
+        "settings": list(settings),
+        "methods": None if methods is None else list(methods),
+        "seeds": list(seeds),
+        "profile": list(profile),
+        **dict(record or {}),
+        "preparations": [],
+        "runs": [],
+    }
+    bench = _Benchmark(
+        tasks, work, h5_dir, profile, downsample, extra_overrides, keep_going, int(jobs), env, timing
+    )
+    _log(
+        f"{len(tasks)} run(s), {jobs} at a time, {n_threads} thread(s) each ({source}); "
+        f"timing in {work / TIMING_FILE}"
+    )
+    with bench.lock:
+        bench.update_record()
+    workers = [
+        threading.Thread(target=bench.worker, name=f"benchmark-job-{i}", daemon=True)
+        for i in range(min(int(jobs), len(tasks)))
+    ]
+    for thread in workers:
+        thread.start()
+    try:
+        while any(thread.is_alive() for thread in workers):
+            for thread in workers:
+                thread.join(0.5)
+    except BaseException:  # Ctrl-C / SIGTERM: stop launching, stop the running children, record, re-raise
+        bench.stop.set()
+        _log("interrupted: stopping the running runs (they will be repeated on resume)")
+        _terminate_children()
+        for thread in workers:
+            thread.join(30)
+        with bench.lock:
+            bench.update_record(end=True, status="interrupted")
+        raise
+    with bench.lock:
+        failed = bench.errors or any(r["status"] != "trained" and r["status"] != "skipped" for r in timing["runs"])
+        bench.update_record(end=True, status="failed" if failed else "completed")
+        rows = bench.ordered_rows()
+    _log(
+        f"finished in {_hms(timing['wall_seconds'])}: {timing['runs_trained']} trained, {timing['runs_skipped']} "
+        f"already done, {timing['runs_failed']} failed (sum of run times {_hms(timing['sum_run_seconds'])})"
+    )
+    if bench.errors:
+        raise bench.errors[0]
     return rows
 
 
@@ -314,12 +753,96 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _is_full(record: Mapping[str, Any]) -> bool:
+    """A full invocation finished and trained every one of its runs (none resumed, none failed)."""
+    return (
+        record.get("status") == "completed"
+        and record.get("runs_total", 0) > 0
+        and record.get("runs_trained") == record.get("runs_total")
+    )
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes = int(round(seconds / 60))
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+def _what(record: Mapping[str, Any]) -> str:
+    methods = record.get("methods")
+    command = record.get("command")
+    what = f"`{command}`" if command else "the harness"
+    return (
+        f"{what} (settings {', '.join(record.get('settings') or [])}; "
+        f"{'every method' if not methods else 'methods ' + ', '.join(methods)}; "
+        f"seeds {', '.join(str(s) for s in record.get('seeds') or [])})"
+    )
+
+
+def describe_timing(records: Sequence[Mapping[str, Any]], source: str = TIMING_FILE) -> str:
+    """A markdown paragraph on the measured wall time: the latest full invocation, and any later partial one.
+
+    Args:
+        records: invocation records from :func:`read_timing`, oldest first.
+        source: where the records come from (named in the text).
+    """
+    if not records:
+        return f"**Measured time.** No timed invocation recorded (`{source}` is missing or empty)."
+    full = [r for r in records if _is_full(r)]
+    parts = []
+    if full:
+        r = full[-1]
+        parts.append(
+            f"**Measured time.** The latest full invocation, {_what(r)}, took **{_duration(r.get('wall_seconds'))}** "
+            f"wall time ({_fmt(r.get('wall_seconds'), 0)} s, {r.get('start')} to {r.get('end')}) for "
+            f"{r.get('runs_trained')} runs, {r.get('jobs')} at a time with {r.get('threads_per_job')} thread(s) each "
+            f"on {r.get('cpus')} CPUs (sum of the run times {_fmt(r.get('sum_run_seconds'), 0)} s)."
+        )
+    else:
+        parts.append("**Measured time.** No full invocation (every run trained in one go, none failed) recorded yet.")
+    # after a full invocation, a resume that found everything finished changes nothing and is not mentioned
+    later = list(records) if not full else [
+        r
+        for r in records[records.index(full[-1]) + 1 :]
+        if r.get("runs_trained") or r.get("runs_failed") or r.get("status") != "completed"
+    ]
+    if later:
+        r = later[-1]
+        what = "the same command" if full and r.get("command") == full[-1].get("command") else _what(r)
+        parts.append(
+            f"{'Latest' if not full else 'Since then, latest'} invocation: {what}, status {r.get('status')}, "
+            f"{r.get('runs_trained')} run(s) trained, {r.get('runs_skipped')} already finished, "
+            f"{r.get('runs_failed')} failed of {r.get('runs_total')}, {_fmt(r.get('wall_seconds'), 0)} s wall time "
+            f"with {r.get('jobs')} job(s) x {r.get('threads_per_job')} thread(s) (started {r.get('start')})."
+        )
+    parts.append(f"Per-run times: `{source}`.")
+    return " ".join(parts)
+
+
 def write_report(
-    rows: Sequence[Mapping[str, Any]], path: str | Path, header: str = "", plots_dir: str | Path | None = None
+    rows: Sequence[Mapping[str, Any]],
+    path: str | Path,
+    header: str = "",
+    plots_dir: str | Path | None = None,
+    timing: Sequence[Mapping[str, Any]] | None = None,
+    timing_source: str = TIMING_FILE,
 ) -> Path:
-    """Markdown tables (metrics, noise-gap recovery, label quality, cost) and PNG plots."""
+    """Markdown tables (metrics, noise-gap recovery, label quality, cost) and PNG plots.
+
+    Args:
+        rows: result rows (:func:`collect_results`).
+        path: the markdown file to write.
+        header: markdown placed above the tables.
+        plots_dir: where the PNG plots go (None: no plots).
+        timing: invocation records (:func:`read_timing`); when given, a paragraph after the header states the
+            measured wall time of the latest full invocation (:func:`describe_timing`).
+        timing_source: how that paragraph names the timing file.
+    """
     agg = aggregate(rows)
     lines = [header.rstrip(), ""] if header else []
+    if timing is not None:
+        lines += [describe_timing(timing, timing_source), ""]
     for setting_name in [s for s in SETTINGS if any(k[0] == s for k in agg)]:
         lines += [f"### Setting `{setting_name}`", ""]
         lines += [

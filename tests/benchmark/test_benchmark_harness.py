@@ -9,8 +9,17 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 
-from custom.benchmark.harness import aggregate
+from custom.benchmark.harness import (
+    TIMING_FILE,
+    aggregate,
+    describe_timing,
+    estimate_eta,
+    read_timing,
+    run_benchmark,
+    threads_per_job,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,9 +49,12 @@ def test_tiny_benchmark_writes_results_report_and_resumes(tmp_path):
     report = tmp_path / "docs" / "bench.md"
     cmd = [sys.executable, "scripts/benchmark.py", "--h5-dir", str(h5), "--work-dir", str(work), "--settings",
            "mtcl_hq25", "--methods", "h_sup", "hl_sup", "--profile", "quick", "--downsample", "1",
-           "--report", str(report), "--override", "val_interval=100"]
+           "--report", str(report), "--override", "val_interval=100", "--jobs", "1"]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    first = read_timing(work)
+    assert len(first) == 1 and first[0]["status"] == "completed" and first[0]["jobs"] == 1
+    assert first[0]["runs_trained"] == 2 and first[0]["threads_per_job"] >= 1
     rows = json.loads((work / "results.json").read_text())
     assert sorted(r["method"] for r in rows) == ["h_sup", "hl_sup"]
     for row in rows:
@@ -58,6 +70,96 @@ def test_tiny_benchmark_writes_results_report_and_resumes(tmp_path):
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (work / "mtcl_hq25" / "h_sup_s0" / "models" / "model.pt").stat().st_mtime_ns == stamp
+    # the resumed invocation is appended to the timing file; the report keeps citing the full (first) one
+    timing = read_timing(work)
+    assert [t["runs_skipped"] for t in timing] == [0, 2] and timing[1]["runs_trained"] == 0
+    assert timing[1]["status"] == "completed" and timing[0] == first[0]
+    text = report.read_text()
+    assert f"({first[0]['wall_seconds']:.0f} s, {first[0]['start']} to" in text
+    assert "Since then" not in text  # a resume that had nothing left to do is not worth a sentence
+
+
+def test_two_jobs_run_concurrently_and_record_timing(tmp_path):
+    h5 = _fake_la(tmp_path / "h5")
+    work = tmp_path / "work"
+    report = tmp_path / "docs" / "bench.md"
+    cmd = [sys.executable, "scripts/benchmark.py", "--h5-dir", str(h5), "--work-dir", str(work), "--settings",
+           "mtcl_hq25", "--methods", "hl_sup", "h_sup", "--profile", "quick", "--downsample", "1",
+           "--report", str(report), "--override", "val_interval=100", "--jobs", "2", "--threads-per-job", "1"]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    # rows complete and in launch order (the order given), not in finishing order
+    rows = json.loads((work / "results.json").read_text())
+    assert [r["method"] for r in rows] == ["hl_sup", "h_sup"]
+    assert all(0.0 <= r["dice_mean"] <= 1.0 and r["iterations"] == 2 for r in rows)
+    assert (work / "results.csv").read_text().count("\n") == 3
+    (record,) = json.loads((work / TIMING_FILE).read_text())
+    assert record["status"] == "completed" and record["jobs"] == 2 and record["threads_per_job"] == 1
+    assert record["threads_source"] == "--threads-per-job" and "--jobs 2" in record["command"]
+    assert record["runs_total"] == record["runs_trained"] == 2 and len(record["preparations"]) == 1
+    runs = record["runs"]
+    assert record["sum_run_seconds"] == pytest.approx(sum(r["seconds"] for r in runs), abs=0.2)
+    # only possible when the two runs overlapped (the wall time also includes the dataset preparation)
+    assert record["wall_seconds"] - record["preparations"][0]["seconds"] < record["sum_run_seconds"]
+    (a_start, a_end), (b_start, b_end) = [(r["started_after_seconds"], r["started_after_seconds"] + r["seconds"])
+                                          for r in runs]
+    assert a_start < b_end and b_start < a_end
+    assert "[start 1/2] mtcl_hq25 / hl_sup" in proc.stdout and "[done 2/2]" in proc.stdout and "ETA" in proc.stdout
+    text = report.read_text()
+    assert "latest full invocation" in text and "for 2 runs, 2 at a time with 1 thread(s) each" in text
+
+
+def test_failed_preparation_is_tried_once_and_recorded(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
+    work = tmp_path / "work"
+    rows = run_benchmark(str(tmp_path / "no_h5"), work, ["mtcl_hq25"], ["h_sup", "hl_sup"], ["configs/quick.json"],
+                         jobs=2, threads=1)
+    assert rows == []
+    (record,) = read_timing(work)
+    assert record["status"] == "failed" and record["runs_failed"] == 2 and record["runs_trained"] == 0
+    assert [p["ok"] for p in record["preparations"]] == [False]
+    with pytest.raises(RuntimeError, match="dataset preparation failed"):
+        run_benchmark(str(tmp_path / "no_h5"), work, ["mtcl_hq25"], ["h_sup"], ["configs/quick.json"],
+                      keep_going=False)
+    assert [r["status"] for r in read_timing(work)] == ["failed", "failed"]
+    with pytest.raises(ValueError, match="jobs"):
+        run_benchmark(str(tmp_path / "no_h5"), work, ["mtcl_hq25"], ["h_sup"], ["configs/quick.json"], jobs=0)
+
+
+def test_threads_per_job_precedence():
+    assert threads_per_job(2, cpus=2) == (1, "cpus // jobs")
+    assert threads_per_job(1, cpus=2) == (2, "cpus // jobs")
+    assert threads_per_job(4, cpus=2) == (1, "cpus // jobs")
+    assert threads_per_job(1, environ={"OMP_NUM_THREADS": "1"}, cpus=2) == (1, "OMP_NUM_THREADS")
+    assert threads_per_job(1, 3, environ={"OMP_NUM_THREADS": "1"}, cpus=2) == (3, "--threads-per-job")
+    for bad in [dict(jobs=0), dict(jobs=1, threads=0), dict(jobs=1, environ={"OMP_NUM_THREADS": "two"})]:
+        with pytest.raises(ValueError):
+            threads_per_job(**bad)
+
+
+def test_estimate_eta():
+    # 2 jobs, mean 100 s: running 30 s and 80 s in; 3 pending -> free at 20, 70; then 120, 170, 220
+    assert estimate_eta(100.0, [80.0, 30.0], 3, 2) == pytest.approx(220.0)
+    assert estimate_eta(100.0, [150.0], 0, 2) == 0.0
+    assert estimate_eta(100.0, [], 0, 2) == 0.0
+    assert estimate_eta(10.0, [], 4, 1) == pytest.approx(40.0)
+    with pytest.raises(ValueError):
+        estimate_eta(10.0, [1.0, 2.0, 3.0], 0, 2)
+
+
+def test_describe_timing_cites_latest_full_invocation():
+    full = {"status": "completed", "runs_total": 4, "runs_trained": 4, "runs_skipped": 0, "runs_failed": 0,
+            "wall_seconds": 7500.0, "jobs": 2, "threads_per_job": 1, "cpus": 2, "sum_run_seconds": 14000.0,
+            "start": "A", "end": "B", "settings": ["mtcl_hq25"], "methods": None, "seeds": [0]}
+    resumed = {**full, "runs_trained": 1, "runs_skipped": 3, "wall_seconds": 900.0, "start": "C"}
+    assert "No timed invocation" in describe_timing([])
+    assert "No full invocation" in describe_timing([resumed]) and "3 already finished" in describe_timing([resumed])
+    text = describe_timing([full, {**full, "wall_seconds": 9000.0, "status": "interrupted"}, resumed])
+    assert "**2 h 05 min**" in text and "7500 s" in text and "for 4 runs, 2 at a time" in text
+    assert "Since then, latest" in text and "started C" in text and "1 run(s) trained, 3 already finished" in text
+    no_op = {**resumed, "runs_trained": 0, "runs_skipped": 4}
+    assert "Since then" not in describe_timing([full, no_op])
+    assert "the same command" in describe_timing([{**full, "command": "x"}, {**resumed, "command": "x"}])
 
 
 def test_aggregate_means_over_seeds():
