@@ -225,6 +225,63 @@ def test_find_label_issues_errors():
         find_label_issues(probs[:, :1], labels)
 
 
+def _sorted_reference_issues(probs_nc: np.ndarray, labels_n: np.ndarray, filter_by: str) -> np.ndarray:
+    """Label issues by full stable sorts (the rule of the module docstring, ties broken by the lower index)."""
+    num_classes = probs_nc.shape[1]
+    joint = confident_joint(torch.from_numpy(probs_nc), torch.from_numpy(labels_n))
+    prune = prune_count_matrix(joint).numpy()  # [true j, given k]
+    issues = np.zeros(len(labels_n), dtype=bool)
+    for k in range(num_classes):
+        members = np.flatnonzero(labels_n == k)
+        if len(members) <= 1:
+            continue
+        probs_k = probs_nc[members]
+        by_class = np.zeros(len(members), dtype=bool)
+        by_class[np.argsort(probs_k[:, k], kind="stable")[:max(len(members) - prune[k, k], 0)]] = True
+        by_noise = np.zeros(len(members), dtype=bool)
+        for j in range(num_classes):
+            if j != k and prune[j, k] > 0:
+                by_noise[np.argsort(probs_k[:, k] - probs_k[:, j], kind="stable")[:prune[j, k]]] = True
+        flagged = {"both": by_class & by_noise, "prune_by_class": by_class, "prune_by_noise_rate": by_noise}[filter_by]
+        bumped = probs_k.copy()
+        bumped[:, k] += np.float32(1e-6)
+        issues[members] = flagged & (bumped.argmax(1) != k)
+    return issues
+
+
+@pytest.mark.parametrize("filter_by", ["both", "prune_by_class", "prune_by_noise_rate"])
+@pytest.mark.parametrize("seed, num_classes", [(0, 2), (1, 2), (2, 3), (3, 4)])
+def test_partial_selection_matches_full_sorts_with_ties(seed, num_classes, filter_by):
+    # probabilities on a grid of 1/8 (exact in float32): many equal scores and margins, so the tie-breaking
+    # by voxel index of the partial selections is exercised; a (B, C, *S) volume checks the voxel order
+    rng = np.random.default_rng(seed)
+    shape = (2, num_classes, 6, 7, 8)
+    grid = rng.multinomial(8, [1 / num_classes] * num_classes, size=(shape[0], *shape[2:]))  # (B, *S, C)
+    probs = np.moveaxis(grid, -1, 1).astype(np.float32) / 8
+    labels = np.where(rng.random(shape[:1] + (1,) + shape[2:]) < 0.7, probs.argmax(1)[:, None],
+                      rng.integers(0, num_classes, shape[:1] + (1,) + shape[2:]))
+    probs_t, labels_t = torch.from_numpy(probs), torch.from_numpy(labels)
+    ours = find_label_issues(probs_t, labels_t, filter_by=filter_by)
+    flat_probs = np.ascontiguousarray(np.moveaxis(probs, 1, -1).reshape(-1, num_classes))
+    expected = _sorted_reference_issues(flat_probs, labels.reshape(-1), filter_by)
+    assert expected.any()  # the case is not trivial
+    np.testing.assert_array_equal(ours.reshape(-1).numpy(), expected)
+
+
+def test_argmax_helper_matches_torch_argmax():
+    from custom.refinement.confident_learning import _argmax
+
+    g = torch.Generator().manual_seed(0)
+    for num_classes in (2, 3, 5):
+        values = torch.randint(0, 3, (400, num_classes), generator=g).float()  # many tied maxima
+        values[torch.rand(400, generator=g) < 0.1, num_classes - 1] = float("nan")
+        values[::13, 0] = float("nan")
+        assert torch.equal(_argmax(values, dim=1), values.argmax(dim=1))
+        assert torch.equal(_argmax(values.t(), dim=0), values.argmax(dim=1))
+        flags = (values > 1).to(torch.uint8)
+        assert torch.equal(_argmax(flags, dim=1), flags.argmax(dim=1))
+
+
 # ---------------------------------------------------------------- corrections
 
 
