@@ -5,6 +5,8 @@ Example::
     python scripts/benchmark_step.py                        # CPU profile: 64x64x32, base_filters 8, batch 1 HQ + 3 LQ
     python scripts/benchmark_step.py --profile paper        # 112x112x80, base_filters 16, batch 2 HQ + 2 LQ
     python scripts/benchmark_step.py --repeats 7 --threads 2
+    python scripts/benchmark_step.py --profile cpu_la --steps mean_teacher mtcl mt_plus_clean_pass \
+        --repeats 31 --threads 1                            # configs/cpu_la.json (2 HQ + 2 LQ), MTCL overhead only
 
 Steps timed (each the real trainer's ``_iteration`` on one fixed in-memory batch; the trainers are built directly in
 Python, not through configs, so that only the step is measured):
@@ -16,13 +18,17 @@ Python, not through configs, so that only the step is measured):
 * ``mtcl``: :class:`MTCLTrainer` (hard correction: one perturbed and one clean teacher pass + confident learning);
 * ``alc_floor``: ALC's floor, one ``supervised`` step followed by ``T + 1`` bare no-grad teacher forward passes on
   the LQ part (dropout active, same chunking as ALC), i.e. what any implementation of ALC must pay at least;
-* ``mt_plus_clean_pass``: one ``mean_teacher`` step followed by one bare no-grad teacher pass on the clean LQ part,
-  the floor of MTCL (it isolates the confident-learning cost from the extra forward pass MTCL needs).
+* ``mt_plus_clean_pass``: one ``mean_teacher`` step followed by one bare no-grad teacher pass on the clean LQ part
+  in the layer modes of MTCL's clean pass (dropout active, BatchNorm as ``teacher_batch_norm``), the floor of MTCL
+  (it isolates the confident-learning cost from the extra forward pass MTCL needs).
 
 The steps are interleaved (round robin, after ``--warmup`` untimed rounds) so that load changes on a shared machine
-hit all of them alike; each figure is the median of ``--repeats`` rounds. Printed ratios: ``alc / alc_floor``
-(target <= 1.1) and the MTCL correction overhead ``(mtcl - mean_teacher) / mean_teacher`` (target <= 10%), with
-``mtcl / mt_plus_clean_pass`` beside it. The load average is printed before and after.
+hit all of them alike; each figure is the median of ``--repeats`` rounds, for wall time and for the CPU time of the
+process (``time.process_time``, less sensitive to other jobs on the machine than the wall time). ``--steps`` times a
+subset. Printed ratios (those whose steps were timed): ``alc / alc_floor`` (target <= 1.1) and the MTCL correction
+overhead ``(mtcl - mean_teacher) / mean_teacher`` (target <= 10%), split into the clean teacher pass
+``(mt_plus_clean_pass - mean_teacher) / mean_teacher`` and the rest ``(mtcl - mt_plus_clean_pass) / mean_teacher``
+(confident learning and the correction). The load average is printed before and after.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere
 PROFILES: dict[str, dict[str, Any]] = {
     "cpu": {"patch": [64, 64, 32], "base_filters": 8, "batch_hq": 1, "batch_lq": 3},
     "paper": {"patch": [112, 112, 80], "base_filters": 16, "batch_hq": 2, "batch_lq": 2},
+    # configs/cpu_la.json: the LA CPU profile's patch, width and 2 HQ + 2 LQ batch (MTCL's own batch composition)
+    "cpu_la": {"patch": [64, 64, 32], "base_filters": 8, "batch_hq": 2, "batch_lq": 2},
 }
 STEPS = ("supervised", "mean_teacher", "alc", "mtcl", "alc_floor", "mt_plus_clean_pass")
 
@@ -82,7 +90,7 @@ def build_steps(args: argparse.Namespace, device) -> tuple[dict[str, Callable[[]
     from custom.engines import MeanTeacherTrainer, MTCLTrainer
     from custom.losses.segmentation_losses import CEDiceLoss
     from custom.networks import PaperVNet
-    from custom.refinement.teacher_fusion import mc_dropout_mode
+    from custom.refinement.teacher_fusion import mc_dropout_mode, teacher_sampling_mode
 
     batch = fixed_batch(args.patch, args.batch_hq, args.batch_lq, args.num_classes, device, args.seed)
     x_lq = batch["image"][args.batch_hq:]
@@ -118,10 +126,13 @@ def build_steps(args: argparse.Namespace, device) -> tuple[dict[str, Callable[[]
             trainer._iteration(trainer, batch)
         return run
 
-    def bare_teacher_passes(num_passes: int, chunk: int | None) -> None:
+    def bare_teacher_passes(num_passes: int, chunk: int | None, batch_norm: str = "running") -> None:
         rows = x_lq.shape[0]
         per_forward = num_passes if chunk is None else min(chunk, num_passes)
-        with torch.no_grad(), mc_dropout_mode(floor_teacher):
+        modes = mc_dropout_mode(floor_teacher) if batch_norm == "running" else teacher_sampling_mode(
+            floor_teacher, batch_norm=batch_norm, dropout=mtcl.clean_pass_dropout
+        )
+        with torch.no_grad(), modes:
             repeated = x_lq.repeat(num_passes, 1, 1, 1, 1)
             for start in range(0, num_passes, per_forward):
                 floor_teacher(repeated[start * rows:min(start + per_forward, num_passes) * rows])
@@ -134,7 +145,7 @@ def build_steps(args: argparse.Namespace, device) -> tuple[dict[str, Callable[[]
 
     def mt_plus_clean_pass() -> None:
         run_mt()
-        bare_teacher_passes(1, None)
+        bare_teacher_passes(1, None, batch_norm=mtcl.teacher_batch_norm)  # as MTCLTrainer.clean_teacher_probs
 
     steps = {"supervised": run_supervised, "mean_teacher": run_mt, "alc": step(alc), "mtcl": step(mtcl),
              "alc_floor": alc_floor, "mt_plus_clean_pass": mt_plus_clean_pass}
@@ -148,18 +159,26 @@ def synchronize(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(steps: dict[str, Callable[[], Any]], warmup: int, repeats: int, device) -> dict[str, list[float]]:
-    """Round-robin timing: ``warmup`` untimed rounds, then ``repeats`` timed rounds of every step."""
-    times: dict[str, list[float]] = {name: [] for name in steps}
+def measure(
+    steps: dict[str, Callable[[], Any]], warmup: int, repeats: int, device
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Round-robin timing: ``warmup`` untimed rounds, then ``repeats`` timed rounds of every step.
+
+    Returns:
+        ``(wall, cpu)``: seconds per step and round, wall time and the process's CPU time.
+    """
+    wall: dict[str, list[float]] = {name: [] for name in steps}
+    cpu: dict[str, list[float]] = {name: [] for name in steps}
     for round_index in range(warmup + repeats):
         for name, run in steps.items():
             synchronize(device)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             run()
             synchronize(device)
             if round_index >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return times
+                wall[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
+    return wall, cpu
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -178,6 +197,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--amp", action="store_true", help="autocast + grad scaling (CUDA only)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS), help="time only these steps")
     args = parser.parse_args(argv)
     profile = PROFILES[args.profile]
     for key in ("patch", "base_filters", "batch_hq", "batch_lq"):
@@ -208,27 +228,53 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
           f"C {args.num_classes}, ALC T {args.num_samples}, mc_chunk {args.mc_chunk}, "
           f"warmup {args.warmup}, repeats {args.repeats}")
     steps, _ = build_steps(args, device)
-    times = measure(steps, args.warmup, args.repeats, device)
+    steps = {name: steps[name] for name in STEPS if name in args.steps}
+    times, cpu_times = measure(steps, args.warmup, args.repeats, device)
     load_after = os.getloadavg()
     medians = {name: statistics.median(values) for name, values in times.items()}
-    print(f"\n{'step':<20} {'median s/it':>12} {'min':>8} {'max':>8}")
-    for name in STEPS:
+    cpu_medians = {name: statistics.median(values) for name, values in cpu_times.items()}
+    print(f"\n{'step':<20} {'median s/it':>12} {'min':>8} {'max':>8} {'median CPU s/it':>16}")
+    for name in steps:
         values = times[name]
-        print(f"{name:<20} {medians[name]:>12.3f} {min(values):>8.3f} {max(values):>8.3f}")
+        print(f"{name:<20} {medians[name]:>12.3f} {min(values):>8.3f} {max(values):>8.3f} {cpu_medians[name]:>16.3f}")
+
+    def ratio(numerator: str, denominator: str, minus: str | None = None) -> tuple[float, float] | None:
+        """(wall, CPU) ratio of medians, ``(num - minus) / den`` when ``minus``; None if a step was not timed."""
+        if any(name is not None and name not in steps for name in (numerator, denominator, minus)):
+            return None
+        return tuple(
+            (m[numerator] - (m[minus] if minus else 0.0)) / m[denominator] for m in (medians, cpu_medians)
+        )
+
     ratios = {
-        "alc/alc_floor": medians["alc"] / medians["alc_floor"],
-        "mtcl_overhead": (medians["mtcl"] - medians["mean_teacher"]) / medians["mean_teacher"],
-        "mtcl/mt_plus_clean_pass": medians["mtcl"] / medians["mt_plus_clean_pass"],
-        "alc/supervised": medians["alc"] / medians["supervised"],
-        "mean_teacher/supervised": medians["mean_teacher"] / medians["supervised"],
+        "alc/alc_floor": ratio("alc", "alc_floor"),
+        "mtcl_overhead": ratio("mtcl", "mean_teacher", minus="mean_teacher"),
+        "mtcl_clean_pass": ratio("mt_plus_clean_pass", "mean_teacher", minus="mean_teacher"),
+        "mtcl_correction": ratio("mtcl", "mean_teacher", minus="mt_plus_clean_pass"),
+        "mtcl/mt_plus_clean_pass": ratio("mtcl", "mt_plus_clean_pass"),
+        "alc/supervised": ratio("alc", "supervised"),
+        "mean_teacher/supervised": ratio("mean_teacher", "supervised"),
     }
-    print(f"\nALC / ALC floor                          {ratios['alc/alc_floor']:.3f}  (target <= 1.1)")
-    print(f"MTCL correction overhead (MTCL-MT)/MT    {100 * ratios['mtcl_overhead']:.1f}%  (target <= 10%)")
-    print(f"MTCL / (MT + one clean teacher pass)     {ratios['mtcl/mt_plus_clean_pass']:.3f}")
-    print(f"ALC / supervised                         {ratios['alc/supervised']:.3f}")
-    print(f"Mean Teacher / supervised                {ratios['mean_teacher/supervised']:.3f}")
+    labels = {
+        "alc/alc_floor": ("ALC / ALC floor", False, "  (target <= 1.1)"),
+        "mtcl_overhead": ("MTCL correction overhead (MTCL-MT)/MT", True, "  (target <= 10%)"),
+        "mtcl_clean_pass": ("  of which the clean teacher pass", True, "  ((MT + clean pass - MT) / MT)"),
+        "mtcl_correction": ("  of which confident learning etc.", True, "  ((MTCL - MT - clean pass) / MT)"),
+        "mtcl/mt_plus_clean_pass": ("MTCL / (MT + one clean teacher pass)", False, ""),
+        "alc/supervised": ("ALC / supervised", False, ""),
+        "mean_teacher/supervised": ("Mean Teacher / supervised", False, ""),
+    }
+    print(f"\n{'ratio of medians':<40} {'wall':>7} {'CPU':>7}")
+    for key, (text, percent, note) in labels.items():
+        if ratios[key] is not None:
+            shown = [f"{100 * r:6.1f}%" if percent else f"{r:7.3f}" for r in ratios[key]]
+            print(f"{text:<40} {shown[0]:>7} {shown[1]:>7}{note}")
     print(f"load average after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
-    return {**medians, **ratios}
+    return {
+        **medians, **{f"{name}_cpu": value for name, value in cpu_medians.items()},
+        **{key: value[0] for key, value in ratios.items() if value is not None},
+        **{f"{key}_cpu": value[1] for key, value in ratios.items() if value is not None},
+    }
 
 
 if __name__ == "__main__":
