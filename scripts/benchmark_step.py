@@ -20,7 +20,9 @@ Python, not through configs, so that only the step is measured):
   the LQ part (dropout active, same chunking as ALC), i.e. what any implementation of ALC must pay at least;
 * ``mt_plus_clean_pass``: one ``mean_teacher`` step followed by one bare no-grad teacher pass on the clean LQ part
   in the layer modes of MTCL's clean pass (dropout active, BatchNorm as ``teacher_batch_norm``), the floor of MTCL
-  (it isolates the confident-learning cost from the extra forward pass MTCL needs).
+  (it isolates the confident-learning cost from the extra forward pass MTCL needs);
+* ``mtcl_correction``: MTCL's correction alone, ``find_label_issues`` + ``correct_labels`` (hard) on the teacher's
+  clean probabilities of the LQ part (computed once before timing) and the LQ labels.
 
 The steps are interleaved (round robin, after ``--warmup`` untimed rounds) so that load changes on a shared machine
 hit all of them alike; each figure is the median of ``--repeats`` rounds, for wall time and for the CPU time of the
@@ -52,7 +54,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # configs/cpu_la.json: the LA CPU profile's patch, width and 2 HQ + 2 LQ batch (MTCL's own batch composition)
     "cpu_la": {"patch": [64, 64, 32], "base_filters": 8, "batch_hq": 2, "batch_lq": 2},
 }
-STEPS = ("supervised", "mean_teacher", "alc", "mtcl", "alc_floor", "mt_plus_clean_pass")
+STEPS = ("supervised", "mean_teacher", "alc", "mtcl", "alc_floor", "mt_plus_clean_pass", "mtcl_correction")
 
 
 def fixed_batch(patch: list[int], batch_hq: int, batch_lq: int, num_classes: int, device, seed: int = 0) -> dict:
@@ -90,6 +92,7 @@ def build_steps(args: argparse.Namespace, device) -> tuple[dict[str, Callable[[]
     from custom.engines import MeanTeacherTrainer, MTCLTrainer
     from custom.losses.segmentation_losses import CEDiceLoss
     from custom.networks import PaperVNet
+    from custom.refinement.confident_learning import correct_labels, find_label_issues
     from custom.refinement.teacher_fusion import mc_dropout_mode, teacher_sampling_mode
 
     batch = fixed_batch(args.patch, args.batch_hq, args.batch_lq, args.num_classes, device, args.seed)
@@ -143,12 +146,18 @@ def build_steps(args: argparse.Namespace, device) -> tuple[dict[str, Callable[[]
         run_supervised()
         bare_teacher_passes(args.num_samples + 1, args.mc_chunk)
 
+    clean_probs, noisy = mtcl.clean_teacher_probs(x_lq), batch["label"][args.batch_hq:]
+
+    def mtcl_correction() -> None:
+        issues = find_label_issues(clean_probs, noisy, filter_by=mtcl.cl_filter)
+        correct_labels(noisy, clean_probs, issues, mode=mtcl.correction_mode)
+
     def mt_plus_clean_pass() -> None:
         run_mt()
         bare_teacher_passes(1, None, batch_norm=mtcl.teacher_batch_norm)  # as MTCLTrainer.clean_teacher_probs
 
     steps = {"supervised": run_supervised, "mean_teacher": run_mt, "alc": step(alc), "mtcl": step(mtcl),
-             "alc_floor": alc_floor, "mt_plus_clean_pass": mt_plus_clean_pass}
+             "alc_floor": alc_floor, "mt_plus_clean_pass": mt_plus_clean_pass, "mtcl_correction": mtcl_correction}
     return steps, trainers
 
 
@@ -252,6 +261,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "mtcl_clean_pass": ratio("mt_plus_clean_pass", "mean_teacher", minus="mean_teacher"),
         "mtcl_correction": ratio("mtcl", "mean_teacher", minus="mt_plus_clean_pass"),
         "mtcl/mt_plus_clean_pass": ratio("mtcl", "mt_plus_clean_pass"),
+        "mtcl_correction_only": ratio("mtcl_correction", "mean_teacher"),
         "alc/supervised": ratio("alc", "supervised"),
         "mean_teacher/supervised": ratio("mean_teacher", "supervised"),
     }
@@ -261,6 +271,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "mtcl_clean_pass": ("  of which the clean teacher pass", True, "  ((MT + clean pass - MT) / MT)"),
         "mtcl_correction": ("  of which confident learning etc.", True, "  ((MTCL - MT - clean pass) / MT)"),
         "mtcl/mt_plus_clean_pass": ("MTCL / (MT + one clean teacher pass)", False, ""),
+        "mtcl_correction_only": ("MTCL correction step alone / MT", True, "  (find_label_issues + correct_labels)"),
         "alc/supervised": ("ALC / supervised", False, ""),
         "mean_teacher/supervised": ("Mean Teacher / supervised", False, ""),
     }
