@@ -99,3 +99,57 @@ def test_errors_name_the_datalist(tmp_path):
     bad.write_text("{")
     with pytest.raises(ValueError, match="bad.json"):
         ensure_supervoxels(bad)
+
+
+def test_worker_pool_gives_the_same_maps_and_reports_every_case(tmp_path):
+    serial_dir, pool_dir = tmp_path / "serial", tmp_path / "pool"
+    serial_dir.mkdir()
+    pool_dir.mkdir()
+    serial, pooled = _datalist(serial_dir), _datalist(pool_dir)
+    rows = []
+    ensure_supervoxels(serial, voxels_per_segment=27)
+    ensure_supervoxels(pooled, voxels_per_segment=27, workers=2, report=rows.append)
+    for case_id in ("c0", "c1"):
+        a = nib.load(str(serial_dir / "supervoxels" / f"{case_id}_supervoxels.nii.gz"))
+        b = nib.load(str(pool_dir / "supervoxels" / f"{case_id}_supervoxels.nii.gz"))
+        np.testing.assert_array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
+    assert [r["case_id"] for r in rows] == ["c0", "c1"] and not any(r["cached"] for r in rows)
+    record = json.loads((pool_dir / "supervoxels" / "params.json").read_text())
+    assert rows[0]["asa"] == record["cases"]["c0"]["asa"] and rows[0]["seconds"] > 0
+    # second pass with keep_existing=False: the record decides, every case reported as cached
+    rows.clear()
+    ensure_supervoxels(pooled, voxels_per_segment=27, workers=2, keep_existing=False, report=rows.append)
+    assert [(r["case_id"], r["cached"]) for r in rows] == [("c0", True), ("c1", True)]
+    assert rows[1]["ue"] == record["cases"]["c1"]["ue"] and rows[1]["seconds"] is None
+
+
+def test_keep_existing_false_recomputes_on_new_parameters(tmp_path):
+    path = _datalist(tmp_path)
+    ensure_supervoxels(path, voxels_per_segment=64)
+    k_before = json.loads((tmp_path / "supervoxels" / "params.json").read_text())["cases"]["c0"]["num_supervoxels"]
+    ensure_supervoxels(path, voxels_per_segment=8)  # config time: the existing map is kept
+    assert json.loads((tmp_path / "supervoxels" / "params.json").read_text())["params"]["voxels_per_segment"] == 64
+    ensure_supervoxels(path, voxels_per_segment=8, keep_existing=False)
+    record = json.loads((tmp_path / "supervoxels" / "params.json").read_text())
+    assert record["params"]["voxels_per_segment"] == 8
+    assert record["cases"]["c0"]["num_supervoxels"] > k_before
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_failing_cases_are_all_named_and_the_datalist_kept(tmp_path, workers):
+    path = _datalist(tmp_path)
+    content = json.loads(path.read_text())
+    content["training"].append(dict(content["training"][0], case_id="gone", image="imagesTr/gone.nii.gz"))
+    content["training"].append(dict(content["training"][0], case_id="lost", image="imagesTr/lost.nii.gz"))
+    path.write_text(json.dumps(content))
+    before = path.read_text()
+    with pytest.raises(ValueError, match=r"2 case\(s\) failed.*gone: .*gone.nii.gz: file not found.*lost: "):
+        ensure_supervoxels(path, voxels_per_segment=64, workers=workers)
+    assert path.read_text() == before
+    # the cases that worked are cached
+    assert set(json.loads((tmp_path / "supervoxels" / "params.json").read_text())["cases"]) == {"c0", "c1"}
+
+
+def test_workers_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match="workers"):
+        ensure_supervoxels(_datalist(tmp_path), workers=0)

@@ -16,6 +16,7 @@ from custom.data.supervoxels import (
     relabel_contiguous_numpy,
     supervoxel_grid_step,
     supervoxel_label_counts,
+    supervoxel_quality,
     undersegmentation_error,
 )
 from custom.io import load_nifti, save_nifti
@@ -124,6 +125,36 @@ def test_relabel_contiguous_numpy_keeps_order():
     out = relabel_contiguous_numpy(np.array([[7, 7], [2, 40]]))
     np.testing.assert_array_equal(out, [[1, 1], [0, 2]])
     assert out.dtype == np.int32
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint32, np.uint64, np.int16, np.float64])
+def test_relabel_contiguous_numpy_matches_unique(dtype):
+    rng = np.random.default_rng(3)
+    ids = rng.choice(np.array([0, 3, 4, 9, 200, 201]), size=(5, 6, 7)).astype(dtype)
+    expected = np.unique(ids.ravel(), return_inverse=True)[1].reshape(ids.shape)
+    out = relabel_contiguous_numpy(ids)
+    np.testing.assert_array_equal(out, expected)
+    assert out.dtype == np.int32
+    # already contiguous: equal values, a new array
+    contiguous = expected.astype(dtype)
+    again = relabel_contiguous_numpy(contiguous)
+    np.testing.assert_array_equal(again, expected)
+    assert not np.shares_memory(again, contiguous)
+    # negative and huge ids take the sorting path
+    np.testing.assert_array_equal(relabel_contiguous_numpy(np.array([-5, 10**12, -5, 3])), [0, 2, 0, 1])
+
+
+def test_supervoxel_quality_equals_the_separate_metrics():
+    rng = np.random.default_rng(1)
+    supervoxels = rng.integers(0, 20, size=(6, 7, 8))
+    label = rng.integers(0, 3, size=(6, 7, 8))
+    quality = supervoxel_quality(supervoxels, label)
+    assert quality["asa"] == pytest.approx(achievable_segmentation_accuracy(supervoxels, label), abs=1e-12)
+    assert quality["ue"] == pytest.approx(undersegmentation_error(supervoxels, label, "corrected"), abs=1e-12)
+    assert quality["ue_levinshtein"] == pytest.approx(
+        undersegmentation_error(supervoxels, label, "levinshtein"), abs=1e-12
+    )
+    assert supervoxel_quality(SV_8, LABEL_8) == pytest.approx({"asa": 7 / 8, "ue": 2 / 8, "ue_levinshtein": 3 / 8})
 
 
 # ---- SLIC -----------------------------------------------------------------------------------------------------
@@ -291,3 +322,16 @@ def test_script_keeps_cache_beside_symlinked_images(tmp_path):
     assert _load_script().main(["--datalist", str(datalist), "--workers", "1"]) == 0
     assert (project / "supervoxels" / "case0_supervoxels.nii.gz").is_file()
     assert not (shared / "supervoxels").exists()
+
+
+def test_script_h5_mode_names_a_bad_file_with_a_pool(tmp_path, capsys):
+    h5py = pytest.importorskip("h5py")
+    image, label = _two_region_volume(shape=(12, 12, 8))
+    with h5py.File(tmp_path / "good.h5", "w") as f:
+        f["image"] = image
+        f["label"] = label
+    (tmp_path / "broken.h5").write_text("not hdf5")
+    assert _load_script().main(["--h5-dir", str(tmp_path), "--workers", "2", "--voxels-per-segment", "27"]) == 1
+    captured = capsys.readouterr()
+    assert "mean over 1 cases" in captured.out
+    assert "broken: " in captured.err and "broken.h5: cannot read image/label" in captured.err
