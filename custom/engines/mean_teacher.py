@@ -62,11 +62,14 @@ class MeanTeacherTrainer(NoisyLabelTrainer):
         teacher_batch_norm: BatchNorm of the teacher while it predicts: ``"batch"`` (batch statistics, as the
             UA-MT/MTCL reference whose EMA model stays in train mode) or ``"running"`` *(decision)*; see
             :func:`custom.refinement.teacher_fusion.teacher_sampling_mode`.
+        refine_min_agreement: if set, a sample keeps its noisy label when its refined label agrees with it at a
+            foreground Dice below this value (:func:`custom.refinement.teacher_fusion.gate_refined_labels`;
+            *decision*, None = the paper). The share of accepted refinements is logged as ``refinement_accepted``.
         kwargs: ``SupervisedTrainer`` arguments (device, max_epochs, train_data_loader, network, optimizer, ...).
     """
 
     #: entries of :meth:`teacher_targets` copied into ``engine.state.output`` when present
-    logged_target_keys: tuple[str, ...] = ("refined_label", "selected", "uncertainty")
+    logged_target_keys: tuple[str, ...] = ("refined_label", "selected", "uncertainty", "refinement_accepted")
 
     def __init__(
         self,
@@ -92,6 +95,7 @@ class MeanTeacherTrainer(NoisyLabelTrainer):
         lambda_sel: float = 5.0,
         lambda_noisy: float = 0.5,
         teacher_batch_norm: str = "batch",
+        refine_min_agreement: float | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -101,6 +105,8 @@ class MeanTeacherTrainer(NoisyLabelTrainer):
             raise ValueError(f"num_samples (T) must be >= 1, got {num_samples}.")
         if teacher_batch_norm not in tf.BATCH_NORM_MODES:
             raise ValueError(f"teacher_batch_norm must be one of {tf.BATCH_NORM_MODES}, got {teacher_batch_norm!r}.")
+        if refine_min_agreement is not None and not 0.0 <= refine_min_agreement <= 1.0:
+            raise ValueError(f"refine_min_agreement must be None or in [0, 1], got {refine_min_agreement}.")
         if not 0.0 < selection_ratio <= 1.0:
             raise ValueError(f"selection_ratio must be in (0, 1], got {selection_ratio}.")
         self.teacher = teacher.to(self.state.device)
@@ -128,6 +134,7 @@ class MeanTeacherTrainer(NoisyLabelTrainer):
         self.lambda_sel = lambda_sel
         self.lambda_noisy = lambda_noisy
         self.teacher_batch_norm = teacher_batch_norm
+        self.refine_min_agreement = refine_min_agreement
 
     # ------------------------------------------------------------------ teacher side (no gradient)
     def teacher_targets(self, x_lq: torch.Tensor, noisy: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -153,14 +160,19 @@ class MeanTeacherTrainer(NoisyLabelTrainer):
                 fused = tf.fuse_predictions(probs, weights)
                 uncertainty = tf.sample_uncertainty(divergence, weights, probs=probs, mode=self.uncertainty_mode)
                 out["uncertainty"] = uncertainty
-                out["refined_label"] = (
-                    tf.refined_labels(
+                if self.refine_labels:
+                    refined = tf.refined_labels(
                         fused, noisy_labels=noisy, keep_noisy_if_uncertain=self.keep_noisy_if_uncertain,
                         uncertainty_threshold=self.uncertainty_threshold if self.keep_noisy_if_uncertain else None,
                     )
-                    if self.refine_labels
-                    else noisy
-                )
+                    if self.refine_min_agreement is not None:
+                        refined, accepted = tf.gate_refined_labels(
+                            refined, noisy, self.num_classes, self.refine_min_agreement
+                        )
+                        out["refinement_accepted"] = accepted.float().mean()
+                    out["refined_label"] = refined
+                else:
+                    out["refined_label"] = noisy
                 out["selected"] = (
                     tf.select_lowest_uncertainty(uncertainty, self.selection_ratio)
                     if self.select_samples

@@ -257,6 +257,36 @@ def test_alc_refines_to_the_teacher_argmax_and_splits_the_losses(num_classes):
     _check_loss_composition(trainer, out)
 
 
+@pytest.mark.parametrize("min_agreement", [0.0, 0.3, 1.0])
+def test_refine_min_agreement_falls_back_to_the_noisy_label(min_agreement):
+    from custom.refinement.teacher_fusion import label_agreement
+
+    # deterministic teacher (no dropout, no input noise, running statistics): refined label = teacher argmax
+    batches = _batches(1, 1, 4, 2)
+    trainer = _trainer(2, batches, batch_hq=1, dropout=0.0, noise_std=0.0, teacher_batch_norm="running",
+                       refine_min_agreement=min_agreement)
+    argmax: list[torch.Tensor] = []
+
+    def teacher_argmax(engine):
+        with torch.no_grad():
+            engine.teacher.eval()
+            argmax.append(engine.teacher(engine.state.batch["image"][1:]).argmax(1, keepdim=True))
+
+    trainer.add_event_handler(Events.ITERATION_STARTED, teacher_argmax)
+    outputs = _record_outputs(trainer)
+    trainer.run()
+    noisy = batches[0]["label"][1:].long()
+    keep = label_agreement(argmax[0], noisy, 2) >= min_agreement
+    expected = torch.where(keep.view(-1, 1, 1, 1, 1), argmax[0], noisy)
+    assert torch.equal(outputs[0]["refined_label"], expected)
+    assert float(outputs[0]["refinement_accepted"]) == pytest.approx(float(keep.float().mean()))
+
+
+def test_refine_min_agreement_must_be_a_fraction():
+    with pytest.raises(ValueError, match="refine_min_agreement"):
+        _trainer(2, _batches(1, 1, 2, 2), batch_hq=1, refine_min_agreement=2.0)
+
+
 # ---------------------------------------------------------------- outputs, loaders, errors
 
 

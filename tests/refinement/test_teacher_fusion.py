@@ -11,7 +11,9 @@ from custom.refinement.teacher_fusion import (
     alc_refine,
     fuse_predictions,
     fusion_weights,
+    gate_refined_labels,
     kl_to_mean,
+    label_agreement,
     mc_dropout_mode,
     normalized_entropy,
     perturbed_teacher_predictions,
@@ -353,3 +355,34 @@ def test_alc_refine_outputs(num_classes):
     torch.testing.assert_close(labels, fused.argmax(1, keepdim=True))
     # the selected samples are those with the lowest uncertainty
     assert uncertainty[selected].max() <= uncertainty[~selected].min()
+
+
+# ---------------------------------------------------------------- refinement agreement gate
+
+
+def test_label_agreement_is_the_mean_foreground_dice_per_sample():
+    a = torch.zeros(3, 1, 2, 2, 2, dtype=torch.long)
+    b = torch.zeros_like(a)
+    a[0, 0, 0] = 1  # 4 voxels of class 1
+    b[0, 0, 0, 0] = 1  # 2 of them: Dice 2*2/(4+2)
+    a[1, 0, 0, 0, 0] = 2  # class 2 only in a: Dice 0 for class 2, class 1 absent from both: 1
+    # sample 2: both empty -> full agreement
+    agreement = label_agreement(a, b, num_classes=3)
+    torch.testing.assert_close(agreement, torch.tensor([(2 * 2 / 6 + 1.0) / 2, 0.5, 1.0]))
+
+
+def test_gate_keeps_refinements_that_agree_and_falls_back_otherwise():
+    noisy = torch.zeros(2, 1, 4, 4, 4, dtype=torch.long)
+    noisy[:, :, :2] = 1  # 32 foreground voxels each
+    refined = noisy.clone()
+    refined[0, :, 1] = 0  # sample 0: keeps 16 of 32 -> Dice 2*16/48 = 0.667
+    refined[1, :, :2] = 0  # sample 1: the teacher erased everything -> Dice 0
+    labels, accepted = gate_refined_labels(refined, noisy, num_classes=2, min_agreement=0.6)
+    assert accepted.tolist() == [True, False]
+    assert torch.equal(labels[0], refined[0]) and torch.equal(labels[1], noisy[1])
+    labels, accepted = gate_refined_labels(refined, noisy, num_classes=2, min_agreement=0.0)
+    assert accepted.all() and torch.equal(labels, refined)
+    with pytest.raises(ValueError, match="min_agreement"):
+        gate_refined_labels(refined, noisy, num_classes=2, min_agreement=1.5)
+    with pytest.raises(ValueError, match="labels"):
+        label_agreement(refined, noisy[:1], num_classes=2)
