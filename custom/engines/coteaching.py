@@ -215,12 +215,14 @@ class CoTeachingTrainer(NoisyLabelTrainer):
         if labels.dim() != image.dim() or labels.shape[1] != 1:
             raise ValueError(f"label must be (B, 1, *S), got shape {tuple(labels.shape)}.")
         logits = self.forward_networks(engine, image)
-        terms = self.selection_terms(logits, labels, batch)
-        reduced = [self.reduce(term, mask, labels) for term, mask in terms]
+        # int64 once per step: every loss / selection function would otherwise convert the float labels again
+        target = labels if labels.dtype == torch.long else labels.long()
+        terms = self.selection_terms(logits, target, batch)
+        reduced = [self.reduce(term, mask, target) for term, mask in terms]
         loss = torch.stack(reduced).sum()
         with torch.no_grad():
             selected = torch.stack(reduced).mean().detach()
-            unselected = torch.stack([self.reduce(term.detach(), ~mask, labels) for term, mask in terms]).mean()
+            unselected = torch.stack([self.reduce(term.detach(), ~mask, target) for term, mask in terms]).mean()
             fraction = torch.stack([mask.float().mean() for _, mask in terms]).mean()
         output = engine.state.output
         output.update({"loss_selected": selected, "loss_unselected": unselected, "selected_fraction": fraction})

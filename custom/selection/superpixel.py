@@ -104,14 +104,32 @@ def _flat_ids(ids: torch.Tensor) -> torch.Tensor:
     return ids.reshape(ids.shape[0], -1).long()
 
 
+def _ones_like(index: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A broadcast 1 of ``index``'s shape (no voxel-sized allocation) for ``scatter_add_`` counts."""
+    return torch.ones((), dtype=dtype or index.dtype, device=index.device).expand(index.shape)
+
+
+def _scatter_sums(values: torch.Tensor, flat_ids: torch.Tensor, num: int) -> torch.Tensor:
+    """Per-id sums ``(B, C, num)`` of ``values`` ``(B, C, *S)`` over int64 ids ``(B, V)``, in at least float32."""
+    batch, channels = values.shape[:2]
+    acc_dtype = torch.promote_types(values.dtype, torch.float32)
+    sums = torch.zeros(batch, channels, num, dtype=acc_dtype, device=values.device)
+    flat_values = values.reshape(batch, channels, -1).to(acc_dtype)  # no copy for float32 / float64
+    sums.scatter_add_(2, flat_ids.unsqueeze(1).expand(-1, channels, -1), flat_values)
+    return sums
+
+
+def _divide_by_counts(sums: torch.Tensor, counts: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``sums (B, C, K) / counts (B, K)`` with empty ids giving 0, cast to ``dtype``."""
+    return (sums / counts.to(sums.dtype).clamp_min(1.0).unsqueeze(1)).to(dtype)
+
+
 def superpixel_sizes(superpixels: torch.Tensor, num_superpixels: int | None = None) -> torch.Tensor:
     """Voxels per superpixel, int64 ``(B, K)`` from ids ``(B, 1, *S)`` in ``[0, K)``."""
     _check_id_map(superpixels, "superpixels")
     num = resolve_num_superpixels(superpixels, num_superpixels)
     flat = _flat_ids(superpixels)
-    return torch.zeros(flat.shape[0], num, dtype=torch.long, device=flat.device).scatter_add_(
-        1, flat, torch.ones_like(flat)
-    )
+    return torch.zeros(flat.shape[0], num, dtype=torch.long, device=flat.device).scatter_add_(1, flat, _ones_like(flat))
 
 
 def superpixel_mean(
@@ -137,15 +155,11 @@ def superpixel_mean(
     ):
         raise ValueError(f"values {tuple(values.shape)} and superpixels {tuple(superpixels.shape)} do not match.")
     num = resolve_num_superpixels(superpixels, num_superpixels)
-    batch, channels = values.shape[:2]
-    acc_dtype = torch.promote_types(values.dtype, torch.float32)
     flat = _flat_ids(superpixels)
-    flat_values = values.reshape(batch, channels, -1).to(acc_dtype)
-    sums = torch.zeros(batch, channels, num, dtype=acc_dtype, device=values.device)
-    sums.scatter_add_(2, flat.unsqueeze(1).expand(-1, channels, -1), flat_values)
-    counts = torch.zeros(batch, num, dtype=acc_dtype, device=values.device)
-    counts.scatter_add_(1, flat, torch.ones_like(flat, dtype=acc_dtype))
-    return (sums / counts.clamp_min(1.0).unsqueeze(1)).to(values.dtype)
+    sums = _scatter_sums(values, flat, num)
+    counts = torch.zeros(flat.shape[0], num, dtype=sums.dtype, device=values.device)
+    counts.scatter_add_(1, flat, _ones_like(flat, sums.dtype))
+    return _divide_by_counts(sums, counts, values.dtype)
 
 
 def _check_labels_and_superpixels(labels: torch.Tensor, superpixels: torch.Tensor, num_classes: int) -> None:
@@ -180,7 +194,7 @@ def superpixel_soft_labels(
     classes = int(num_classes)
     joint = _flat_ids(superpixels) * classes + _flat_ids(labels)
     counts = torch.zeros(joint.shape[0], num * classes, dtype=torch.float32, device=labels.device)
-    counts.scatter_add_(1, joint, torch.ones_like(joint, dtype=torch.float32))
+    counts.scatter_add_(1, joint, _ones_like(joint, torch.float32))
     counts = counts.view(-1, num, classes)
     return (counts / counts.sum(dim=2, keepdim=True).clamp_min(1.0)).transpose(1, 2)
 
@@ -205,11 +219,13 @@ def piece_ids(
     _check_labels_and_superpixels(labels, superpixels, num_classes)
     num = resolve_num_superpixels(superpixels, num_superpixels)
     classes = int(num_classes)
-    ids = superpixels.long() * classes + labels.long()
+    # one new int64 map, built in place (no copy of long inputs is modified)
+    ids = superpixels * classes if superpixels.dtype == torch.long else superpixels.long().mul_(classes)
+    ids.add_(labels.long())
     flat = _flat_ids(ids)
     num_pieces = num * classes
     sizes = torch.zeros(flat.shape[0], num_pieces, dtype=torch.long, device=flat.device)
-    sizes.scatter_add_(1, flat, torch.ones_like(flat))
+    sizes.scatter_add_(1, flat, _ones_like(flat))
     piece_class = (torch.arange(num_pieces, device=flat.device) % classes).expand(flat.shape[0], -1)
     return Pieces(ids.as_subclass(torch.Tensor), piece_class, sizes)
 
@@ -269,22 +285,32 @@ def pooled_piece_probabilities(
     Args:
         probs: probabilities ``(B, C, *S)``.
         pieces: from :func:`piece_ids` or :func:`voxel_pieces`.
-        superpixels: ids ``(B, 1, *S)`` to pool over whole superpixels, or ``None``.
+        superpixels: ids ``(B, 1, *S)`` to pool over whole superpixels (the map ``pieces`` were built from: the
+            voxel counts are taken from ``pieces.piece_size``), or ``None``.
         num_superpixels: K used to build ``pieces`` (inferred as ``P // C`` when ``None``).
 
     Returns:
         ``(B, C, P)``.
     """
     num_pieces = pieces.piece_class.shape[1]
-    channels = probs.shape[1]
+    batch, channels = probs.shape[:2]
+    if probs.dim() != pieces.ids.dim() or probs.shape[0] != pieces.ids.shape[0] or (
+        probs.shape[2:] != pieces.ids.shape[2:]
+    ):
+        raise ValueError(f"probs {tuple(probs.shape)} and pieces {tuple(pieces.ids.shape)} do not match.")
+    # the voxel counts are the piece sizes (summed over a superpixel's pieces): one scatter per call, not two
     if superpixels is None:
-        return superpixel_mean(probs, pieces.ids, num_pieces)
+        sums = _scatter_sums(probs, _flat_ids(pieces.ids), num_pieces)
+        return _divide_by_counts(sums, pieces.piece_size, probs.dtype)
     if num_pieces % channels:
         raise ValueError(f"{num_pieces} pieces is not K * C with C = {channels}: use pieces from piece_ids.")
+    _check_id_map(superpixels, "superpixels")
     num = num_pieces // channels if num_superpixels is None else resolve_num_superpixels(superpixels, num_superpixels)
     if num * channels != num_pieces:
         raise ValueError(f"num_superpixels={num} does not match {num_pieces} pieces of {channels} classes.")
-    return superpixel_mean(probs, superpixels, num).repeat_interleave(channels, dim=2)
+    sums = _scatter_sums(probs, _flat_ids(superpixels), num)
+    counts = pieces.piece_size.view(batch, num, channels).sum(dim=2)
+    return _divide_by_counts(sums, counts, probs.dtype).repeat_interleave(channels, dim=2)
 
 
 def superpixel_joint_score(
@@ -392,6 +418,9 @@ def superpixel_selection_mask(
             pieces = voxel_pieces(labels)
             pooled1, pooled2 = probs1.reshape(probs1.shape[:2] + (-1,)), probs2.reshape(probs2.shape[:2] + (-1,))
         else:
+            # checked once, then int64 throughout (float ids would be converted by every function)
+            _check_labels_and_superpixels(labels, superpixels, num_classes)
+            superpixels = superpixels.long()
             num = resolve_num_superpixels(superpixels, num_superpixels)
             pieces = piece_ids(superpixels, labels, num_classes, num)
             pool_over = superpixels if pool == "superpixel" else None

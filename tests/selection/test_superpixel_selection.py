@@ -245,3 +245,25 @@ def test_selection_runs_on_the_inputs_device(device):
     assert selection.mask.device.type == device and selection.piece_scores.device.type == device
     reference = superpixel_selection_mask(p1.cpu(), p2.cpu(), labels.cpu(), ids.cpu(), [0.7, 0.8], num_superpixels=10)
     torch.testing.assert_close(selection.mask.cpu(), reference.mask)
+
+
+@pytest.mark.parametrize("dtype", [torch.long, torch.float32])
+def test_piece_ids_leave_the_inputs_untouched(dtype):
+    superpixels, labels = SP.to(dtype), LABELS.to(dtype)
+    before = (superpixels.clone(), labels.clone())
+    pieces = piece_ids(superpixels, labels, num_classes=2)
+    torch.testing.assert_close((superpixels, labels), before)
+    torch.testing.assert_close(pieces.ids.flatten(), torch.tensor([0, 0, 0, 1, 3, 3, 3, 2]))
+
+
+def test_pooled_probabilities_equal_superpixel_means_on_random_maps():
+    generator = torch.Generator().manual_seed(0)
+    superpixels = torch.randint(0, 7, (3, 1, 4, 5, 6), generator=generator)
+    superpixels[1] = superpixels[1].clamp_max(4)  # batch element 1 has empty supervoxels 5 and 6
+    labels = torch.randint(0, 3, (3, 1, 4, 5, 6), generator=generator)
+    probs = torch.softmax(torch.randn(3, 3, 4, 5, 6, generator=generator), dim=1)
+    pieces = piece_ids(superpixels, labels, num_classes=3, num_superpixels=7)
+    pooled = pooled_piece_probabilities(probs, pieces, superpixels, 7)
+    torch.testing.assert_close(pooled, superpixel_mean(probs, superpixels, 7).repeat_interleave(3, dim=2))
+    by_piece = pooled_piece_probabilities(probs, pieces)
+    torch.testing.assert_close(by_piece, superpixel_mean(probs, pieces.ids, 21))
