@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,8 @@ METHODS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "alc_no_ls": (["configs/alc_la.json", "configs/ablations/alc_no_selection.json"], {}),
     "alc_no_lr": (["configs/alc_la.json", "configs/ablations/alc_no_refinement.json"], {}),
     "alc": (["configs/alc_la.json"], {}),
+    # ALC with the refinement agreement gate (a decision of this project, not of the paper; docs/methods/alc.md)
+    "alc_gated": (["configs/alc_la.json"], {"refine_min_agreement": 0.6}),
     "mtcl": (["configs/mtcl_la.json"], {}),
     "coteaching": (["configs/coteaching_la.json"], {}),
     "jocor": (["configs/jocor_la.json"], {}),
@@ -78,6 +81,7 @@ METHOD_LABELS = {
     "alc_no_ls": "ALC w/o LS",
     "alc_no_lr": "ALC w/o LR",
     "alc": "ALC",
+    "alc_gated": "ALC + agreement gate 0.6",
     "mtcl": "MTCL",
     "coteaching": "Co-teaching",
     "jocor": "JoCoR",
@@ -107,6 +111,7 @@ _MTCL_METHODS = [
     "alc_no_ls",
     "alc_no_lr",
     "alc",
+    "alc_gated",
     "mtcl",
     "coteaching",
     "jocor",
@@ -352,14 +357,32 @@ def read_run(method: str, run_dir: Path) -> dict[str, Any]:
     if quality.is_file():
         with open(quality) as f:
             rows = list(csv.DictReader(f))
-        if rows:
-            row["noisy_label_dice"] = _float(rows[-1].get("noisy_dice"))
-            row["refined_label_dice"] = _float(rows[-1].get("refined_dice"))
+        # the last logged value of each (SP-guided logs the noisy column until refinement, the refined one after)
+        for key, column in (("noisy_label_dice", "noisy_dice"), ("refined_label_dice", "refined_dice")):
+            values = [v for v in (_float(r.get(column)) for r in rows) if v is not None]
+            if values:
+                row[key] = values[-1]
+    refinement = run_dir / "refined_labels" / "refinement_log.csv"
+    if refinement.is_file():  # SP-guided: whole-volume label Dice vs clean before/after the latest round
+        with open(refinement) as f:
+            rounds = list(csv.DictReader(f))
+        last = [r for r in rounds if r.get("round") == rounds[-1].get("round")] if rounds else []
+        for key, column in (("volume_dice_before", "dice_before"), ("volume_dice_after", "dice_after")):
+            values = [v for v in (_float(r.get(column)) for r in last) if v is not None]
+            if values:
+                row[key] = sum(values) / len(values)
     for run_id in ("training", "evaluating"):
         cmd_path = run_dir / f"{run_id}_command.json"
         if cmd_path.is_file():
             row[f"{run_id}_seconds"] = round(json.loads(cmd_path.read_text())["seconds"], 1)
     return row
+
+
+def _refinement_cell(row: Mapping[str, Any]) -> str:
+    before, after = row.get("volume_dice_before"), row.get("volume_dice_after")
+    if before is None or after is None:
+        return "-"
+    return f"{before:.3f} -> {after:.3f}"
 
 
 def _float(value: Any) -> float | None:
@@ -640,7 +663,8 @@ def run_benchmark(
                 tasks.append(_Task(len(tasks), setting, method, seed, work / setting_name / f"{method}_s{seed}"))
     start = _now()
     timing = {
-        "id": f"{start}-pid{os.getpid()}",
+        # unique even for two invocations within the same second of one process
+        "id": f"{start}-pid{os.getpid()}-{uuid.uuid4().hex[:8]}",
         "start": start,
         "end": None,
         "status": "running",
@@ -847,8 +871,9 @@ def write_report(
         lines += [f"### Setting `{setting_name}`", ""]
         lines += [
             "| method | Dice | Jaccard | HD95 (mm) | ASD (mm) | HD95 (vox) | ASD (vox) | gap recovery | "
-            "noisy-label Dice | refined-label Dice | s/iter | x HL-Sup | peak RSS (MB) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "noisy-label Dice | refined-label Dice | LQ volumes before -> after refinement | s/iter | x HL-Sup | "
+            "peak RSS (MB) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         base = agg.get((setting_name, "hl_sup"), {})
         clean = agg.get((setting_name, "clean"), {})
@@ -874,6 +899,7 @@ def write_report(
                 f"| {_fmt(r.get('asd_mm_mean'), 2)} {pm} {_fmt(r.get('asd_mm_std'), 2)} "
                 f"| {_fmt(r.get('hd95_vox_mean'), 2)} | {_fmt(r.get('asd_vox_mean'), 2)} | {_fmt(recovery, 2)} "
                 f"| {_fmt(r.get('noisy_label_dice'), 3)} | {_fmt(r.get('refined_label_dice'), 3)} "
+                f"| {_refinement_cell(r)} "
                 f"| {_fmt(r.get('sec_per_iter'), 3)} | {_fmt(rel, 2)} | {_fmt(r.get('peak_rss_mb'), 0)} |"
             )
         lines.append("")

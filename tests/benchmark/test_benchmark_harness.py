@@ -167,3 +167,23 @@ def test_aggregate_means_over_seeds():
             {"setting": "s", "method": "m", "seed": 1, "dice_mean": 0.7}]
     agg = aggregate(rows)
     assert agg[("s", "m")]["dice_mean"] == 0.6 and agg[("s", "m")]["n_seeds"] == 2
+
+
+def test_read_run_takes_the_last_logged_label_dice_and_the_refinement_round(tmp_path):
+    from custom.benchmark.harness import read_run
+
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    (run / "eval" / "metrics_summary.json").write_text(json.dumps({"dice_mean": {"mean": 0.7, "std": 0.1}}))
+    # SP-guided style: the noisy column until refinement, the refined column after it
+    (run / "label_quality.csv").write_text(
+        "epoch,iteration,noisy_dice,refined_dice\n1,10,0.80,\n2,20,0.82,\n3,30,,0.85\n4,40,,0.86\n"
+    )
+    (run / "refined_labels").mkdir()
+    (run / "refined_labels" / "refinement_log.csv").write_text(
+        "round,epoch,case_id,dice_before,dice_after\n1,2,a,0.5,0.9\n1,2,b,0.7,0.5\n2,4,a,0.9,0.95\n2,4,b,0.5,0.65\n"
+    )
+    row = read_run("spguided", run)
+    assert row["dice_mean"] == 0.7
+    assert row["noisy_label_dice"] == 0.82 and row["refined_label_dice"] == 0.86
+    assert row["volume_dice_before"] == pytest.approx(0.7) and row["volume_dice_after"] == pytest.approx(0.8)
