@@ -16,6 +16,8 @@ Python, not through configs, so that only the step is measured):
   (student step + one perturbed no-grad teacher pass on the LQ part + EMA);
 * ``alc``: :class:`MeanTeacherTrainer` with refinement and selection (``T`` perturbed teacher passes);
 * ``mtcl``: :class:`MTCLTrainer` (hard correction: one perturbed and one clean teacher pass + confident learning);
+* ``mtcl_consistency_source``: :class:`MTCLTrainer` with ``label_issue_source="consistency"`` (confident learning on
+  the perturbed consistency pass: no clean pass);
 * ``alc_floor``: ALC's floor, one ``supervised`` step followed by ``T + 1`` bare no-grad teacher forward passes on
   the LQ part (dropout active, same chunking as ALC), i.e. what any implementation of ALC must pay at least;
 * ``mt_plus_clean_pass``: one ``mean_teacher`` step followed by one bare no-grad teacher pass on the clean LQ part
@@ -54,7 +56,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     # configs/cpu_la.json: the LA CPU profile's patch, width and 2 HQ + 2 LQ batch (MTCL's own batch composition)
     "cpu_la": {"patch": [64, 64, 32], "base_filters": 8, "batch_hq": 2, "batch_lq": 2},
 }
-STEPS = ("supervised", "mean_teacher", "alc", "mtcl", "alc_floor", "mt_plus_clean_pass", "mtcl_correction")
+STEPS = ("supervised", "mean_teacher", "alc", "mtcl", "mtcl_consistency_source", "alc_floor", "mt_plus_clean_pass",
+         "mtcl_correction")
 
 
 def fixed_batch(patch: list[int], batch_hq: int, batch_lq: int, num_classes: int, device, seed: int = 0) -> dict:
@@ -118,8 +121,10 @@ def build_steps(args: argparse.Namespace, device) -> tuple[dict[str, Callable[[]
                                       **common(network()))
     alc = MeanTeacherTrainer(num_samples=args.num_samples, **teacher_kwargs(), **common(network()))
     mtcl = MTCLTrainer(**teacher_kwargs(), **common(network()))
+    mtcl_consistency = MTCLTrainer(label_issue_source="consistency", **teacher_kwargs(), **common(network()))
     floor_teacher = network()
-    trainers = {"supervised": supervised, "mean_teacher": mean_teacher, "alc": alc, "mtcl": mtcl}
+    trainers = {"supervised": supervised, "mean_teacher": mean_teacher, "alc": alc, "mtcl": mtcl,
+                "mtcl_consistency_source": mtcl_consistency}
     for trainer in trainers.values():
         trainer.state.iteration = 50  # inside the ramp; the EMA is past its warm-up copy
 
@@ -157,6 +162,7 @@ def build_steps(args: argparse.Namespace, device) -> tuple[dict[str, Callable[[]
         bare_teacher_passes(1, None, batch_norm=mtcl.teacher_batch_norm)  # as MTCLTrainer.clean_teacher_probs
 
     steps = {"supervised": run_supervised, "mean_teacher": run_mt, "alc": step(alc), "mtcl": step(mtcl),
+             "mtcl_consistency_source": step(mtcl_consistency),
              "alc_floor": alc_floor, "mt_plus_clean_pass": mt_plus_clean_pass, "mtcl_correction": mtcl_correction}
     return steps, trainers
 
@@ -261,6 +267,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "mtcl_clean_pass": ratio("mt_plus_clean_pass", "mean_teacher", minus="mean_teacher"),
         "mtcl_correction": ratio("mtcl", "mean_teacher", minus="mt_plus_clean_pass"),
         "mtcl/mt_plus_clean_pass": ratio("mtcl", "mt_plus_clean_pass"),
+        "mtcl_consistency_overhead": ratio("mtcl_consistency_source", "mean_teacher", minus="mean_teacher"),
         "mtcl_correction_only": ratio("mtcl_correction", "mean_teacher"),
         "alc/supervised": ratio("alc", "supervised"),
         "mean_teacher/supervised": ratio("mean_teacher", "supervised"),
@@ -271,6 +278,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "mtcl_clean_pass": ("  of which the clean teacher pass", True, "  ((MT + clean pass - MT) / MT)"),
         "mtcl_correction": ("  of which confident learning etc.", True, "  ((MTCL - MT - clean pass) / MT)"),
         "mtcl/mt_plus_clean_pass": ("MTCL / (MT + one clean teacher pass)", False, ""),
+        "mtcl_consistency_overhead": ("MTCL, label_issue_source=consistency", True, "  ((MTCL' - MT) / MT)"),
         "mtcl_correction_only": ("MTCL correction step alone / MT", True, "  (find_label_issues + correct_labels)"),
         "alc/supervised": ("ALC / supervised", False, ""),
         "mean_teacher/supervised": ("Mean Teacher / supervised", False, ""),

@@ -42,15 +42,17 @@ from custom.losses.segmentation_losses import ce_dice_loss
 from custom.refinement import confident_learning as cl
 from custom.refinement import teacher_fusion as tf
 
-__all__ = ["MTCLTrainer", "CORRECTION_MODES", "LABEL_ISSUE_FILTERS"]
+__all__ = ["MTCLTrainer", "CORRECTION_MODES", "LABEL_ISSUE_FILTERS", "LABEL_ISSUE_SOURCES"]
 
 CORRECTION_MODES = ("hard", "smooth", "uncertainty_smooth")
 LABEL_ISSUE_FILTERS = ("both", "prune_by_class", "prune_by_noise_rate")
+LABEL_ISSUE_SOURCES = ("clean", "consistency")
 
 # MeanTeacherTrainer arguments that only ALC uses: rejected rather than silently ignored
 _ALC_ONLY_ARGUMENTS = (
     "refine_labels", "select_samples", "num_samples", "tau", "fusion_mode", "uncertainty_mode",
     "keep_noisy_if_uncertain", "uncertainty_threshold", "selection_ratio", "lambda_sel", "lambda_noisy",
+    "refine_min_agreement",
 )
 
 
@@ -65,7 +67,11 @@ class MTCLTrainer(MeanTeacherTrainer):
         correction_smooth: mass moved to the teacher's class in ``"smooth"`` mode (0.8).
         uncertainty_samples: perturbed teacher passes for the ``"uncertainty_smooth"`` map (6).
         clean_pass_dropout: keep the teacher's dropout active in the clean pass, as the reference (True); False runs
-            it fully in eval mode. BatchNorm uses running statistics either way.
+            it fully in eval mode (BatchNorm as ``teacher_batch_norm``).
+        label_issue_source: which teacher probabilities confident learning reads: ``"clean"`` (a separate pass on
+            the unperturbed LQ input, the reference, default) or ``"consistency"`` (the perturbed pass that already
+            gives the consistency target: no extra forward, about 10 points less overhead on the LA CPU patch,
+            docs/methods/mtcl.md) *(decision)*.
         min_examples_per_class: classes with at most this many voxels in the LQ batch are never flagged (1).
         kwargs: :class:`MeanTeacherTrainer` arguments shared with Mean Teacher (``teacher``, ``num_classes``,
             ``batch_hq``, ``ema_decay``, ``consistency_weight``, ``rampup_iterations``, ``noise_std``,
@@ -89,8 +95,11 @@ class MTCLTrainer(MeanTeacherTrainer):
         uncertainty_samples: int = 6,
         clean_pass_dropout: bool = True,
         min_examples_per_class: int = 1,
+        label_issue_source: str = "clean",
         **kwargs: Any,
     ):
+        if label_issue_source not in LABEL_ISSUE_SOURCES:
+            raise ValueError(f"label_issue_source must be one of {LABEL_ISSUE_SOURCES}, got {label_issue_source!r}.")
         unexpected = sorted(set(kwargs) & set(_ALC_ONLY_ARGUMENTS))
         if unexpected:
             raise ValueError(f"MTCLTrainer does not take the ALC-only arguments {unexpected}.")
@@ -118,6 +127,7 @@ class MTCLTrainer(MeanTeacherTrainer):
         self.uncertainty_samples = int(uncertainty_samples)
         self.clean_pass_dropout = bool(clean_pass_dropout)
         self.min_examples_per_class = int(min_examples_per_class)
+        self.label_issue_source = label_issue_source
 
     def clean_teacher_probs(self, x_lq: torch.Tensor) -> torch.Tensor:
         """Teacher probabilities on the unperturbed LQ input, without gradient.
@@ -159,7 +169,7 @@ class MTCLTrainer(MeanTeacherTrainer):
                 noise_std=self.noise_std, noise_clip=self.noise_clip, mc_chunk=self.mc_chunk,
                 batch_norm=self.teacher_batch_norm,
             )  # (T, B_lq, C, *S)
-            clean_probs = self.clean_teacher_probs(x_lq)
+            clean_probs = self.clean_teacher_probs(x_lq) if self.label_issue_source == "clean" else perturbed[0]
             issues = cl.find_label_issues(
                 clean_probs, noisy, filter_by=self.cl_filter, min_examples_per_class=self.min_examples_per_class
             )

@@ -12,6 +12,7 @@ from torch.testing import assert_close
 from custom.engines import MTCLTrainer
 from custom.losses.segmentation_losses import ce_dice_loss
 from custom.networks import PaperVNet
+from custom.refinement import confident_learning as cl
 from custom.refinement import teacher_fusion
 
 SIDE = 16  # PaperVNet needs sides divisible by 16
@@ -219,3 +220,19 @@ def test_teacher_is_the_ema_of_the_student():
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         _trainer(2, [_batch(2)], **kwargs)
+
+
+def test_label_issue_source_consistency_reuses_the_perturbed_pass(monkeypatch):
+    batch = _batch(2)
+    x_lq, noisy = batch["image"][BATCH_HQ:], batch["label"][BATCH_HQ:]
+    trainer = _trainer(2, [batch], label_issue_source="consistency")
+    trainer.clean_teacher_probs = lambda x: pytest.fail("no clean pass with label_issue_source='consistency'")
+    seen: list[torch.Tensor] = []
+    original = cl.find_label_issues
+    monkeypatch.setattr(cl, "find_label_issues", lambda probs, *a, **k: seen.append(probs) or original(probs, *a, **k))
+    targets = trainer.teacher_targets(x_lq, noisy)
+    assert len(seen) == 1 and torch.equal(seen[0], targets["teacher_probs"])
+    with pytest.raises(ValueError, match="label_issue_source"):
+        _trainer(2, [batch], label_issue_source="both")
+    with pytest.raises(ValueError, match="ALC-only"):
+        _trainer(2, [batch], refine_min_agreement=0.5)
