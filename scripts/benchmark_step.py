@@ -96,7 +96,7 @@ def build_steps(args: argparse.Namespace, device) -> tuple[dict[str, Callable[[]
     from custom.losses.segmentation_losses import CEDiceLoss
     from custom.networks import PaperVNet
     from custom.refinement.confident_learning import correct_labels, find_label_issues
-    from custom.refinement.teacher_fusion import mc_dropout_mode, teacher_sampling_mode
+    from custom.refinement.teacher_fusion import teacher_sampling_mode
 
     batch = fixed_batch(args.patch, args.batch_hq, args.batch_lq, args.num_classes, device, args.seed)
     x_lq = batch["image"][args.batch_hq:]
@@ -134,13 +134,10 @@ def build_steps(args: argparse.Namespace, device) -> tuple[dict[str, Callable[[]
             trainer._iteration(trainer, batch)
         return run
 
-    def bare_teacher_passes(num_passes: int, chunk: int | None, batch_norm: str = "running") -> None:
+    def bare_teacher_passes(num_passes: int, chunk: int | None, batch_norm: str, dropout: bool = True) -> None:
         rows = x_lq.shape[0]
         per_forward = num_passes if chunk is None else min(chunk, num_passes)
-        modes = mc_dropout_mode(floor_teacher) if batch_norm == "running" else teacher_sampling_mode(
-            floor_teacher, batch_norm=batch_norm, dropout=mtcl.clean_pass_dropout
-        )
-        with torch.no_grad(), modes:
+        with torch.no_grad(), teacher_sampling_mode(floor_teacher, batch_norm=batch_norm, dropout=dropout):
             repeated = x_lq.repeat(num_passes, 1, 1, 1, 1)
             for start in range(0, num_passes, per_forward):
                 floor_teacher(repeated[start * rows:min(start + per_forward, num_passes) * rows])
@@ -149,7 +146,7 @@ def build_steps(args: argparse.Namespace, device) -> tuple[dict[str, Callable[[]
 
     def alc_floor() -> None:
         run_supervised()
-        bare_teacher_passes(args.num_samples + 1, args.mc_chunk)
+        bare_teacher_passes(args.num_samples + 1, args.mc_chunk, batch_norm=alc.teacher_batch_norm)
 
     clean_probs, noisy = mtcl.clean_teacher_probs(x_lq), batch["label"][args.batch_hq:]
 
@@ -159,7 +156,8 @@ def build_steps(args: argparse.Namespace, device) -> tuple[dict[str, Callable[[]
 
     def mt_plus_clean_pass() -> None:
         run_mt()
-        bare_teacher_passes(1, None, batch_norm=mtcl.teacher_batch_norm)  # as MTCLTrainer.clean_teacher_probs
+        # in the layer modes of MTCLTrainer.clean_teacher_probs
+        bare_teacher_passes(1, None, batch_norm=mtcl.teacher_batch_norm, dropout=mtcl.clean_pass_dropout)
 
     steps = {"supervised": run_supervised, "mean_teacher": run_mt, "alc": step(alc), "mtcl": step(mtcl),
              "mtcl_consistency_source": step(mtcl_consistency),
