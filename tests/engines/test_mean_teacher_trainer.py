@@ -232,19 +232,25 @@ def test_alc_without_refinement_keeps_noisy_labels_for_selected_samples(num_clas
     _check_loss_composition(trainer, out)
 
 
+def _record_teacher_argmax(trainer, batch_hq: int = 1) -> list[torch.Tensor]:
+    """Record, at every iteration start, the eval-mode teacher's argmax on the LQ part of the batch."""
+    argmax: list[torch.Tensor] = []
+
+    def teacher_argmax(engine):
+        with torch.no_grad():
+            engine.teacher.eval()
+            argmax.append(engine.teacher(engine.state.batch["image"][batch_hq:]).argmax(1, keepdim=True))
+
+    trainer.add_event_handler(Events.ITERATION_STARTED, teacher_argmax)
+    return argmax
+
+
 @pytest.mark.parametrize("num_classes", [2, 3])
 def test_alc_refines_to_the_teacher_argmax_and_splits_the_losses(num_classes):
     # without dropout and input noise all T teacher samples agree, so p_hat is the teacher's (eval-mode) prediction
     batches = _batches(1, 1, 4, num_classes)
     trainer = _trainer(num_classes, batches, batch_hq=1, dropout=0.0, noise_std=0.0, teacher_batch_norm="running")
-    expected: list[torch.Tensor] = []
-
-    def teacher_argmax(engine):
-        with torch.no_grad():
-            engine.teacher.eval()
-            expected.append(engine.teacher(engine.state.batch["image"][1:]).argmax(1, keepdim=True))
-
-    trainer.add_event_handler(Events.ITERATION_STARTED, teacher_argmax)
+    expected = _record_teacher_argmax(trainer)
     outputs = _record_outputs(trainer)
     trainer.run()
     out = outputs[0]
@@ -265,14 +271,7 @@ def test_refine_min_agreement_falls_back_to_the_noisy_label(min_agreement):
     batches = _batches(1, 1, 4, 2)
     trainer = _trainer(2, batches, batch_hq=1, dropout=0.0, noise_std=0.0, teacher_batch_norm="running",
                        refine_min_agreement=min_agreement)
-    argmax: list[torch.Tensor] = []
-
-    def teacher_argmax(engine):
-        with torch.no_grad():
-            engine.teacher.eval()
-            argmax.append(engine.teacher(engine.state.batch["image"][1:]).argmax(1, keepdim=True))
-
-    trainer.add_event_handler(Events.ITERATION_STARTED, teacher_argmax)
+    argmax = _record_teacher_argmax(trainer)
     outputs = _record_outputs(trainer)
     trainer.run()
     noisy = batches[0]["label"][1:].long()
