@@ -146,9 +146,7 @@ class MTCLTrainer(MeanTeacherTrainer):
             self.teacher, batch_norm=self.teacher_batch_norm, dropout=self.clean_pass_dropout
         ):
             logits = self.teacher(x_lq)
-        if logits.dtype in (torch.float16, torch.bfloat16):
-            return torch.softmax(logits, dim=1, dtype=torch.float32)
-        return torch.softmax(logits, dim=1)
+        return tf.teacher_probabilities(logits)
 
     def teacher_targets(self, x_lq: torch.Tensor, noisy: torch.Tensor) -> dict[str, torch.Tensor]:
         """Consistency target and confident-learning corrected labels of the LQ patches (steps 1-3 above).

@@ -35,7 +35,7 @@ __all__ = [
     "DEFAULT_FUSION_TEMPERATURE",
     "BATCH_NORM_MODES",
     "teacher_sampling_mode",
-    "mc_dropout_mode",
+    "teacher_probabilities",
     "perturbed_teacher_predictions",
     "kl_to_mean",
     "fusion_weights",
@@ -106,15 +106,11 @@ def teacher_sampling_mode(model: nn.Module, batch_norm: str = "batch", dropout: 
             module.track_running_stats = was_tracking
 
 
-@contextmanager
-def mc_dropout_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Monte-Carlo dropout with BatchNorm on running statistics: ``teacher_sampling_mode(model, "running")``."""
-    with teacher_sampling_mode(model, batch_norm="running", dropout=True):
-        yield model
+def teacher_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the class dim of logits ``(B, C, *S)``, in at least float32.
 
-
-def _probabilities(logits: torch.Tensor) -> torch.Tensor:
-    # half-precision softmax outputs are too coarse for the KL terms downstream: use at least float32
+    Half-precision (AMP) probabilities are too coarse for the KL terms and label-issue thresholds downstream.
+    """
     if logits.dtype in (torch.float16, torch.bfloat16):
         return torch.softmax(logits, dim=1, dtype=torch.float32)
     return torch.softmax(logits, dim=1)
@@ -183,7 +179,7 @@ def perturbed_teacher_predictions(
                 raise ValueError(
                     f"teacher output shape {tuple(logits.shape)} is not (N, C, *S) for input {tuple(x.shape)}."
                 )
-            chunk_probs = _probabilities(logits)
+            chunk_probs = teacher_probabilities(logits)
             if probs is None:  # preallocate once the number of classes is known
                 probs = chunk_probs.new_empty((num_samples * batch, *chunk_probs.shape[1:]))
             probs[rows] = chunk_probs

@@ -18,15 +18,6 @@ from custom.networks import PaperVNet
 SIDE = 16  # PaperVNet needs sides divisible by 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny volumes: a second intra-op thread only adds OpenMP spin/wait time on a busy 2-core machine (40x slower)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _network(num_classes: int, dropout: float = 0.5) -> PaperVNet:
     return PaperVNet(spatial_dims=3, in_channels=1, out_channels=num_classes, base_filters=2, dropout=dropout)
 

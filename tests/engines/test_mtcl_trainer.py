@@ -19,15 +19,6 @@ SIDE = 16  # PaperVNet needs sides divisible by 16
 BATCH_HQ, BATCH_LQ = 1, 2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny volumes: a second intra-op thread only adds OpenMP spin/wait time on a busy 2-core machine
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _network(num_classes: int, dropout: float) -> PaperVNet:
     return PaperVNet(spatial_dims=3, in_channels=1, out_channels=num_classes, base_filters=2, dropout=dropout)
 

@@ -14,7 +14,6 @@ from custom.refinement.teacher_fusion import (
     gate_refined_labels,
     kl_to_mean,
     label_agreement,
-    mc_dropout_mode,
     normalized_entropy,
     perturbed_teacher_predictions,
     refined_labels,
@@ -138,7 +137,7 @@ def test_dropout_active_batchnorm_eval_and_modes_restored():
     probs = perturbed_teacher_predictions(teacher, x, num_samples=6, noise_std=0.0)
     # without input noise the samples differ only through dropout (4 channels: masks repeat with prob. 1/16)
     assert probs.std(dim=0).max() > 1e-3
-    torch.testing.assert_close(teacher[1].running_mean, stats_before)  # BN ran in eval mode
+    torch.testing.assert_close(teacher[1].running_mean, stats_before)  # sampling never updates BN buffers
     assert [m.training for m in teacher.modules()] == modes_before
 
     teacher.eval()
@@ -151,7 +150,7 @@ def test_modes_restored_on_error():
     teacher = _teacher(2)
     teacher.train()
     with pytest.raises(RuntimeError):
-        with mc_dropout_mode(teacher):
+        with teacher_sampling_mode(teacher, batch_norm="running"):
             assert not teacher[1].training and teacher[3].training
             raise RuntimeError("boom")
     assert all(m.training for m in teacher.modules())
