@@ -20,11 +20,6 @@ import sys
 import torch
 
 
-def _dice(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.bool(), b.bool()
-    return float(2 * (a & b).sum() / (a.sum() + b.sum()).clamp_min(1))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", required=True, help="run folder with models/model.pt and models/teacher.pt")
@@ -37,7 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     from monai.bundle import ConfigParser
     from monai.inferers import sliding_window_inference
 
+    from custom.handlers.label_quality import foreground_dice_per_sample
     from custom.refinement import teacher_fusion as tf
+
+    def dice(a: torch.Tensor, b: torch.Tensor) -> float:  # binary foreground masks (*S)
+        return float(foreground_dice_per_sample(a[None, None].long(), b[None, None].long(), 2)[0])
 
     config = ConfigParser()
     config.read_config(args.config)
@@ -78,12 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         clean = data["clean_label"][0] > 0
         with torch.no_grad():
             row = {
-                "noisy": _dice(data["label"][0] > 0, clean),
-                "student": _dice(segment(student), clean),
-                "teacher_running": _dice(segment(plain("running")), clean),
-                "teacher_batch": _dice(segment(plain("batch")), clean),
-                "fused_running": _dice(segment(fused("running")), clean),
-                "fused_batch": _dice(segment(fused("batch")), clean),
+                "noisy": dice(data["label"][0] > 0, clean),
+                "student": dice(segment(student), clean),
+                "teacher_running": dice(segment(plain("running")), clean),
+                "teacher_batch": dice(segment(plain("batch")), clean),
+                "fused_running": dice(segment(fused("running")), clean),
+                "fused_batch": dice(segment(fused("batch")), clean),
             }
         for key in columns:
             totals[key] += row[key] / len(items)
