@@ -32,9 +32,11 @@ shared with other jobs the wall clock mostly measures the others' load, so on CP
 time only (the arithmetic, without the allocator's page faults), and the load average before and after.
 
 On CPU with glibc's default malloc, large freed blocks go back to the OS and are faulted in again at the next step;
-holding two networks' activations at once makes that cost visible as system time. Run with
-``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=8589934592`` (keep freed memory in the process) to remove
-it; the header prints the ``MALLOC_*`` settings in effect.
+holding two networks' activations at once makes that cost visible as system time. Training keeps freed host memory
+in the process (``custom.host_memory.retain_freed_host_memory``, config key ``retain_host_memory``, default true), and
+so does this script before it builds anything, so that the steps are timed as training runs them;
+``--default-malloc`` leaves glibc's defaults (then the ``MALLOC_*`` environment variables, if set, apply). The header
+prints the allocator setting in effect.
 """
 
 from __future__ import annotations
@@ -205,6 +207,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--amp", action="store_true", help="autocast + grad scaling (CUDA only)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's allocator at its defaults (training, like this script by default, keeps "
+                             "freed host memory: custom.host_memory, config key retain_host_memory)")
     args = parser.parse_args(argv)
     profile = PROFILES[args.profile]
     for key in ("patch", "base_filters", "batch"):
@@ -223,6 +228,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
     import torch
 
+    from custom.host_memory import host_allocator_setting
+
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.amp and device.type != "cuda":
         raise SystemExit("--amp needs a CUDA device")
@@ -237,8 +244,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
           f"load average before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
     print(f"patch {args.patch}, base_filters {args.base_filters}, batch {args.batch}, R {list(KEEP_RATIO)}, "
           f"warmup {args.warmup}, repeats {args.repeats}; ratios on {clock} time")
-    malloc = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
-    print(f"glibc malloc settings: {malloc or 'defaults'}")
+    print(host_allocator_setting(retain=not args.default_malloc))
     steps = build_steps(args, device)
     times = measure(steps, args.warmup, args.repeats, device)
     load_after = os.getloadavg()

@@ -33,6 +33,9 @@ subset. Printed ratios (those whose steps were timed): ``alc / alc_floor`` (targ
 overhead ``(mtcl - mean_teacher) / mean_teacher`` (target <= 10%), split into the clean teacher pass
 ``(mt_plus_clean_pass - mean_teacher) / mean_teacher`` and the rest ``(mtcl - mt_plus_clean_pass) / mean_teacher``
 (confident learning and the correction). The load average is printed before and after.
+
+Like training (config key ``retain_host_memory``), the script keeps freed host memory in the process before it builds
+anything (``custom.host_memory``); ``--default-malloc`` leaves glibc's defaults. The header prints the setting.
 """
 
 from __future__ import annotations
@@ -210,6 +213,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--amp", action="store_true", help="autocast + grad scaling (CUDA only)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's allocator at its defaults (training, like this script by default, keeps "
+                             "freed host memory: custom.host_memory, config key retain_host_memory)")
     parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS), help="time only these steps")
     args = parser.parse_args(argv)
     profile = PROFILES[args.profile]
@@ -227,6 +233,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
     import torch
 
+    from custom.host_memory import host_allocator_setting
+
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -237,6 +245,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"command: python scripts/benchmark_step.py {' '.join(shown_argv)}")
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
           f"cpus {os.cpu_count()}, load average before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
+    print(host_allocator_setting(retain=not args.default_malloc))
     print(f"patch {args.patch}, base_filters {args.base_filters}, batch {args.batch_hq} HQ + {args.batch_lq} LQ, "
           f"C {args.num_classes}, ALC T {args.num_samples}, mc_chunk {args.mc_chunk}, "
           f"warmup {args.warmup}, repeats {args.repeats}")

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from monai.bundle import ConfigParser
     from monai.inferers import sliding_window_inference
 
-    from custom.handlers.label_quality import foreground_dice_per_sample
+    from custom.evaluation.metrics import foreground_dice_per_sample
     from custom.refinement import teacher_fusion as tf
 
     def dice(a: torch.Tensor, b: torch.Tensor) -> float:  # binary foreground masks (*S)

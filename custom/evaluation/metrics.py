@@ -32,10 +32,40 @@ import numpy as np
 import torch
 from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance, compute_iou
 
-__all__ = ["METRIC_NAMES", "segmentation_metrics", "summarise", "class_labels"]
+__all__ = ["METRIC_NAMES", "segmentation_metrics", "summarise", "class_labels", "foreground_dice_per_sample"]
 
 #: metric names in output order; each gives the keys ``f"{name}_{class}"`` and ``f"{name}_mean"``.
 METRIC_NAMES: tuple[str, ...] = ("dice", "jaccard", "hd95_mm", "asd_mm", "hd95_vox", "asd_vox")
+
+
+def foreground_dice_per_sample(labels_a: torch.Tensor, labels_b: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-sample Dice of two integer label maps, averaged over the foreground classes ``1..C-1``, on the device.
+
+    The empty-mask convention of this module: a class absent from both maps of a sample scores 1 (so a sample with
+    no foreground in either map scores 1). One implementation for the training-time label comparisons: the
+    label-quality handler (noisy / refined labels against clean ones) and ALC's agreement gate.
+
+    Args:
+        labels_a / labels_b: integer labels ``(B, 1, *S)``.
+        num_classes: ``C >= 2``.
+
+    Returns:
+        ``(B,)`` float in ``[0, 1]``, on the labels' device (no host sync).
+    """
+    if labels_a.shape != labels_b.shape or labels_a.ndim < 3 or labels_a.shape[1] != 1:
+        raise ValueError(
+            f"label maps must both be (B, 1, *S), got {tuple(labels_a.shape)} and {tuple(labels_b.shape)}."
+        )
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
+    batch = labels_a.shape[0]
+    classes = torch.arange(1, num_classes, device=labels_a.device).view(1, -1, 1)
+    a = labels_a.reshape(batch, 1, -1) == classes  # (B, C-1, V)
+    b = labels_b.reshape(batch, 1, -1) == classes
+    overlap = (a & b).sum(-1).float()
+    total = (a.sum(-1) + b.sum(-1)).float()
+    dice = torch.where(total > 0, 2 * overlap / total.clamp_min(1), torch.ones_like(total))
+    return dice.mean(-1)
 
 
 def class_labels(num_classes: int, class_names: Sequence[str] | None = None) -> list[str]:

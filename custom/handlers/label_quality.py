@@ -14,30 +14,10 @@ import torch
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 
+from custom.evaluation.metrics import foreground_dice_per_sample
 from custom.io import atomic_output, write_csv
 
 __all__ = ["LabelQualityHandler", "foreground_dice_per_sample"]
-
-
-def foreground_dice_per_sample(pred: torch.Tensor, ref: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Mean foreground Dice per sample of two integer label maps ``(B, 1, *S)`` -> ``(B,)``.
-
-    Classes absent from both maps of a sample are skipped; a sample with no foreground in either map scores 1.
-    """
-    if pred.shape != ref.shape:
-        raise ValueError(f"label maps must have the same shape, got {tuple(pred.shape)} and {tuple(ref.shape)}.")
-    b = pred.shape[0]
-    pred = pred.reshape(b, -1).long()
-    ref = ref.reshape(b, -1).long()
-    classes = torch.arange(1, num_classes, device=pred.device).view(1, -1, 1)
-    p = pred.unsqueeze(1) == classes  # (B, C-1, V)
-    r = ref.unsqueeze(1) == classes
-    inter = (p & r).sum(-1).float()
-    total = p.sum(-1).float() + r.sum(-1).float()
-    present = total > 0
-    dice = torch.where(present, 2 * inter / total.clamp_min(1), torch.zeros_like(total))
-    count = present.sum(-1)
-    return torch.where(count > 0, dice.sum(-1) / count.clamp_min(1), torch.ones_like(dice[:, 0]))
 
 
 class LabelQualityHandler:

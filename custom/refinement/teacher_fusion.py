@@ -31,6 +31,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from custom.evaluation.metrics import foreground_dice_per_sample
+
 __all__ = [
     "DEFAULT_FUSION_TEMPERATURE",
     "BATCH_NORM_MODES",
@@ -42,7 +44,6 @@ __all__ = [
     "fuse_predictions",
     "normalized_entropy",
     "refined_labels",
-    "label_agreement",
     "gate_refined_labels",
     "sample_uncertainty",
     "select_lowest_uncertainty",
@@ -307,34 +308,6 @@ def refined_labels(
     return torch.where(voxel_uncertainty > uncertainty_threshold, noisy_labels.long(), labels)
 
 
-def label_agreement(labels_a: torch.Tensor, labels_b: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Per-sample Dice between two label maps, averaged over the foreground classes ``1..C-1``.
-
-    A class absent from both maps of a sample counts as full agreement (Dice 1).
-
-    Args:
-        labels_a / labels_b: integer labels ``(B, 1, *S)``.
-        num_classes: ``C >= 2``.
-
-    Returns:
-        ``(B,)`` float in ``[0, 1]``, on the labels' device (no host sync).
-    """
-    if labels_a.shape != labels_b.shape or labels_a.ndim < 3 or labels_a.shape[1] != 1:
-        raise ValueError(
-            f"labels must both be (B, 1, *S), got {tuple(labels_a.shape)} and {tuple(labels_b.shape)}."
-        )
-    if num_classes < 2:
-        raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
-    dims = tuple(range(1, labels_a.ndim))
-    scores = []
-    for c in range(1, num_classes):  # a loop over classes (C is small), not voxels
-        a, b = labels_a == c, labels_b == c
-        overlap = (a & b).sum(dim=dims).float()
-        total = (a.sum(dim=dims) + b.sum(dim=dims)).float()
-        scores.append(torch.where(total > 0, 2 * overlap / total.clamp_min(1), torch.ones_like(total)))
-    return torch.stack(scores).mean(dim=0)
-
-
 def gate_refined_labels(
     refined: torch.Tensor, noisy: torch.Tensor, num_classes: int, min_agreement: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -354,7 +327,7 @@ def gate_refined_labels(
     """
     if not 0.0 <= min_agreement <= 1.0:
         raise ValueError(f"min_agreement must be in [0, 1], got {min_agreement}.")
-    accepted = label_agreement(refined, noisy, num_classes) >= min_agreement
+    accepted = foreground_dice_per_sample(refined, noisy, num_classes) >= min_agreement
     view = (-1,) + (1,) * (refined.ndim - 1)
     return torch.where(accepted.view(view), refined, noisy), accepted
 

@@ -256,7 +256,7 @@ def test_alc_refines_to_the_teacher_argmax_and_splits_the_losses(num_classes):
 
 @pytest.mark.parametrize("min_agreement", [0.0, 0.3, 1.0])
 def test_refine_min_agreement_falls_back_to_the_noisy_label(min_agreement):
-    from custom.refinement.teacher_fusion import label_agreement
+    from custom.evaluation.metrics import foreground_dice_per_sample
 
     # deterministic teacher (no dropout, no input noise, running statistics): refined label = teacher argmax
     batches = _batches(1, 1, 4, 2)
@@ -266,7 +266,7 @@ def test_refine_min_agreement_falls_back_to_the_noisy_label(min_agreement):
     outputs = _record_outputs(trainer)
     trainer.run()
     noisy = batches[0]["label"][1:].long()
-    keep = label_agreement(argmax[0], noisy, 2) >= min_agreement
+    keep = foreground_dice_per_sample(argmax[0], noisy, 2) >= min_agreement
     expected = torch.where(keep.view(-1, 1, 1, 1, 1), argmax[0], noisy)
     assert torch.equal(outputs[0]["refined_label"], expected)
     assert float(outputs[0]["refinement_accepted"]) == pytest.approx(float(keep.float().mean()))

@@ -7,7 +7,13 @@ import pytest
 import torch
 from numpy.testing import assert_allclose
 
-from custom.evaluation.metrics import METRIC_NAMES, class_labels, segmentation_metrics, summarise
+from custom.evaluation.metrics import (
+    METRIC_NAMES,
+    class_labels,
+    foreground_dice_per_sample,
+    segmentation_metrics,
+    summarise,
+)
 
 
 def _cube_pair() -> tuple[np.ndarray, np.ndarray]:
@@ -185,3 +191,24 @@ def test_summarise_ignores_nan_and_text():
     assert summary["asd_mm_1"]["count"] == 0
     assert math.isnan(summary["asd_mm_1"]["mean"]) and math.isnan(summary["asd_mm_1"]["std"])
     assert summarise([]) == {}
+
+
+def test_foreground_dice_per_sample_counts_classes_absent_from_both_as_1():
+    a = torch.zeros(3, 1, 2, 2, 2, dtype=torch.long)
+    b = torch.zeros_like(a)
+    a[0, 0, 0] = 1  # 4 voxels of class 1
+    b[0, 0, 0, 0] = 1  # 2 of them: Dice 2*2/(4+2)
+    a[1, 0, 0, 0, 0] = 2  # class 2 only in a: Dice 0 for class 2, class 1 absent from both: 1
+    # sample 2: both empty -> full agreement
+    agreement = foreground_dice_per_sample(a, b, num_classes=3)
+    torch.testing.assert_close(agreement, torch.tensor([(2 * 2 / 6 + 1.0) / 2, 0.5, 1.0]))
+
+
+def test_foreground_dice_per_sample_rejects_bad_shapes():
+    a = torch.zeros(2, 1, 2, 2, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match="label maps"):
+        foreground_dice_per_sample(a, a[:1], 2)
+    with pytest.raises(ValueError, match="label maps"):
+        foreground_dice_per_sample(a[:, 0], a[:, 0], 2)
+    with pytest.raises(ValueError, match="num_classes"):
+        foreground_dice_per_sample(a, a, 1)

@@ -6,7 +6,8 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from custom.handlers.label_quality import LabelQualityHandler, foreground_dice_per_sample
+from custom.evaluation.metrics import foreground_dice_per_sample
+from custom.handlers.label_quality import LabelQualityHandler
 
 
 def test_foreground_dice_by_hand():

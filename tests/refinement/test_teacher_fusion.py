@@ -13,7 +13,6 @@ from custom.refinement.teacher_fusion import (
     fusion_weights,
     gate_refined_labels,
     kl_to_mean,
-    label_agreement,
     normalized_entropy,
     perturbed_teacher_predictions,
     refined_labels,
@@ -359,17 +358,6 @@ def test_alc_refine_outputs(num_classes):
 # ---------------------------------------------------------------- refinement agreement gate
 
 
-def test_label_agreement_is_the_mean_foreground_dice_per_sample():
-    a = torch.zeros(3, 1, 2, 2, 2, dtype=torch.long)
-    b = torch.zeros_like(a)
-    a[0, 0, 0] = 1  # 4 voxels of class 1
-    b[0, 0, 0, 0] = 1  # 2 of them: Dice 2*2/(4+2)
-    a[1, 0, 0, 0, 0] = 2  # class 2 only in a: Dice 0 for class 2, class 1 absent from both: 1
-    # sample 2: both empty -> full agreement
-    agreement = label_agreement(a, b, num_classes=3)
-    torch.testing.assert_close(agreement, torch.tensor([(2 * 2 / 6 + 1.0) / 2, 0.5, 1.0]))
-
-
 def test_gate_keeps_refinements_that_agree_and_falls_back_otherwise():
     noisy = torch.zeros(2, 1, 4, 4, 4, dtype=torch.long)
     noisy[:, :, :2] = 1  # 32 foreground voxels each
@@ -383,5 +371,5 @@ def test_gate_keeps_refinements_that_agree_and_falls_back_otherwise():
     assert accepted.all() and torch.equal(labels, refined)
     with pytest.raises(ValueError, match="min_agreement"):
         gate_refined_labels(refined, noisy, num_classes=2, min_agreement=1.5)
-    with pytest.raises(ValueError, match="labels"):
-        label_agreement(refined, noisy[:1], num_classes=2)
+    with pytest.raises(ValueError, match="label maps"):
+        gate_refined_labels(refined, noisy[:1], num_classes=2, min_agreement=0.5)
