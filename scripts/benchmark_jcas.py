@@ -20,6 +20,9 @@ ratios use the CPU time, with ``--threads 1`` by default (one intra-op thread: C
 (``resource.getrusage(...).ru_maxrss``) from just before the first step to the end, i.e. activations, gradients,
 optimiser state and allocator overhead of the step, without the interpreter and libraries.
 
+Each worker keeps freed host memory in the process as training does (``custom.host_memory``, config key
+``retain_host_memory``), so the CPU peak is the step's high-water mark; ``--default-malloc`` leaves glibc's defaults.
+
 The printed ratios are measured in one run: ``jcas / jcas_no_dar`` is the cost of DAR (target <= 1.30),
 ``jcas / vnet_ce`` the cost of JCAS as a whole. The load average is printed with the table.
 """
@@ -136,7 +139,7 @@ def measure(
 def _run_worker(variant: str, setting_name: str, args: argparse.Namespace) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", variant, "--settings", setting_name,
                "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--device", args.device,
-               "--threads", str(args.threads)]
+               "--threads", str(args.threads)] + (["--default-malloc"] if args.default_malloc else [])
     proc = subprocess.run(command, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{variant} / {setting_name} failed:\n{proc.stderr[-3000:]}")
@@ -173,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=3, help="timed steps (default 3)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, see above)")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's allocator at its defaults (training, like this script by default, keeps "
+                             "freed host memory: custom.host_memory, config key retain_host_memory)")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     return parser
 
@@ -182,11 +188,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.warmup < 0 or args.repeats < 1 or args.threads < 1:
         print("--warmup must be >= 0, --repeats and --threads >= 1", file=sys.stderr)
         return 2
+    from custom.host_memory import host_allocator_setting
+
     if args.worker:
+        host_allocator_setting(retain=not args.default_malloc)  # before anything is allocated, as training does
         result = measure(args.worker, SETTINGS[args.settings[0]], args.warmup, args.repeats, args.device, args.threads)
         print(json.dumps(result))
         return 0
     print(f"load average before: {os.getloadavg()[0]:.2f} (on {os.cpu_count()} CPUs)")
+    print(f"workers' {host_allocator_setting(retain=not args.default_malloc)}")
     for setting_name in args.settings:
         results = {variant: _run_worker(variant, setting_name, args) for variant in VARIANTS}
         print(_table(setting_name, SETTINGS[setting_name], results), flush=True)
