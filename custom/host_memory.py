@@ -13,9 +13,9 @@ allocations sit above the step's blocks and the heap is rarely trimmed (an LA CP
 :func:`retain_freed_host_memory` raises glibc's mmap threshold to its maximum (32 MiB: blocks up to that size come
 from the heap and are reused) and its trim threshold (freed heap memory stays in the process). The resident set size
 then stays at the training's peak instead of breathing with every step (peak RSS at the LA CPU profile: 1.93 against
-1.87 GB with the defaults in the step benchmark, 1.75 GB both ways in the whole training). The same effect is available without code through the environment
-(``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``) or with jemalloc/tcmalloc; on a GPU PyTorch's own caching
-allocator already does this for device memory.
+1.87 GB with the defaults in the step benchmark, 1.75 GB both ways in the whole training). The same effect is
+available without code through the environment (``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``) or with
+jemalloc/tcmalloc; on a GPU PyTorch's own caching allocator already does this for device memory.
 
 The training workflow of every config calls it first (config key ``retain_host_memory``, default ``true``
 *(decision)*), so that training never depends on the heap layout for this, and the step benchmarks call it too, so
