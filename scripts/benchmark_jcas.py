@@ -169,6 +169,8 @@ def _table(setting_name: str, setting: dict[str, Any], results: dict[str, dict])
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from custom.benchmark.step_timing import add_default_malloc_argument
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--settings", nargs="+", default=["la_cpu_grid8", "la_cpu_grid16"], choices=sorted(SETTINGS),
                         help="which patch / width / token-grid settings to run (default: the LA CPU ones)")
@@ -176,9 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=3, help="timed steps (default 3)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, see above)")
-    parser.add_argument("--default-malloc", action="store_true",
-                        help="leave glibc's allocator at its defaults (training, like this script by default, keeps "
-                             "freed host memory: custom.host_memory, config key retain_host_memory)")
+    add_default_malloc_argument(parser)
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     return parser
 

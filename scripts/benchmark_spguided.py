@@ -25,11 +25,12 @@ The batch is a bright ball with 3-voxel dilation noise in Gaussian noise; its su
 warm-up, so selection runs).
 
 Timing: the steps are interleaved (round robin, after ``--warmup`` untimed rounds); each figure is the median of
-``--repeats`` rounds, of the wall clock and of the process's user and system CPU time (``getrusage``). On a CPU
-shared with other jobs the wall clock mostly measures the others' load, so on CPU the ratios use the process CPU time
-(user + system) and ``--threads`` defaults to 1 (CPU time = work done); on CUDA they use the wall clock
-(synchronised). Printed: every step's ratio to ``supervised_x2`` (target for ``spguided``: <= 1.1), the same on user
-time only (the arithmetic, without the allocator's page faults), and the load average before and after.
+``--repeats`` rounds, of the wall clock, the process's CPU time (``time.process_time``) and its user / system split
+(``getrusage``; ``custom.benchmark.step_timing``). On a CPU shared with other jobs the wall clock mostly measures the
+others' load, so on CPU the ratios use the process CPU time (user + system) and ``--threads`` defaults to 1 (CPU
+time = work done); on CUDA they use the wall clock (synchronised). Printed: every step's ratio to ``supervised_x2``
+(target for ``spguided``: <= 1.1), the same on user time only (the arithmetic, without the allocator's page faults),
+and the load average before and after.
 
 On CPU with glibc's default malloc, large freed blocks go back to the OS and are faulted in again at the next step;
 holding two networks' activations at once makes that cost visible as system time. Training keeps freed host memory
@@ -43,10 +44,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -164,37 +163,9 @@ def build_steps(args: argparse.Namespace, device) -> dict[str, Callable[[], Any]
     return {name: makers[name]() for name in args.steps}
 
 
-def synchronize(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _cpu_times() -> tuple[float, float]:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime, usage.ru_stime
-
-
-def measure(steps: dict[str, Callable[[], Any]], warmup: int, repeats: int, device) -> dict[str, dict[str, list]]:
-    """Round-robin timing: ``warmup`` untimed rounds, then ``repeats`` timed rounds (wall, user, system, cpu)."""
-    times: dict[str, dict[str, list]] = {name: {"wall": [], "user": [], "sys": [], "cpu": []} for name in steps}
-    for round_index in range(warmup + repeats):
-        for name, run in steps.items():
-            synchronize(device)
-            wall, (user, system) = time.perf_counter(), _cpu_times()
-            run()
-            synchronize(device)
-            if round_index >= warmup:
-                end_user, end_system = _cpu_times()
-                times[name]["wall"].append(time.perf_counter() - wall)
-                times[name]["user"].append(end_user - user)
-                times[name]["sys"].append(end_system - system)
-                times[name]["cpu"].append(end_user - user + end_system - system)
-    return times
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from custom.benchmark.step_timing import add_default_malloc_argument
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
     parser.add_argument("--patch", type=int, nargs=3, default=None, help="override the profile's patch size")
@@ -207,9 +178,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--amp", action="store_true", help="autocast + grad scaling (CUDA only)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--default-malloc", action="store_true",
-                        help="leave glibc's allocator at its defaults (training, like this script by default, keeps "
-                             "freed host memory: custom.host_memory, config key retain_host_memory)")
+    add_default_malloc_argument(parser)
     args = parser.parse_args(argv)
     profile = PROFILES[args.profile]
     for key in ("patch", "base_filters", "batch"):
@@ -228,6 +197,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
     import torch
 
+    from custom.benchmark.step_timing import interleaved_step_times
     from custom.host_memory import host_allocator_setting
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -246,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
           f"warmup {args.warmup}, repeats {args.repeats}; ratios on {clock} time")
     print(host_allocator_setting(retain=not args.default_malloc))
     steps = build_steps(args, device)
-    times = measure(steps, args.warmup, args.repeats, device)
+    times = interleaved_step_times(steps, args.warmup, args.repeats, device)
     load_after = os.getloadavg()
     medians = {name: statistics.median(t[clock]) for name, t in times.items()}
     user = {name: statistics.median(t["user"]) for name, t in times.items()}

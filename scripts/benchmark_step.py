@@ -45,7 +45,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -169,36 +168,9 @@ def build_steps(args: argparse.Namespace, device) -> tuple[dict[str, Callable[[]
     return steps, trainers
 
 
-def synchronize(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure(
-    steps: dict[str, Callable[[], Any]], warmup: int, repeats: int, device
-) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Round-robin timing: ``warmup`` untimed rounds, then ``repeats`` timed rounds of every step.
-
-    Returns:
-        ``(wall, cpu)``: seconds per step and round, wall time and the process's CPU time.
-    """
-    wall: dict[str, list[float]] = {name: [] for name in steps}
-    cpu: dict[str, list[float]] = {name: [] for name in steps}
-    for round_index in range(warmup + repeats):
-        for name, run in steps.items():
-            synchronize(device)
-            start, start_cpu = time.perf_counter(), time.process_time()
-            run()
-            synchronize(device)
-            if round_index >= warmup:
-                wall[name].append(time.perf_counter() - start)
-                cpu[name].append(time.process_time() - start_cpu)
-    return wall, cpu
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from custom.benchmark.step_timing import add_default_malloc_argument
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
     parser.add_argument("--patch", type=int, nargs=3, default=None, help="override the profile's patch size")
@@ -214,9 +186,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--amp", action="store_true", help="autocast + grad scaling (CUDA only)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--default-malloc", action="store_true",
-                        help="leave glibc's allocator at its defaults (training, like this script by default, keeps "
-                             "freed host memory: custom.host_memory, config key retain_host_memory)")
+    add_default_malloc_argument(parser)
     parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS), help="time only these steps")
     args = parser.parse_args(argv)
     profile = PROFILES[args.profile]
@@ -234,6 +204,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
     import torch
 
+    from custom.benchmark.step_timing import interleaved_step_times
     from custom.host_memory import host_allocator_setting
 
     if args.threads is not None:
@@ -252,7 +223,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
           f"warmup {args.warmup}, repeats {args.repeats}")
     steps, _ = build_steps(args, device)
     steps = {name: steps[name] for name in STEPS if name in args.steps}
-    times, cpu_times = measure(steps, args.warmup, args.repeats, device)
+    measured = interleaved_step_times(steps, args.warmup, args.repeats, device)
+    times = {name: t["wall"] for name, t in measured.items()}
+    cpu_times = {name: t["cpu"] for name, t in measured.items()}
     load_after = os.getloadavg()
     medians = {name: statistics.median(values) for name, values in times.items()}
     cpu_medians = {name: statistics.median(values) for name, values in cpu_times.items()}

@@ -53,3 +53,17 @@ def test_benchmark_jcas_workers_report_every_variant(monkeypatch, capsys):
     table = module._table("tiny", module.SETTINGS["tiny"], results)
     assert "jcas / jcas_no_dar" in table
     assert all(r["median_cpu_s"] > 0 for r in results.values())
+
+
+def test_interleaved_step_times_round_robin_and_warmup():
+    import torch
+
+    from custom.benchmark.step_timing import TIME_KINDS, interleaved_step_times
+
+    calls = []
+    steps = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    times = interleaved_step_times(steps, warmup=1, repeats=3, device=torch.device("cpu"))
+    assert calls == ["a", "b"] * 4  # interleaved, warm-up round included
+    for name in steps:
+        assert set(times[name]) == set(TIME_KINDS)
+        assert all(len(times[name][kind]) == 3 and min(times[name][kind]) >= 0 for kind in TIME_KINDS)
