@@ -43,13 +43,18 @@ def _fake_la(folder: Path, n_train: int = 6, n_test: int = 2) -> Path:
     return folder
 
 
+def _quick_benchmark_command(h5: Path, work: Path, report: Path, methods: list[str], *extra: str) -> list[str]:
+    """``scripts/benchmark.py`` on the fake LA set: setting mtcl_hq25, quick profile, full resolution, no validation."""
+    return [sys.executable, "scripts/benchmark.py", "--h5-dir", str(h5), "--work-dir", str(work), "--settings",
+            "mtcl_hq25", "--methods", *methods, "--profile", "quick", "--downsample", "1", "--report", str(report),
+            "--override", "val_interval=100", *extra]
+
+
 def test_tiny_benchmark_writes_results_report_and_resumes(tmp_path):
     h5 = _fake_la(tmp_path / "h5")
     work = tmp_path / "work"
     report = tmp_path / "docs" / "bench.md"
-    cmd = [sys.executable, "scripts/benchmark.py", "--h5-dir", str(h5), "--work-dir", str(work), "--settings",
-           "mtcl_hq25", "--methods", "h_sup", "hl_sup", "--profile", "quick", "--downsample", "1",
-           "--report", str(report), "--override", "val_interval=100", "--jobs", "1"]
+    cmd = _quick_benchmark_command(h5, work, report, ["h_sup", "hl_sup"], "--jobs", "1")
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     first = read_timing(work)
@@ -83,9 +88,7 @@ def test_two_jobs_run_concurrently_and_record_timing(tmp_path):
     h5 = _fake_la(tmp_path / "h5")
     work = tmp_path / "work"
     report = tmp_path / "docs" / "bench.md"
-    cmd = [sys.executable, "scripts/benchmark.py", "--h5-dir", str(h5), "--work-dir", str(work), "--settings",
-           "mtcl_hq25", "--methods", "hl_sup", "h_sup", "--profile", "quick", "--downsample", "1",
-           "--report", str(report), "--override", "val_interval=100", "--jobs", "2", "--threads-per-job", "1"]
+    cmd = _quick_benchmark_command(h5, work, report, ["hl_sup", "h_sup"], "--jobs", "2", "--threads-per-job", "1")
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     # rows complete and in launch order (the order given), not in finishing order
