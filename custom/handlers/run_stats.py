@@ -1,4 +1,11 @@
-"""Cost figures of a training run: seconds per iteration and peak memory, written to ``run_stats.json``."""
+"""Cost figures of a training run: seconds per iteration and peak memory, written to ``run_stats.json``.
+
+Two per-iteration clocks: the *step* (``ITERATION_STARTED`` -> ``ITERATION_COMPLETED``: the trainer's process function,
+data loading excluded) and the *iteration* (``GET_BATCH_STARTED`` -> ``ITERATION_COMPLETED``: fetching the batch from
+the loader, i.e. the random transforms of a ``CacheDataset`` and the collation, plus the step). Their ratio says how
+much the data pipeline adds to the network's work. ``progress.json`` (rewritten at every epoch end) lets a caller
+such as the benchmark harness report per-epoch progress of a run in another process.
+"""
 
 from __future__ import annotations
 
@@ -30,18 +37,26 @@ class RunStatsHandler:
 
     def __init__(self, output_dir: str):
         self.path = Path(output_dir) / "run_stats.json"
+        self.progress_path = Path(output_dir) / "progress.json"
         self.durations: list[float] = []
+        self.iteration_durations: list[float] = []
         self._start = 0.0
+        self._batch_start = 0.0
         self._wall = 0.0
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.GET_BATCH_STARTED, self._get_batch_started)
         engine.add_event_handler(Events.ITERATION_STARTED, self._iteration_started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration_completed)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
         engine.add_event_handler(Events.COMPLETED, self._completed)
 
     def _started(self, engine: Engine) -> None:
         self._wall = time.perf_counter()
+
+    def _get_batch_started(self, engine: Engine) -> None:
+        self._batch_start = time.perf_counter()
 
     def _iteration_started(self, engine: Engine) -> None:
         self._start = time.perf_counter()
@@ -49,16 +64,43 @@ class RunStatsHandler:
     def _iteration_completed(self, engine: Engine) -> None:
         if torch.cuda.is_available():
             torch.cuda.synchronize()  # make the GPU time visible to the host clock (cost accounting only)
-        self.durations.append(time.perf_counter() - self._start)
+        now = time.perf_counter()
+        self.durations.append(now - self._start)
+        self.iteration_durations.append(now - self._batch_start)
+
+    def _is_main(self) -> bool:
+        return not (
+            torch.distributed.is_available()
+            and torch.distributed.is_initialized()
+            and torch.distributed.get_rank() > 0
+        )
+
+    def _epoch_completed(self, engine: Engine) -> None:
+        if not self._is_main():
+            return
+        state = engine.state
+        write_json(
+            {
+                "epoch": state.epoch,
+                "max_epochs": state.max_epochs,
+                "iteration": state.iteration,
+                "elapsed_seconds": round(time.perf_counter() - self._wall, 1),
+            },
+            self.progress_path,
+        )
 
     def _completed(self, engine: Engine) -> None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() > 0:
+        if not self._is_main():
             return
-        d = self.durations
+        d, full = self.durations, self.iteration_durations
+        step_median = statistics.median(d) if d else None
+        full_median = statistics.median(full) if full else None
         stats = {
             "iterations": len(d),
-            "seconds_per_iteration_median": statistics.median(d) if d else None,
+            "seconds_per_iteration_median": step_median,
             "seconds_per_iteration_mean": statistics.fmean(d) if d else None,
+            "seconds_per_iteration_with_data_median": full_median,
+            "iteration_to_step_ratio": (full_median / step_median) if step_median and full_median else None,
             "train_step_seconds": sum(d),
             "wall_seconds": time.perf_counter() - self._wall,
             "peak_rss_mb": round(peak_rss_mb(), 1),
