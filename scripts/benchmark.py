@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """One command for the noise-robustness benchmark: methods x noise settings on the LA data, resumable.
 
-    python scripts/benchmark.py                      # the CPU profile, default settings, writes docs/benchmarks.md
+    python scripts/benchmark.py                      # the CPU protocol, default settings, report in the work folder
+    python scripts/benchmark.py --write-docs         # the same, and write docs/benchmarks.md (+ results json)
     python scripts/benchmark.py --profile gpu        # the papers' scale (configs/paper_la.json), for a GPU
     python scripts/benchmark.py --report-only        # rebuild the report from finished runs
 
@@ -30,6 +31,7 @@ from pathlib import Path
 
 from custom.benchmark.harness import (
     METHODS,
+    PROTOCOL_PREPARE_ARGS,
     SETTINGS,
     TIMING_FILE,
     available_cpus,
@@ -56,9 +58,27 @@ def main(argv: list[str] | None = None) -> int:
         help="subset of methods (default: every method of each setting)",
     )
     parser.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--downsample", type=int, default=2, help="LA resolution factor (2 = 1.25 mm, the CPU profile)")
-    parser.add_argument("--report", default="docs/benchmarks.md")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training and noise seeds")
+    parser.add_argument(
+        "--downsample", type=int, default=3, help="LA resolution factor (3 = 1.875 mm, the CPU protocol)"
+    )
+    parser.add_argument(
+        "--lists",
+        choices=["protocol", "legacy"],
+        default="protocol",
+        help="case lists: protocol = 20 test cases (test.list + extra.list::14), 4 validation, 22 training; "
+        "legacy = train.list / test.list (6 test cases, 2 validation)",
+    )
+    parser.add_argument(
+        "--report",
+        default=None,
+        help="markdown report to write (default: <work-dir>/benchmarks.md; see --write-docs)",
+    )
+    parser.add_argument(
+        "--write-docs",
+        action="store_true",
+        help="write the tracked docs/benchmarks.md and docs/benchmark_results.json (figures in docs/figures/)",
+    )
     parser.add_argument(
         "--notes",
         default="docs/benchmark_notes.md",
@@ -85,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         help="extra config overrides for every run, e.g. max_epochs=2",
     )
     args = parser.parse_args(argv)
+    if args.report is None:
+        args.report = "docs/benchmarks.md" if args.write_docs else str(Path(args.work_dir) / "benchmarks.md")
     if not args.report_only and not (Path(args.h5_dir) / "train.list").is_file():
         parser.error(f"{args.h5_dir}: no LA h5 data (train.list missing)")
     extra = {}
@@ -115,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             jobs=jobs,
             threads=args.threads_per_job,
             record={"command": command, "profile_name": args.profile},
+            prepare_args=PROTOCOL_PREPARE_ARGS if args.lists == "protocol" else (),
         )
     rows = collect_results(args.work_dir)
     notes = Path(args.notes).read_text() if args.notes and Path(args.notes).is_file() else "# Benchmarks\n"

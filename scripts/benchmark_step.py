@@ -57,7 +57,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "cpu": {"patch": [64, 64, 32], "base_filters": 8, "batch_hq": 1, "batch_lq": 3},
     "paper": {"patch": [112, 112, 80], "base_filters": 16, "batch_hq": 2, "batch_lq": 2},
     # configs/cpu_la.json: the LA CPU profile's patch, width and 2 HQ + 2 LQ batch (MTCL's own batch composition)
-    "cpu_la": {"patch": [64, 64, 32], "base_filters": 8, "batch_hq": 2, "batch_lq": 2},
+    "cpu_la": {"patch": [48, 48, 32], "base_filters": 8, "batch_hq": 2, "batch_lq": 2},
 }
 STEPS = ("supervised", "mean_teacher", "alc", "mtcl", "mtcl_consistency_source", "alc_floor", "mt_plus_clean_pass",
          "mtcl_correction")

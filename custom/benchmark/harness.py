@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import hashlib
 import heapq
 import json
 import math
@@ -90,6 +91,21 @@ METHOD_LABELS = {
     "spguided": "SP-guided",
     "jcas": "JCAS",
 }
+
+
+# The protocol's case lists (scripts/prepare_la.py --train-list / --test-list / --val-count): 20 test cases (the 6 of
+# test.list and the first 14 of extra.list), the same for every run; the training pool is train.list plus 2 cases of
+# extra.list so that 4 validation cases (model selection, the plateau check) leave 22 training cases (6 HQ, 16 LQ).
+PROTOCOL_PREPARE_ARGS: list[str] = [
+    "--train-list",
+    "train.list",
+    "extra.list:14:16",
+    "--test-list",
+    "test.list",
+    "extra.list::14",
+    "--val-count",
+    "4",
+]
 
 
 @dataclass
@@ -251,6 +267,15 @@ def _terminate_children(timeout: float = 20.0) -> None:
             proc.kill()
 
 
+def dataset_folder_name(setting_name: str, seed: int, downsample: int, prepare_args: Sequence[str] = ()) -> str:
+    """``<setting>_seed<seed>_ds<K>``, plus a short digest of the extra preparation arguments when there are any
+    (so that datasets of different case lists never share a folder)."""
+    name = f"{setting_name}_seed{seed}_ds{downsample}"
+    if prepare_args:
+        name += "_" + hashlib.sha1(json.dumps(list(prepare_args)).encode()).hexdigest()[:8]
+    return name
+
+
 def prepare_setting(
     setting: Setting,
     h5_dir: str,
@@ -258,13 +283,18 @@ def prepare_setting(
     seed: int,
     downsample: int,
     env: Mapping[str, str] | None = None,
+    prepare_args: Sequence[str] = (),
 ) -> Path:
     """Prepare (once) the dataset of a setting; returns its folder.
+
+    Args:
+        prepare_args: more ``scripts/prepare_la.py`` arguments for every setting (the protocol's case lists,
+            :data:`PROTOCOL_PREPARE_ARGS`).
 
     Raises:
         RuntimeError: when ``scripts/prepare_la.py`` fails.
     """
-    out = data_root / f"{setting.name}_seed{seed}_ds{downsample}"
+    out = data_root / dataset_folder_name(setting.name, seed, downsample, prepare_args)
     if (out / "datalist.json").is_file():
         return out
     cmd = [
@@ -279,6 +309,7 @@ def prepare_setting(
         "--downsample",
         str(downsample),
         *setting.prepare_args,
+        *prepare_args,
     ]
     _log(" ".join(cmd))
     code = _run_child(cmd, env)
@@ -378,6 +409,13 @@ def read_run(method: str, run_dir: Path) -> dict[str, Any]:
     return row
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 def _refinement_cell(row: Mapping[str, Any]) -> str:
     before, after = row.get("volume_dice_before"), row.get("volume_dice_after")
     if before is None or after is None:
@@ -440,7 +478,8 @@ def _store_timing(work: Path, record: Mapping[str, Any]) -> None:
 class _Benchmark:
     """State of one invocation: the run queue (in launch order), the workers, results and timing (one lock)."""
 
-    def __init__(self, tasks, work, h5_dir, profile, downsample, extra, keep_going, jobs, env, record):
+    def __init__(self, tasks, work, h5_dir, profile, downsample, extra, keep_going, jobs, env, record, prepare_args=()):
+        self.prepare_args = list(prepare_args)
         self.tasks: list[_Task] = tasks
         self.work: Path = work
         self.h5_dir = h5_dir
@@ -473,7 +512,7 @@ class _Benchmark:
                 start = time.perf_counter()
                 try:
                     self.datasets[key] = prepare_setting(
-                        setting, self.h5_dir, self.work / "data", seed, self.downsample, self.env
+                        setting, self.h5_dir, self.work / "data", seed, self.downsample, self.env, self.prepare_args
                     )
                 except RuntimeError as exc:
                     self.datasets[key] = exc
@@ -490,6 +529,20 @@ class _Benchmark:
         if isinstance(result, BaseException):
             raise RuntimeError(f"dataset of {setting.name} (seed {seed}) not available: {result}")
         return result
+
+    def log_progress(self) -> None:
+        """One line per running run: its epoch and elapsed time (from the run's ``progress.json``)."""
+        with self.lock:
+            running = [(self.tasks[i], start) for i, start in self.running.items()]
+        now = time.perf_counter()
+        for task, start in running:
+            progress = _read_json(task.run_dir / "progress.json") or {}
+            epoch = (
+                f"epoch {progress.get('epoch')}/{progress.get('max_epochs')}"
+                if progress.get("epoch")
+                else "starting / evaluating"
+            )
+            _log(f"[running] {self._name(task)}: {epoch}, {_hms(now - start)} elapsed")
 
     # ---- workers
     def worker(self) -> None:
@@ -616,6 +669,8 @@ def run_benchmark(
     jobs: int = 1,
     threads: int | None = None,
     record: Mapping[str, Any] | None = None,
+    prepare_args: Sequence[str] = (),
+    progress_interval: float = 60.0,
 ) -> list[dict[str, Any]]:
     """Run every (setting, method, seed) not yet done, up to ``jobs`` at a time; returns this invocation's rows.
 
@@ -638,6 +693,9 @@ def run_benchmark(
         jobs: runs at the same time.
         threads: intra-op threads per run (None: see :func:`threads_per_job`).
         record: extra fields for the timing record (e.g. the command line).
+        prepare_args: more ``scripts/prepare_la.py`` arguments for every setting's dataset (the case lists).
+        progress_interval: seconds between progress lines of the running runs (their epoch, from the run's
+            ``progress.json``).
 
     Raises:
         ValueError: for an unknown setting, ``jobs`` < 1 or a bad thread count.
@@ -681,7 +739,7 @@ def run_benchmark(
         "runs": [],
     }
     bench = _Benchmark(
-        tasks, work, h5_dir, profile, downsample, extra_overrides, keep_going, int(jobs), env, timing
+        tasks, work, h5_dir, profile, downsample, extra_overrides, keep_going, int(jobs), env, timing, prepare_args
     )
     _log(
         f"{len(tasks)} run(s), {jobs} at a time, {n_threads} thread(s) each ({source}); "
@@ -695,10 +753,14 @@ def run_benchmark(
     ]
     for thread in workers:
         thread.start()
+    last_progress = time.perf_counter()
     try:
         while any(thread.is_alive() for thread in workers):
             for thread in workers:
                 thread.join(0.5)
+            if time.perf_counter() - last_progress >= progress_interval:
+                last_progress = time.perf_counter()
+                bench.log_progress()
     except BaseException:  # Ctrl-C / SIGTERM: stop launching, stop the running children, record, re-raise
         bench.stop.set()
         _log("interrupted: stopping the running runs (they will be repeated on resume)")

@@ -54,6 +54,8 @@ __all__ = [
     "resolve_output",
     "staged_directory",
     "prepare_dataset",
+    "parse_list_spec",
+    "read_list_specs",
     "la_sources",
     "nifti_sources",
     "read_dataset_labels",
@@ -574,27 +576,89 @@ def prepare_dataset(
 # sources
 
 
-def la_sources(h5_dir: str | os.PathLike) -> tuple[list[CaseSource], list[CaseSource]]:
-    """Training and test sources of an LA HDF5 folder (``train.list``, ``test.list``, ``<ID>.h5``).
+def parse_list_spec(spec: str, h5_dir: str | os.PathLike) -> tuple[Path, slice]:
+    """``FILE`` or ``FILE:START:STOP`` (a Python slice of the file's lines; either bound may be empty) -> ``(path,
+    slice)``. A relative ``FILE`` that does not exist as given is looked up in ``h5_dir``.
 
-    Missing ``.h5`` files are reported before any work. A missing ``test.list`` means no test split.
+    Examples: ``test.list`` (every ID), ``extra.list::14`` (the first 14), ``extra.list:14:18`` (lines 15-18).
 
     Raises:
-        DataError: missing folder, missing/empty ``train.list``, a listed file that does not exist, or an ID in
-            both lists.
+        DataError: a bound that is not an integer.
+    """
+    name, bounds = spec, []
+    parts = spec.split(":")
+    if len(parts) == 3:
+        name, bounds = parts[0], parts[1:]
+    elif len(parts) != 1:
+        raise DataError(spec, "expected FILE or FILE:START:STOP (e.g. extra.list::14)")
+    try:
+        start, stop = (int(b) if b.strip() else None for b in bounds) if bounds else (None, None)
+    except ValueError:
+        raise DataError(spec, "START and STOP of FILE:START:STOP must be integers or empty") from None
+    path = Path(name)
+    if not path.is_absolute() and not path.exists():
+        path = Path(h5_dir) / name
+    return path, slice(start, stop)
+
+
+def read_list_specs(specs: Sequence[str], h5_dir: str | os.PathLike) -> tuple[list[str], dict[str, str]]:
+    """The IDs of several list specs (:func:`parse_list_spec`) in order, and for each ID the spec that listed it.
+
+    Raises:
+        DataError: a missing/empty list, an empty slice, or an ID listed twice (naming both specs).
+    """
+    ids: list[str] = []
+    origin: dict[str, str] = {}
+    for spec in specs:
+        path, part = parse_list_spec(spec, h5_dir)
+        chosen = read_id_list(path)[part]
+        if not chosen:
+            raise DataError(path, f"{spec!r} selects no ID")
+        for case_id in chosen:
+            if case_id in origin:
+                raise DataError(path, f"ID {case_id} is listed twice ({origin[case_id]} and {spec})")
+            origin[case_id] = spec
+            ids.append(case_id)
+    return ids, origin
+
+
+def la_sources(
+    h5_dir: str | os.PathLike,
+    train_lists: Sequence[str] | None = None,
+    test_lists: Sequence[str] | None = None,
+) -> tuple[list[CaseSource], list[CaseSource]]:
+    """Training and test sources of an LA HDF5 folder (``train.list``, ``test.list``, ``<ID>.h5``).
+
+    Missing ``.h5`` files are reported before any work. A missing ``test.list`` means no test split (unless
+    ``test_lists`` names lists).
+
+    Args:
+        h5_dir: folder of ``<ID>.h5`` files and their lists.
+        train_lists: list specs of the training pool (:func:`parse_list_spec`; default ``["train.list"]``).
+        test_lists: list specs of the test cases (default ``["test.list"]`` where it exists, else none).
+
+    Raises:
+        DataError: missing folder, missing/empty list, a listed file that does not exist, or an ID in both the
+            training pool and the test cases.
     """
     h5_dir = Path(h5_dir)
     if not h5_dir.is_dir():
         raise DataError(h5_dir, "HDF5 folder not found")
-    train_ids = read_id_list(h5_dir / "train.list")
-    test_ids = read_id_list(h5_dir / "test.list") if (h5_dir / "test.list").exists() else []
+    if test_lists is None:
+        test_lists = ["test.list"] if (h5_dir / "test.list").exists() else []
+    train_ids, train_origin = read_list_specs(train_lists or ["train.list"], h5_dir)
+    test_ids, test_origin = read_list_specs(test_lists, h5_dir) if test_lists else ([], {})
     both = sorted(set(train_ids) & set(test_ids))
     if both:
-        raise DataError(h5_dir / "test.list", f"IDs also in train.list: {both}")
-    for list_name, ids in (("train.list", train_ids), ("test.list", test_ids)):
+        raise DataError(
+            parse_list_spec(test_origin[both[0]], h5_dir)[0],
+            f"IDs in both the training pool and the test cases: {both} (e.g. {both[0]}: "
+            f"{train_origin[both[0]]} and {test_origin[both[0]]})",
+        )
+    for ids, origin in ((train_ids, train_origin), (test_ids, test_origin)):
         for case_id in ids:
             if not (h5_dir / f"{case_id}.h5").is_file():
-                raise DataError(h5_dir / f"{case_id}.h5", f"file not found (listed in {list_name})")
+                raise DataError(h5_dir / f"{case_id}.h5", f"file not found (listed in {origin[case_id]})")
 
     def source(case_id: str) -> CaseSource:
         path = h5_dir / f"{case_id}.h5"
@@ -753,11 +817,23 @@ def _check_output_apart(source_dir: str | os.PathLike, out: str | os.PathLike) -
         raise DataError(out, f"the output must not contain the input folder {source}")
 
 
-def prepare_la(h5_dir: str | os.PathLike, out: str | os.PathLike, **options: Any) -> Path:
-    """Prepare the LA HDF5 release (see :func:`prepare_dataset` for ``options``); returns the datalist path."""
+def prepare_la(
+    h5_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    train_lists: Sequence[str] | None = None,
+    test_lists: Sequence[str] | None = None,
+    **options: Any,
+) -> Path:
+    """Prepare the LA HDF5 release (see :func:`la_sources` for the lists, :func:`prepare_dataset` for
+    ``options``); returns the datalist path."""
     check_noise(options.get("noise", "mtcl"), options.get("noise_params"))
     _check_output_apart(h5_dir, out)
-    train, test = la_sources(h5_dir)
+    train, test = la_sources(h5_dir, train_lists, test_lists)
+    options["extra_meta"] = {
+        **dict(options.get("extra_meta") or {}),
+        "train_lists": list(train_lists or ["train.list"]),
+        "test_lists": list(test_lists) if test_lists is not None else ["test.list"],
+    }
     options.setdefault("name", "la2018_noisy")
     options.setdefault(
         "description", f"Left atrium LGE-MRI (2018 challenge, {Path(h5_dir).name}) with simulated label noise"
@@ -792,6 +868,21 @@ def _parser(kind: str) -> argparse.ArgumentParser:
     if kind == "la":
         parser.add_argument("--h5-dir", required=True, help="folder with <ID>.h5, train.list and test.list")
         parser.add_argument("--out", required=True, help="output folder")
+        parser.add_argument(
+            "--train-list",
+            nargs="+",
+            default=None,
+            metavar="FILE[:START:STOP]",
+            help="ID lists of the training pool (validation, HQ, LQ), in order; a relative FILE is looked up in "
+            "--h5-dir; START:STOP slices its lines like Python (extra.list:14:18). Default: train.list",
+        )
+        parser.add_argument(
+            "--test-list",
+            nargs="+",
+            default=None,
+            metavar="FILE[:START:STOP]",
+            help="ID lists of the test cases (clean labels), e.g. test.list extra.list::14. Default: test.list",
+        )
     else:
         parser.add_argument("--root", required=True, help="MSD-layout folder (imagesTr/, labelsTr/, ...)")
         parser.add_argument("--out", required=True, help="output folder, or a datalist path ending in .json")
@@ -844,7 +935,7 @@ def _run(kind: str, argv: Sequence[str] | None) -> int:
     log = lambda message: print(message, flush=True)  # noqa: E731
     try:
         if kind == "la":
-            prepare_la(args.h5_dir, args.out, log=log, **options)
+            prepare_la(args.h5_dir, args.out, args.train_list, args.test_list, log=log, **options)
         else:
             prepare_nifti(args.root, args.out, log=log, test_count=test_count, **options)
     except DataError as exc:

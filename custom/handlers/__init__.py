@@ -4,6 +4,7 @@ from custom.handlers.bundle_writer import BundleWriter, latest_checkpoint, plain
 from custom.handlers.label_quality import LabelQualityHandler, foreground_dice_per_sample
 from custom.handlers.run_stats import RunStatsHandler
 from custom.handlers.superpixel_stage import KeepRatioWarmup, LossGapHandler, SuperpixelRefinementStage
+from custom.handlers.validation_curve import ValidationCurveHandler
 
 __all__ = [
     "BundleWriter",
@@ -17,6 +18,7 @@ __all__ = [
     "KeepRatioWarmup",
     "LossGapHandler",
     "SuperpixelRefinementStage",
+    "ValidationCurveHandler",
 ]
 
 

@@ -47,7 +47,7 @@ def _quick_benchmark_command(h5: Path, work: Path, report: Path, methods: list[s
     """``scripts/benchmark.py`` on the fake LA set: setting mtcl_hq25, quick profile, full resolution, no validation."""
     return [sys.executable, "scripts/benchmark.py", "--h5-dir", str(h5), "--work-dir", str(work), "--settings",
             "mtcl_hq25", "--methods", *methods, "--profile", "quick", "--downsample", "1", "--report", str(report),
-            "--override", "val_interval=100", *extra]
+            "--override", "val_interval=100", "--lists", "legacy", "--seeds", "0", *extra]
 
 
 def test_tiny_benchmark_writes_results_report_and_resumes(tmp_path):
