@@ -72,6 +72,8 @@ METHODS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "trinet": (["configs/trinet_la.json"], {}),
     "spguided_voxel": (["configs/spguided_voxel_la.json"], {}),
     "spguided": (["configs/spguided_la.json"], {}),
+    "jcas_warmup_only": (["configs/jcas_la.json", "configs/ablations/jcas_warmup_only.json"], {}),
+    "jcas_no_dar": (["configs/jcas_la.json", "configs/ablations/jcas_no_dar.json"], {}),
     "jcas": (["configs/jcas_la.json"], {}),
 }
 METHOD_LABELS = {
@@ -89,6 +91,8 @@ METHOD_LABELS = {
     "trinet": "Tri-network",
     "spguided_voxel": "SP-guided (voxel pieces)",
     "spguided": "SP-guided",
+    "jcas_warmup_only": "JCAS warm-up only (deep-supervised network)",
+    "jcas_no_dar": "JCAS w/o DAR",
     "jcas": "JCAS",
 }
 
@@ -134,9 +138,24 @@ _MTCL_METHODS = [
     "trinet",
     "spguided_voxel",
     "spguided",
+    "jcas_warmup_only",
+    "jcas_no_dar",
     "jcas",
 ]
-_SP_METHODS = ["hl_sup", "clean", "coteaching", "jocor", "trinet", "spguided_voxel", "spguided"]
+_SP_METHODS = [
+    "h_sup",
+    "hl_sup",
+    "clean",
+    "mean_teacher",
+    "alc",
+    "coteaching",
+    "jocor",
+    "trinet",
+    "spguided_voxel",
+    "spguided",
+    "jcas_warmup_only",
+    "jcas",
+]
 SETTINGS: dict[str, Setting] = {
     "mtcl_hq25": Setting("mtcl_hq25", ["--noise", "mtcl", "--hq-fraction", "0.25"], 0.75, "mtcl", _MTCL_METHODS),
     "mtcl_hq10": Setting("mtcl_hq10", ["--noise", "mtcl", "--hq-fraction", "0.10"], 0.90, "mtcl", _MTCL_METHODS),
