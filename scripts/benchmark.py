@@ -29,20 +29,72 @@ import sys
 import time
 from pathlib import Path
 
+from custom.benchmark.figures import plot_dice_vs_noise, plot_learning_curves, plot_paired_differences
 from custom.benchmark.harness import (
+    METHOD_LABELS,
     METHODS,
     PROTOCOL_PREPARE_ARGS,
     SETTINGS,
     TIMING_FILE,
     available_cpus,
-    collect_results,
+    describe_timing,
     read_timing,
     run_benchmark,
-    write_report,
 )
+from custom.benchmark.report import write_markdown
+from custom.benchmark.results import PRIMARY_SETTINGS, build_results, collect_runs
+from custom.io import write_json
 
 PROFILES = {"cpu": ["configs/cpu_la.json"], "gpu": ["configs/paper_la.json"], "quick": ["configs/quick.json"]}
 DEFAULT_SETTINGS = ["mtcl_hq25", "sp_a0.7_b0.7"]
+
+
+def write_outputs(
+    work_dir: str | Path,
+    report_path: Path,
+    results_path: Path,
+    figures_dir: Path,
+    notes: str,
+    protocol: dict,
+    profile: str,
+) -> tuple[dict, Path]:
+    """Build the results document from the finished runs of ``work_dir``, then write it (JSON), the figures and the
+    markdown report generated from the same document. Returns ``(results, report path)``."""
+    settings = [s for s in SETTINGS if (Path(work_dir) / s).is_dir()]
+    runs = collect_runs(work_dir, settings, list(METHODS))
+    results = build_results(runs, list(METHODS), PRIMARY_SETTINGS, protocol)
+    write_json(results, results_path)
+    figures: dict[str, list[Path]] = {}
+    for name in results["settings"]:
+        made = [
+            plot_learning_curves(runs, name, list(METHODS), METHOD_LABELS, figures_dir / f"learning_curves_{name}.png"),
+            plot_paired_differences(
+                results["settings"][name], name, METHOD_LABELS, figures_dir / f"paired_diff_{name}.png"
+            ),
+        ]
+        figures[name] = [p for p in made if p is not None]
+    for family, xlabel in (("sp", "SP noise level (alpha * beta)"), ("mtcl", "fraction of LQ cases")):
+        levels = [(s.name, s.noise_level) for s in SETTINGS.values() if s.family == family]
+        made = plot_dice_vs_noise(
+            results, levels, list(METHODS), METHOD_LABELS, figures_dir / f"dice_vs_noise_{family}.png", xlabel
+        )
+        if made is not None:
+            figures.setdefault("", []).append(made)
+    header = (
+        notes.rstrip()
+        + "\n\n"
+        + f"## Results (`scripts/benchmark.py --profile {profile}`, runs in `{work_dir}`)\n\n"
+        + "Test Dice against clean labels, last checkpoint (never selected on test), mean +- std over seeds; "
+        "paired diff = mean over test cases of (method - baseline), each case averaged over the common seeds, with a "
+        "95% percentile bootstrap interval over cases (10000 resamples): *better*/*worse* only when the interval "
+        "excludes 0, else *not resolved*; (k/n) = cases where the method is better. Gap recovery = (method - HL-Sup) "
+        "/ (clean - HL-Sup). Label Dice = last epoch's training-patch labels vs clean. s/iter = median training "
+        "step; iteration / step = median iteration with data loading over median step, in the same run. "
+        f"Machine-readable: `{results_path.name}` beside this file."
+    )
+    timing = describe_timing(read_timing(work_dir), str(Path(work_dir) / TIMING_FILE))
+    report = write_markdown(results, report_path, METHOD_LABELS, header, timing, figures)
+    return results, report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,27 +191,23 @@ def main(argv: list[str] | None = None) -> int:
             record={"command": command, "profile_name": args.profile},
             prepare_args=PROTOCOL_PREPARE_ARGS if args.lists == "protocol" else (),
         )
-    rows = collect_results(args.work_dir)
+    results_path = Path(args.report).with_name("benchmark_results.json")
+    figures_dir = Path(args.report).parent / "figures"
     notes = Path(args.notes).read_text() if args.notes and Path(args.notes).is_file() else "# Benchmarks\n"
-    header = (
-        notes.rstrip()
-        + "\n\n"
-        + (
-            f"## Results (`scripts/benchmark.py --profile {args.profile}`; {len(rows)} runs from "
-            f"`{args.work_dir}`)\n\nDice etc. on the 6 LA test cases against clean labels, last checkpoint; "
-            "gap recovery = (method - HL-Sup) / (clean - HL-Sup); label Dice = last epoch's training-patch "
-            "labels vs clean; s/iter = median training-step time."
-        )
+    protocol = {
+        "profile": args.profile,
+        "profile_configs": PROFILES[args.profile],
+        "downsample": args.downsample,
+        "lists": args.lists,
+        "prepare_args": PROTOCOL_PREPARE_ARGS if args.lists == "protocol" else [],
+        "work_dir": str(args.work_dir),
+    }
+    results, report = write_outputs(
+        args.work_dir, Path(args.report), results_path, figures_dir, notes, protocol, args.profile
     )
-    report = write_report(
-        rows,
-        args.report,
-        header=header,
-        plots_dir=Path(args.report).parent / "figures",
-        timing=read_timing(args.work_dir),
-        timing_source=str(Path(args.work_dir) / TIMING_FILE),
-    )
-    print(f"report: {report} ({len(rows)} runs, {time.perf_counter() - start:.0f} s)")
+    n_runs = sum(e["n_seeds"] for st in results["settings"].values() for e in st["methods"].values())
+    print(f"results: {results_path}")
+    print(f"report: {report} ({n_runs} runs, {time.perf_counter() - start:.0f} s)")
     return 0
 
 

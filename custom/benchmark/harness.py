@@ -3,7 +3,9 @@
 Each (setting, method, seed) run lives in ``<work_dir>/<setting>/<method>_s<seed>/`` (a trained bundle plus
 ``eval/metrics_summary.json``, ``run_stats.json`` and, where the method refines labels, ``label_quality.csv``).
 A run whose ``eval/metrics_summary.json`` exists is not repeated, so an interrupted benchmark resumes where it
-stopped. Results go to ``<work_dir>/results.json`` / ``results.csv`` and the markdown report.
+stopped. This invocation's rows go to ``<work_dir>/results.json`` / ``results.csv``; the results document, the report
+and the figures are built from the run folders by :mod:`custom.benchmark.results`, :mod:`custom.benchmark.report` and
+:mod:`custom.benchmark.figures` (``scripts/benchmark.py``).
 
 Runs are launched in the order given (settings, then seeds, then methods) and up to ``jobs`` of them run at the same
 time, each as its own subprocesses with ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` set to the threads per job (see
@@ -36,7 +38,7 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: the in-process lock still serialises this invocation's writes
     fcntl = None
 
-from custom.io import atomic_output, write_csv, write_json
+from custom.io import write_csv, write_json
 
 __all__ = [
     "METHODS",
@@ -47,10 +49,8 @@ __all__ = [
     "threads_per_job",
     "estimate_eta",
     "run_benchmark",
-    "collect_results",
     "read_timing",
     "describe_timing",
-    "write_report",
 ]
 
 TIMING_FILE = "benchmark_timing.json"
@@ -435,13 +435,6 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _refinement_cell(row: Mapping[str, Any]) -> str:
-    before, after = row.get("volume_dice_before"), row.get("volume_dice_after")
-    if before is None or after is None:
-        return "-"
-    return f"{before:.3f} -> {after:.3f}"
-
-
 def _float(value: Any) -> float | None:
     try:
         return float(value)
@@ -802,56 +795,6 @@ def run_benchmark(
     return rows
 
 
-def collect_results(work_dir: str | Path) -> list[dict[str, Any]]:
-    """Rows of every finished run under ``work_dir`` (independent of which command produced them)."""
-    work = Path(work_dir)
-    rows = []
-    for setting_name, setting in SETTINGS.items():
-        folder = work / setting_name
-        if not folder.is_dir():
-            continue
-        for run_dir in sorted(folder.iterdir()):
-            if not (run_dir / "eval" / "metrics_summary.json").is_file():
-                continue
-            method, _, seed = run_dir.name.rpartition("_s")
-            if method not in METHODS:
-                continue
-            row = read_run(method, run_dir)
-            row.update(
-                {
-                    "setting": setting_name,
-                    "seed": int(seed),
-                    "noise_level": setting.noise_level,
-                    "family": setting.family,
-                }
-            )
-            rows.append(row)
-    return rows
-
-
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values)
-
-
-def aggregate(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
-    """Average over seeds per (setting, method)."""
-    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault((row["setting"], row["method"]), []).append(row)
-    out = {}
-    for key, group in groups.items():
-        agg: dict[str, Any] = {"n_seeds": len(group)}
-        for col in group[0]:
-            values = [
-                r[col] for r in group if isinstance(r.get(col), (int, float)) and not isinstance(r.get(col), bool)
-            ]
-            values = [v for v in values if not math.isnan(v)]
-            if values and col not in ("seed",):
-                agg[col] = _mean(values)
-        out[key] = agg
-    return out
-
-
 def _fmt(value: Any, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -923,109 +866,3 @@ def describe_timing(records: Sequence[Mapping[str, Any]], source: str = TIMING_F
         )
     parts.append(f"Per-run times: `{source}`.")
     return " ".join(parts)
-
-
-def write_report(
-    rows: Sequence[Mapping[str, Any]],
-    path: str | Path,
-    header: str = "",
-    plots_dir: str | Path | None = None,
-    timing: Sequence[Mapping[str, Any]] | None = None,
-    timing_source: str = TIMING_FILE,
-) -> Path:
-    """Markdown tables (metrics, noise-gap recovery, label quality, cost) and PNG plots.
-
-    Args:
-        rows: result rows (:func:`collect_results`).
-        path: the markdown file to write.
-        header: markdown placed above the tables.
-        plots_dir: where the PNG plots go (None: no plots).
-        timing: invocation records (:func:`read_timing`); when given, a paragraph after the header states the
-            measured wall time of the latest full invocation (:func:`describe_timing`).
-        timing_source: how that paragraph names the timing file.
-    """
-    agg = aggregate(rows)
-    lines = [header.rstrip(), ""] if header else []
-    if timing is not None:
-        lines += [describe_timing(timing, timing_source), ""]
-    for setting_name in [s for s in SETTINGS if any(k[0] == s for k in agg)]:
-        lines += [f"### Setting `{setting_name}`", ""]
-        lines += [
-            "| method | Dice | Jaccard | HD95 (mm) | ASD (mm) | HD95 (vox) | ASD (vox) | gap recovery | "
-            "noisy-label Dice | refined-label Dice | LQ volumes before -> after refinement | s/iter | x HL-Sup | "
-            "peak RSS (MB) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        base = agg.get((setting_name, "hl_sup"), {})
-        clean = agg.get((setting_name, "clean"), {})
-        for method in METHODS:
-            r = agg.get((setting_name, method))
-            if r is None:
-                continue
-            recovery = None
-            if base.get("dice_mean") is not None and clean.get("dice_mean") is not None:
-                gap = clean["dice_mean"] - base["dice_mean"]
-                if abs(gap) > 1e-9:
-                    recovery = (r["dice_mean"] - base["dice_mean"]) / gap
-            rel = (
-                (r.get("sec_per_iter") / base["sec_per_iter"])
-                if r.get("sec_per_iter") and base.get("sec_per_iter")
-                else None
-            )
-            pm = "\u00b1"
-            lines.append(
-                f"| {METHOD_LABELS[method]} | {_fmt(r.get('dice_mean'))} {pm} {_fmt(r.get('dice_std'), 3)} "
-                f"| {_fmt(r.get('jaccard_mean'))} {pm} {_fmt(r.get('jaccard_std'), 3)} "
-                f"| {_fmt(r.get('hd95_mm_mean'), 2)} {pm} {_fmt(r.get('hd95_mm_std'), 2)} "
-                f"| {_fmt(r.get('asd_mm_mean'), 2)} {pm} {_fmt(r.get('asd_mm_std'), 2)} "
-                f"| {_fmt(r.get('hd95_vox_mean'), 2)} | {_fmt(r.get('asd_vox_mean'), 2)} | {_fmt(recovery, 2)} "
-                f"| {_fmt(r.get('noisy_label_dice'), 3)} | {_fmt(r.get('refined_label_dice'), 3)} "
-                f"| {_refinement_cell(r)} "
-                f"| {_fmt(r.get('sec_per_iter'), 3)} | {_fmt(rel, 2)} | {_fmt(r.get('peak_rss_mb'), 0)} |"
-            )
-        lines.append("")
-    if plots_dir is not None:
-        made = plot_results(rows, Path(plots_dir))
-        if made:
-            lines += ["Plots: " + ", ".join(f"![{p.stem}]({os.path.relpath(p, Path(path).parent)})" for p in made), ""]
-    with atomic_output(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
-    return Path(path)
-
-
-def plot_results(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
-    """Dice versus noise level per method (one plot per noise family); empty when matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return []
-    agg = aggregate(rows)
-    made = []
-    for family in sorted({r["family"] for r in rows}):
-        settings = [s for s in SETTINGS.values() if s.family == family]
-        fig, ax = plt.subplots(figsize=(6, 4))
-        plotted = False
-        for method in METHODS:
-            pts = sorted(
-                (s.noise_level, agg[(s.name, method)]["dice_mean"]) for s in settings if (s.name, method) in agg
-            )
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=METHOD_LABELS[method])
-                plotted = True
-        if not plotted:
-            plt.close(fig)
-            continue
-        ax.set_xlabel("noise level (MTCL: LQ fraction; SP: alpha*beta)")
-        ax.set_ylabel("test Dice")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out_dir / f"dice_vs_noise_{family}.png"
-        with atomic_output(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-        plt.close(fig)
-        made.append(path)
-    return made

@@ -13,7 +13,6 @@ import pytest
 
 from custom.benchmark.harness import (
     TIMING_FILE,
-    aggregate,
     describe_timing,
     estimate_eta,
     read_timing,
@@ -70,6 +69,17 @@ def test_tiny_benchmark_writes_results_report_and_resumes(tmp_path):
         assert (run / "models" / "model.pt").is_file() and (run / "training_command.json").is_file()
     text = report.read_text()
     assert "| H-Sup |" in text and "| HL-Sup |" in text
+    # the machine-readable document beside the report, built from the same finished runs
+    doc = json.loads((report.parent / "benchmark_results.json").read_text())
+    assert doc["primary_settings"] == {"mtcl": "mtcl_hq25", "sp": "sp_a0.7_b0.7"}
+    setting = doc["settings"]["mtcl_hq25"]
+    assert setting["n_test_cases"] == 2 and set(setting["methods"]) == {"h_sup", "hl_sup"}
+    h_sup = setting["methods"]["h_sup"]
+    assert h_sup["n_seeds"] == 1 and h_sup["dice_mean"] == pytest.approx(rows[0]["dice_mean"], abs=1e-6)
+    assert set(h_sup["diff_to_hl_sup"]) >= {"mean", "ci_low", "ci_high", "verdict"}
+    assert h_sup["noisy_label_dice"] is None and h_sup["iteration_to_step_ratio"] > 0
+    assert f"{h_sup['dice_mean']:.4f}" in text
+    assert (report.parent / "figures" / "paired_diff_mtcl_hq25.png").is_file()
     # resumable: a second invocation finds both runs finished and trains nothing
     stamp = (work / "mtcl_hq25" / "h_sup_s0" / "models" / "model.pt").stat().st_mtime_ns
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
@@ -165,13 +175,6 @@ def test_describe_timing_cites_latest_full_invocation():
     assert "the same command" in describe_timing([{**full, "command": "x"}, {**resumed, "command": "x"}])
 
 
-def test_aggregate_means_over_seeds():
-    rows = [{"setting": "s", "method": "m", "seed": 0, "dice_mean": 0.5},
-            {"setting": "s", "method": "m", "seed": 1, "dice_mean": 0.7}]
-    agg = aggregate(rows)
-    assert agg[("s", "m")]["dice_mean"] == 0.6 and agg[("s", "m")]["n_seeds"] == 2
-
-
 def test_read_run_takes_the_last_logged_label_dice_and_the_refinement_round(tmp_path):
     from custom.benchmark.harness import read_run
 
@@ -190,3 +193,19 @@ def test_read_run_takes_the_last_logged_label_dice_and_the_refinement_round(tmp_
     assert row["dice_mean"] == 0.7
     assert row["noisy_label_dice"] == 0.82 and row["refined_label_dice"] == 0.86
     assert row["volume_dice_before"] == pytest.approx(0.7) and row["volume_dice_after"] == pytest.approx(0.8)
+
+
+def test_report_goes_to_the_work_folder_unless_docs_are_asked_for(tmp_path, monkeypatch):
+    import importlib.util
+
+    monkeypatch.chdir(tmp_path)  # a docs/benchmarks.md written relative to the cwd would land here
+    spec = importlib.util.spec_from_file_location("benchmark_script", REPO_ROOT / "scripts" / "benchmark.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    work = tmp_path / "work"
+    work.mkdir()
+    assert script.main(["--report-only", "--work-dir", str(work), "--notes", ""]) == 0
+    assert (work / "benchmarks.md").is_file() and (work / "benchmark_results.json").is_file()
+    assert not (tmp_path / "docs").exists()
+    assert script.main(["--report-only", "--work-dir", str(work), "--notes", "", "--write-docs"]) == 0
+    assert (tmp_path / "docs" / "benchmarks.md").is_file() and (tmp_path / "docs" / "benchmark_results.json").is_file()

@@ -1,0 +1,190 @@
+"""Benchmark figures (PNG, matplotlib's Agg backend): learning curves, paired differences, Dice against noise level.
+
+Every function returns the path it wrote, or None when there is nothing to draw or matplotlib is missing (the
+``plot`` extra: ``pip install -e ".[plot]"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from custom.io import atomic_output
+
+__all__ = ["method_colours", "plot_learning_curves", "plot_paired_differences", "plot_dice_vs_noise"]
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def method_colours(methods: Sequence[str]) -> dict[str, Any]:
+    """One distinct colour per method (tab20, in the order given; no two methods share one for <= 20 methods)."""
+    plt = _pyplot()
+    if plt is None:
+        return {}
+    cmap = plt.get_cmap("tab20")
+    # even indices first (the saturated halves of tab20's pairs), then the light ones
+    order = list(range(0, 20, 2)) + list(range(1, 20, 2))
+    return {m: cmap(order[i % 20]) for i, m in enumerate(methods)}
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    return path
+
+
+def _mean_curve(curves: Sequence[Sequence[Mapping[str, float]]], x: str, y: str) -> tuple[list[float], list[float]]:
+    """Mean of ``y`` over the curves at each ``x`` that every curve has."""
+    points: dict[float, list[float]] = {}
+    for curve in curves:
+        for row in curve:
+            if row.get(x) is not None and row.get(y) is not None:
+                points.setdefault(row[x], []).append(row[y])
+    xs = sorted(k for k, v in points.items() if len(v) == len(curves))
+    return xs, [sum(points[k]) / len(points[k]) for k in xs]
+
+
+def plot_learning_curves(
+    runs: Sequence[Mapping[str, Any]], setting: str, methods: Sequence[str], labels: Mapping[str, str], path: Path
+) -> Path | None:
+    """Validation Dice per iteration of every method of ``setting`` (mean over seeds bold, each seed thin) and,
+    for the methods that log label quality, the noisy- and refined-label Dice against clean labels per epoch."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    chosen = [r for r in runs if r["setting"] == setting]
+    if not chosen:
+        return None
+    colours = method_colours(methods)
+    with_quality = [m for m in methods if any(r["method"] == m and r.get("label_quality") for r in chosen)]
+    ncols = 2 if with_quality else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(7 * ncols, 4.8), squeeze=False)
+    ax = axes[0][0]
+    for method in methods:
+        group = [r for r in chosen if r["method"] == method and r.get("validation_curve")]
+        if not group:
+            continue
+        for run in group:
+            xs = [p["iteration"] for p in run["validation_curve"]]
+            ys = [p.get("val_mean_dice") for p in run["validation_curve"]]
+            ax.plot(xs, ys, color=colours[method], alpha=0.25, linewidth=0.8)
+        xs, ys = _mean_curve([r["validation_curve"] for r in group], "iteration", "val_mean_dice")
+        ax.plot(xs, ys, color=colours[method], linewidth=2, label=f"{labels.get(method, method)} (n={len(group)})")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("validation Dice (clean labels of the validation cases)")
+    ax.set_title(f"{setting}: validation Dice (bold: mean over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    if with_quality:
+        ax = axes[0][1]
+        for method in with_quality:
+            group = [r for r in chosen if r["method"] == method and r.get("label_quality")]
+            for column, style in (("noisy_dice", ":"), ("refined_dice", "-")):
+                xs, ys = _mean_curve([r["label_quality"] for r in group], "iteration", column)
+                if xs:
+                    name = "noisy" if column == "noisy_dice" else "refined"
+                    ax.plot(xs, ys, style, color=colours[method], label=f"{labels.get(method, method)}: {name}")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("training-label Dice vs clean (LQ patches)")
+        ax.set_title("label quality per epoch (dotted: noisy, solid: refined)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def plot_paired_differences(
+    setting_results: Mapping[str, Any], setting: str, labels: Mapping[str, str], path: Path
+) -> Path | None:
+    """One row per method: its paired difference to HL-Sup (mean, 95% interval), with the zero line."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    rows = [
+        (m, e["diff_to_hl_sup"]) for m, e in setting_results["methods"].items() if e.get("diff_to_hl_sup") is not None
+    ]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.4))
+    colour = {"better": "tab:green", "worse": "tab:red", "not resolved": "tab:gray"}
+    for i, (method, d) in enumerate(reversed(rows)):
+        ax.errorbar(
+            d["mean"],
+            i,
+            xerr=[[d["mean"] - d["ci_low"]], [d["ci_high"] - d["mean"]]],
+            fmt="o",
+            color=colour[d["verdict"]],
+            capsize=3,
+        )
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([labels.get(m, m) for m, _ in reversed(rows)], fontsize=8)
+    ax.axvline(0, color="black", linewidth=1)
+    ax.set_xlabel("test Dice - HL-Sup's (paired per case and seed; 95% bootstrap interval)")
+    ax.set_title(f"{setting}: difference to HL-Sup (green/red: resolved, grey: not resolved)", fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def plot_dice_vs_noise(
+    results: Mapping[str, Any],
+    settings: Sequence[tuple[str, float]],
+    methods: Sequence[str],
+    labels: Mapping[str, str],
+    path: Path,
+    xlabel: str,
+) -> Path | None:
+    """Mean test Dice (+- std over seeds) against the noise level, for a family run at two or more levels."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    present = [(name, level) for name, level in settings if name in results["settings"]]
+    if len(present) < 2:
+        return None
+    colours = method_colours(methods)
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    drawn = False
+    for method in methods:
+        pts = []
+        for name, level in present:
+            entry = results["settings"][name]["methods"].get(method)
+            if entry and entry.get("dice_mean") is not None:
+                pts.append((level, entry["dice_mean"], entry.get("dice_std") or 0.0))
+        if len(pts) >= 2:
+            pts.sort()
+            ax.errorbar(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                yerr=[p[2] for p in pts],
+                marker="o",
+                capsize=2,
+                color=colours[method],
+                label=labels.get(method, method),
+            )
+            drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test Dice (mean +- std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out

@@ -1,0 +1,127 @@
+"""The benchmark's markdown report, generated from the results document of :mod:`custom.benchmark.results`.
+
+The tables hold exactly the numbers of ``benchmark_results.json`` (the same dictionary is written to both), so the
+two never disagree. Ties are judged by the paired interval: a difference whose 95% interval contains 0 is written
+"not resolved", never as a win.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from custom.io import atomic_output
+
+__all__ = ["format_difference", "setting_tables", "write_markdown"]
+
+PM = "\u00b1"
+
+
+def _f(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def format_difference(diff: Mapping[str, Any] | None) -> str:
+    """``+0.052 [+0.013, +0.091] better (15/20)`` or ``-`` when there is no comparison."""
+    if not diff:
+        return "-"
+    return (
+        f"{diff['mean']:+.3f} [{diff['ci_low']:+.3f}, {diff['ci_high']:+.3f}] {diff['verdict']} "
+        f"({diff['cases_better']}/{diff['n_cases']})"
+    )
+
+
+def setting_tables(name: str, setting: Mapping[str, Any], labels: Mapping[str, str]) -> list[str]:
+    """Markdown lines for one setting: the protocol checks, the results table and the other-baseline table."""
+    lines = [f"### Setting `{name}` ({setting['n_test_cases']} test cases)", ""]
+    gap = setting.get("noise_gap")
+    if gap:
+        lines.append(
+            f"- Noise gap clean - HL-Sup: **{gap['clean_minus_hl_sup']:+.3f}** (paired: "
+            f"{format_difference(gap.get('paired'))})."
+        )
+    if setting.get("clean_plateau_delta") is not None:
+        per_seed = ", ".join(
+            f"seed {c['seed']}: {c['change']:+.4f} (spread {_f(c['spread'], 4)})"
+            for c in setting["clean_plateau_per_seed"]
+        )
+        lines.append(
+            f"- Plateau of the clean run (validation Dice, first to last round of the last 25% of iterations): "
+            f"largest |change| over seeds **{setting['clean_plateau_delta']:.4f}** ({per_seed})."
+        )
+    lines += [
+        "",
+        "| method | Dice (mean " + PM + " std over seeds) | seeds | vs HL-Sup: paired diff [95% CI] (cases better) "
+        "| gap recovery | noisy-label Dice | refined-label Dice | LQ volumes before -> after refinement "
+        "| HD95 (mm) | ASD (mm) | s/iter (step) | iteration / step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    others = []
+    for method, e in setting["methods"].items():
+        refinement = (
+            f"{e['volume_dice_before']:.3f} -> {e['volume_dice_after']:.3f}"
+            if e.get("volume_dice_before") is not None and e.get("volume_dice_after") is not None
+            else "-"
+        )
+        std = f" {PM} {e['dice_std']:.3f}" if e.get("dice_std") is not None else ""
+        lines.append(
+            f"| {labels.get(method, method)} | {_f(e['dice_mean'], 4)}{std} | {e['n_seeds']} "
+            f"| {format_difference(e.get('diff_to_hl_sup'))} | {_f(e.get('gap_recovery'), 2)} "
+            f"| {_f(e.get('noisy_label_dice'))} | {_f(e.get('refined_label_dice'))} | {refinement} "
+            f"| {_f(e.get('hd95_mm_mean'), 2)} | {_f(e.get('asd_mm_mean'), 2)} | {_f(e.get('sec_per_iter'), 3)} "
+            f"| {_f(e.get('iteration_to_step_ratio'), 3)} |"
+        )
+        for other, diff in (e.get("diff_to") or {}).items():
+            if diff:
+                others.append(
+                    f"| {labels.get(method, method)} | {labels.get(other, other)} | {format_difference(diff)} |"
+                )
+    lines.append("")
+    if others:
+        lines += ["Paired differences to the other baselines:", "", "| method | baseline | paired diff [95% CI] "
+                  "(cases better) |", "|---|---|---|", *others, ""]
+    return lines
+
+
+def write_markdown(
+    results: Mapping[str, Any],
+    path: str | Path,
+    labels: Mapping[str, str],
+    header: str = "",
+    timing: str = "",
+    figures: Mapping[str, Sequence[Path]] | None = None,
+) -> Path:
+    """Write the report: ``header``, the ``timing`` paragraph, then per setting its checks, tables and figures.
+
+    Args:
+        results: the results document.
+        path: markdown file to write (atomically).
+        labels: display names of the methods.
+        header: markdown above the tables (protocol, how to read them).
+        timing: the measured-time paragraph.
+        figures: per setting, the PNGs to link below its tables (paths relative to the report are written).
+    """
+    path = Path(path)
+    lines = [header.rstrip(), ""] if header else []
+    if timing:
+        lines += [timing, ""]
+    primary = results.get("primary_settings", {})
+    if primary:
+        lines += ["Primary settings: " + ", ".join(f"{k} noise `{v}`" for k, v in primary.items()) + ".", ""]
+    for name, setting in results["settings"].items():
+        lines += setting_tables(name, setting, labels)
+        for fig in (figures or {}).get(name, []):
+            rel = os.path.relpath(fig, path.parent)
+            lines += [f"![{fig.stem}]({rel})", ""]
+    for fig in (figures or {}).get("", []):
+        lines += [f"![{fig.stem}]({os.path.relpath(fig, path.parent)})", ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,261 @@
+"""The benchmark's machine-readable results: one JSON document built from the finished run folders.
+
+``build_results`` turns the run folders of a work folder (``<setting>/<method>_s<seed>/``) into the document that
+``docs/benchmark_results.json`` holds and from which the markdown tables are generated
+(:mod:`custom.benchmark.report`)::
+
+    {"primary_settings": {"mtcl": "mtcl_hq25", "sp": "sp_a0.7_b0.7"},
+     "settings": {"mtcl_hq25": {"n_test_cases": 20, "clean_plateau_delta": 0.004, "noise_gap": {...},
+        "methods": {"alc": {"dice_mean": ..., "dice_std": ..., "n_seeds": 3, "seeds": [0, 1, 2],
+                            "diff_to_hl_sup": {"mean": ..., "ci_low": ..., "ci_high": ..., "verdict": ...},
+                            "diff_to": {"mean_teacher": {...}},
+                            "noisy_label_dice": ..., "refined_label_dice": ..., ...}}}}}
+
+``dice_mean`` is the mean over seeds of each run's mean test Dice, ``dice_std`` their sample std over seeds;
+``diff_to_hl_sup`` / ``diff_to`` are paired per case and seed (:mod:`custom.benchmark.paired`);
+``clean_plateau_delta`` is the largest, over the clean runs' seeds, absolute change of the validation Dice over the
+last 25% of the iterations (first to last validation round in that window; :func:`plateau_change`).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from custom.benchmark.paired import compare_to_baseline, seed_mean_std
+from custom.handlers.validation_curve import plateau_delta, read_validation_curve
+
+__all__ = [
+    "DIFF_TO",
+    "PRIMARY_SETTINGS",
+    "PLATEAU_TAIL",
+    "read_case_dice",
+    "plateau_change",
+    "collect_runs",
+    "build_results",
+]
+
+PRIMARY_SETTINGS = {"mtcl": "mtcl_hq25", "sp": "sp_a0.7_b0.7"}
+PLATEAU_TAIL = 0.25
+# the baselines each method issue compares against, beyond HL-Sup
+DIFF_TO: dict[str, list[str]] = {
+    "spguided": ["coteaching"],
+    "spguided_voxel": ["coteaching"],
+    "jocor": ["coteaching"],
+    "alc": ["mean_teacher", "alc_no_lr", "alc_no_ls"],
+    "alc_gated": ["mean_teacher", "alc"],
+    "alc_no_lr": ["mean_teacher"],
+    "alc_no_ls": ["mean_teacher"],
+    "mtcl": ["mean_teacher"],
+    "jcas": ["jcas_warmup_only", "jcas_no_dar"],
+    "jcas_no_dar": ["jcas_warmup_only"],
+    "clean": [],
+}
+_METRICS = ("dice", "jaccard", "hd95_mm", "asd_mm")
+
+
+def _float(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(out) else out
+
+
+def read_case_dice(run_dir: str | Path) -> dict[str, float]:
+    """``{case_id: mean foreground Dice}`` from a run's ``eval/metrics_per_case.csv`` (NaN kept as NaN)."""
+    path = Path(run_dir) / "eval" / "metrics_per_case.csv"
+    with open(path) as f:
+        return {
+            row["case_id"]: (float(row["dice_mean"]) if row.get("dice_mean") not in (None, "") else math.nan)
+            for row in csv.DictReader(f)
+        }
+
+
+def plateau_change(curve: Sequence[Mapping[str, float]], total_iterations: float, tail: float = PLATEAU_TAIL):
+    """Change of ``val_mean_dice`` from the first to the last validation round in the last ``tail`` of the run.
+
+    Returns ``(change, spread)``: the signed change last - first, and the max - min spread in that window (both None
+    with fewer than two rounds there).
+    """
+    start = (1 - tail) * total_iterations
+    window = [r for r in curve if r.get("iteration", -1) >= start - 1e-9 and r.get("val_mean_dice") is not None]
+    if len(window) < 2:
+        return None, None
+    window.sort(key=lambda r: r["iteration"])
+    change = window[-1]["val_mean_dice"] - window[0]["val_mean_dice"]
+    return change, plateau_delta(curve, total_iterations, tail=tail)
+
+
+def _label_quality(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "label_quality.csv"
+    out: dict[str, Any] = {"label_quality": []}
+    if not path.is_file():
+        return out
+    with open(path) as f:
+        rows = [{k: _float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    out["label_quality"] = rows
+    for key, column in (("noisy_label_dice", "noisy_dice"), ("refined_label_dice", "refined_dice")):
+        values = [r[column] for r in rows if r.get(column) is not None]
+        if values:
+            out[key] = values[-1]
+    return out
+
+
+def collect_runs(work_dir: str | Path, settings: Sequence[str], methods: Sequence[str]) -> list[dict[str, Any]]:
+    """Every finished run (``eval/metrics_per_case.csv`` present) of the given settings and methods.
+
+    Each record: ``setting``, ``method``, ``seed``, ``case_dice`` (:func:`read_case_dice`), the summary means of
+    Dice / Jaccard / HD95 / ASD, ``run_stats.json`` figures, the validation curve, label quality rows and their
+    last values, and the SP-guided refinement's whole-volume LQ Dice before/after (where present).
+    """
+    import json
+
+    work = Path(work_dir)
+    runs = []
+    for setting in settings:
+        folder = work / setting
+        if not folder.is_dir():
+            continue
+        for run_dir in sorted(folder.iterdir()):
+            method, _, seed = run_dir.name.rpartition("_s")
+            if method not in methods or not seed.isdigit():
+                continue
+            if not (run_dir / "eval" / "metrics_per_case.csv").is_file():
+                continue
+            record: dict[str, Any] = {"setting": setting, "method": method, "seed": int(seed)}
+            record["case_dice"] = read_case_dice(run_dir)
+            summary_path = run_dir / "eval" / "metrics_summary.json"
+            summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+            for metric in _METRICS:
+                record[metric] = _float((summary.get(f"{metric}_mean") or {}).get("mean"))
+            if record["dice"] is None:
+                values = [v for v in record["case_dice"].values() if not math.isnan(v)]
+                record["dice"] = sum(values) / len(values) if values else None
+            stats_path = run_dir / "run_stats.json"
+            stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
+            record["iterations"] = stats.get("iterations")
+            record["sec_per_iter"] = stats.get("seconds_per_iteration_median")
+            record["sec_per_iter_with_data"] = stats.get("seconds_per_iteration_with_data_median")
+            record["iteration_to_step_ratio"] = stats.get("iteration_to_step_ratio")
+            record["training_wall_seconds"] = stats.get("wall_seconds")
+            record["validation_curve"] = read_validation_curve(run_dir / "validation_curve.csv")
+            record.update(_label_quality(run_dir))
+            refinement = run_dir / "refined_labels" / "refinement_log.csv"
+            if refinement.is_file():
+                with open(refinement) as f:
+                    rounds = list(csv.DictReader(f))
+                last = [r for r in rounds if r.get("round") == rounds[-1].get("round")] if rounds else []
+                for key, column in (("volume_dice_before", "dice_before"), ("volume_dice_after", "dice_after")):
+                    values = [v for v in (_float(r.get(column)) for r in last) if v is not None]
+                    if values:
+                        record[key] = sum(values) / len(values)
+            runs.append(record)
+    return runs
+
+
+def _mean_of(runs: Sequence[Mapping[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in runs if isinstance(r.get(key), (int, float)) and not math.isnan(r[key])]
+    return sum(values) / len(values) if values else None
+
+
+def _diff_entry(comparison: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if comparison is None:
+        return None
+    return {k: comparison[k] for k in ("mean", "ci_low", "ci_high", "verdict", "cases_better", "n_cases", "seeds")}
+
+
+def build_results(
+    runs: Sequence[Mapping[str, Any]],
+    method_order: Sequence[str],
+    primary_settings: Mapping[str, str] | None = None,
+    protocol: Mapping[str, Any] | None = None,
+    n_boot: int = 10000,
+) -> dict[str, Any]:
+    """The results document (module docstring) from :func:`collect_runs` records.
+
+    Args:
+        runs: run records.
+        method_order: the order of methods in the document (the harness's ``METHODS``).
+        primary_settings: ``{"mtcl": ..., "sp": ...}`` (default :data:`PRIMARY_SETTINGS`).
+        protocol: free-form description stored under ``"protocol"`` (lists, resolution, profile, command).
+        n_boot: bootstrap resamples of the paired intervals.
+    """
+    by_key: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for run in runs:
+        by_key.setdefault((run["setting"], run["method"]), []).append(run)
+    settings_out: dict[str, Any] = {}
+    for setting in dict.fromkeys(r["setting"] for r in runs):
+        case_dice = {
+            m: {r["seed"]: r["case_dice"] for r in by_key[(setting, m)]} for m in method_order if (setting, m) in by_key
+        }
+        cases = set().union(*(set(cd) for per_seed in case_dice.values() for cd in per_seed.values()))
+        methods_out: dict[str, Any] = {}
+        for method in method_order:
+            group = sorted(by_key.get((setting, method), []), key=lambda r: r["seed"])
+            if not group:
+                continue
+            mean, std = seed_mean_std([r["dice"] for r in group])
+            entry: dict[str, Any] = {
+                "dice_mean": mean,
+                "dice_std": std,
+                "n_seeds": len(group),
+                "seeds": [r["seed"] for r in group],
+                "dice_per_seed": [r["dice"] for r in group],
+            }
+            for metric in _METRICS[1:]:
+                entry[f"{metric}_mean"] = _mean_of(group, metric)
+            entry["case_std_mean"] = _mean_of(
+                [{"v": seed_mean_std(list(r["case_dice"].values()))[1]} for r in group], "v"
+            )
+            entry["diff_to_hl_sup"] = (
+                _diff_entry(compare_to_baseline(case_dice[method], case_dice["hl_sup"], n_boot=n_boot))
+                if method != "hl_sup" and "hl_sup" in case_dice
+                else None
+            )
+            entry["diff_to"] = {
+                other: _diff_entry(compare_to_baseline(case_dice[method], case_dice[other], n_boot=n_boot))
+                for other in DIFF_TO.get(method, [])
+                if other in case_dice
+            }
+            entry["noisy_label_dice"] = _mean_of(group, "noisy_label_dice")
+            entry["refined_label_dice"] = _mean_of(group, "refined_label_dice")
+            entry["volume_dice_before"] = _mean_of(group, "volume_dice_before")
+            entry["volume_dice_after"] = _mean_of(group, "volume_dice_after")
+            entry["sec_per_iter"] = _mean_of(group, "sec_per_iter")
+            entry["sec_per_iter_with_data"] = _mean_of(group, "sec_per_iter_with_data")
+            entry["iteration_to_step_ratio"] = _mean_of(group, "iteration_to_step_ratio")
+            entry["iterations"] = _mean_of(group, "iterations")
+            methods_out[method] = entry
+        setting_out: dict[str, Any] = {"n_test_cases": len(cases), "methods": methods_out}
+        clean_runs = by_key.get((setting, "clean"), [])
+        changes = []
+        for run in clean_runs:
+            if run.get("iterations") and run.get("validation_curve"):
+                change, spread = plateau_change(run["validation_curve"], run["iterations"])
+                if change is not None:
+                    changes.append({"seed": run["seed"], "change": change, "spread": spread})
+        setting_out["clean_plateau_delta"] = max(abs(c["change"]) for c in changes) if changes else None
+        setting_out["clean_plateau_per_seed"] = sorted(changes, key=lambda c: c["seed"])
+        gap = None
+        if "clean" in methods_out and "hl_sup" in methods_out:
+            gap = {
+                "clean_minus_hl_sup": methods_out["clean"]["dice_mean"] - methods_out["hl_sup"]["dice_mean"],
+                "paired": _diff_entry(compare_to_baseline(case_dice["clean"], case_dice["hl_sup"], n_boot=n_boot)),
+            }
+            if abs(gap["clean_minus_hl_sup"]) > 1e-9:
+                for entry in methods_out.values():
+                    if entry["dice_mean"] is not None:
+                        entry["gap_recovery"] = (
+                            entry["dice_mean"] - methods_out["hl_sup"]["dice_mean"]
+                        ) / gap["clean_minus_hl_sup"]
+        setting_out["noise_gap"] = gap
+        settings_out[setting] = setting_out
+    return {
+        "primary_settings": dict(primary_settings or PRIMARY_SETTINGS),
+        "protocol": dict(protocol or {}),
+        "settings": settings_out,
+    }
