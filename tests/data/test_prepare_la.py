@@ -397,3 +397,61 @@ def test_real_la_data_mtcl_noise_level(tmp_path):
     training = load_datalist(out / "datalist.json")
     assert len(training) == 22 and sum(i["quality"] == "hq" for i in training) == 6  # round_half_up(0.25 * 22)
     assert len(load_datalist(out / "datalist.json", "test")) == 6
+
+
+# ----- case lists (--train-list / --test-list)
+
+
+def _extra_list(folder: Path, ids: list[str]) -> None:
+    for index, case_id in enumerate(ids):
+        _write_case(folder / f"{case_id}.h5", seed=100 + index)
+    (folder / "extra.list").write_text("\n".join(ids) + "\n")
+
+
+def test_parse_list_spec_slices_like_python(h5_dir):
+    from custom.data.prepare import parse_list_spec, read_list_specs
+
+    assert parse_list_spec("test.list", h5_dir) == (h5_dir / "test.list", slice(None, None))
+    assert parse_list_spec("extra.list::2", h5_dir) == (h5_dir / "extra.list", slice(None, 2))
+    assert parse_list_spec("extra.list:1:", h5_dir) == (h5_dir / "extra.list", slice(1, None))
+    _extra_list(h5_dir, ["X1", "X2", "X3"])
+    ids, origin = read_list_specs(["train.list", "extra.list:1:3"], h5_dir)
+    assert ids == [*TRAIN_IDS, "X2", "X3"] and origin["X2"] == "extra.list:1:3" and origin["CASE_A"] == "train.list"
+    with pytest.raises(DataError, match="must be integers"):
+        parse_list_spec("extra.list:a:3", h5_dir)
+    with pytest.raises(DataError, match="selects no ID"):
+        read_list_specs(["extra.list:5:"], h5_dir)
+    with pytest.raises(DataError, match=r"ID X1 is listed twice \(extra.list::1 and extra.list\)"):
+        read_list_specs(["extra.list::1", "extra.list"], h5_dir)
+
+
+def test_train_and_test_lists_choose_the_cases(h5_dir, tmp_path):
+    _extra_list(h5_dir, ["X1", "X2", "X3"])
+    out = tmp_path / "out"
+    argv = _args(h5_dir, out, "--train-list", "train.list", "extra.list::1", "--test-list", "test.list",
+                 "extra.list:1:")
+    assert main_la(argv) == 0
+    test_ids = sorted(Path(item["label"]).name.split(".")[0] for item in load_datalist(out / "datalist.json", "test"))
+    assert test_ids == ["TEST_1", "X2", "X3"]
+    pool = load_datalist(out / "datalist.json") + load_datalist(out / "datalist.json", "validation")
+    assert len(pool) == 5  # the 4 of train.list and X1
+    meta = read_datalist_meta(out / "datalist.json")
+    assert meta["train_lists"] == ["train.list", "extra.list::1"]
+    assert meta["test_lists"] == ["test.list", "extra.list:1:"]
+
+
+@pytest.mark.parametrize(
+    "lists, culprit, problem",
+    [
+        (["--test-list", "extra.list"], "X9.h5", "file not found (listed in extra.list)"),
+        (["--test-list", "train.list"], "train.list", "IDs in both the training pool and the test cases"),
+        (["--train-list", "nowhere.list"], "nowhere.list", "ID list not found"),
+    ],
+)
+def test_bad_lists_exit_2_and_name_the_file(h5_dir, tmp_path, capsys, lists, culprit, problem):
+    (h5_dir / "extra.list").write_text("X9\n")  # an ID without its .h5 file
+    out = tmp_path / "out"
+    assert main_la(_args(h5_dir, out, *lists)) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: {h5_dir / culprit}: ") and problem in err
+    assert not out.exists()
