@@ -35,7 +35,9 @@ from custom.losses.segmentation_losses import ce_dice_loss, consistency_mse
 from custom.networks.ema import ema_update
 from custom.refinement import teacher_fusion as tf
 
-__all__ = ["MeanTeacherTrainer"]
+__all__ = ["CONSISTENCY_TARGETS", "MeanTeacherTrainer"]
+
+CONSISTENCY_TARGETS = ("all_samples", "first_sample")
 
 
 class MeanTeacherTrainer(NoisyLabelTrainer):
@@ -65,6 +67,12 @@ class MeanTeacherTrainer(NoisyLabelTrainer):
         refine_min_agreement: if set, a sample keeps its noisy label when its refined label agrees with it at a
             foreground Dice below this value (:func:`custom.refinement.teacher_fusion.gate_refined_labels`;
             *decision*, None = the paper). The share of accepted refinements is logged as ``refinement_accepted``.
+        consistency_target: ``"all_samples"`` (default, Eq. 10 of the ALC paper: the consistency loss is the mean
+            over the ``T`` perturbed teacher predictions of ``mean((p_student - p_t)^2)``) or ``"first_sample"``
+            (only ``p_1``, the UA-MT/MTCL form). ``mean_t (p - p_t)^2 = (p - mean_t p_t)^2 + var_t(p_t)``, so the
+            Eq. 10 loss is computed as the MSE to the mean prediction plus the (constant, detached) variance: the
+            same value and gradient as T separate MSEs at the cost of one. Without sampling (``refine_labels`` and
+            ``select_samples`` both False, plain Mean Teacher) there is one prediction and the two forms agree.
         kwargs: ``SupervisedTrainer`` arguments (device, max_epochs, train_data_loader, network, optimizer, ...).
     """
 
@@ -96,6 +104,7 @@ class MeanTeacherTrainer(NoisyLabelTrainer):
         lambda_noisy: float = 0.5,
         teacher_batch_norm: str = "batch",
         refine_min_agreement: float | None = None,
+        consistency_target: str = "all_samples",
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -109,6 +118,8 @@ class MeanTeacherTrainer(NoisyLabelTrainer):
             raise ValueError(f"refine_min_agreement must be None or in [0, 1], got {refine_min_agreement}.")
         if not 0.0 < selection_ratio <= 1.0:
             raise ValueError(f"selection_ratio must be in (0, 1], got {selection_ratio}.")
+        if consistency_target not in CONSISTENCY_TARGETS:
+            raise ValueError(f"consistency_target must be one of {CONSISTENCY_TARGETS}, got {consistency_target!r}.")
         self.teacher = teacher.to(self.state.device)
         for p in self.teacher.parameters():
             p.requires_grad_(False)
@@ -135,25 +146,35 @@ class MeanTeacherTrainer(NoisyLabelTrainer):
         self.lambda_noisy = lambda_noisy
         self.teacher_batch_norm = teacher_batch_norm
         self.refine_min_agreement = refine_min_agreement
+        self.consistency_target = consistency_target
 
     # ------------------------------------------------------------------ teacher side (no gradient)
     def teacher_targets(self, x_lq: torch.Tensor, noisy: torch.Tensor) -> dict[str, torch.Tensor]:
         """Teacher predictions for the LQ patches: consistency target, refined labels, selection mask.
 
-        Returns a dict with ``teacher_probs`` (B_lq, C, *S), ``refined_label`` (B_lq, 1, *S) long,
-        ``selected`` (B_lq,) bool and ``uncertainty`` (B_lq,) float.
+        Returns a dict with ``teacher_probs`` (B_lq, C, *S: the consistency target, the mean of the T predictions
+        or the first, see ``consistency_target``), ``consistency_offset`` (scalar: the mean variance of the T
+        predictions, 0 for the first-sample form), ``refined_label`` (B_lq, 1, *S) long, ``selected`` (B_lq,) bool
+        and ``uncertainty`` (B_lq,) float.
         """
         b_lq = x_lq.shape[0]
         needs_samples = self.refine_labels or self.select_samples
         with torch.no_grad():
-            # the teacher's first perturbed sample doubles as the consistency target: it is exactly
-            # f'(x + xi) with dropout active, as in UA-MT/MTCL, and saves one forward pass
+            # the perturbed samples double as the consistency targets (Eq. 10; or the first alone, exactly
+            # f'(x + xi) with dropout active, as in UA-MT/MTCL): no extra forward pass
             probs = tf.perturbed_teacher_predictions(
                 self.teacher, x_lq, num_samples=self.num_samples if needs_samples else 1,
                 noise_std=self.noise_std, noise_clip=self.noise_clip, mc_chunk=self.mc_chunk,
                 batch_norm=self.teacher_batch_norm,
             )
-            out: dict[str, torch.Tensor] = {"teacher_probs": probs[0]}
+            if self.consistency_target == "all_samples" and probs.shape[0] > 1:
+                mean_probs = probs.mean(dim=0)
+                out: dict[str, torch.Tensor] = {
+                    "teacher_probs": mean_probs,
+                    "consistency_offset": ((probs - mean_probs) ** 2).mean(),
+                }
+            else:
+                out = {"teacher_probs": probs[0], "consistency_offset": probs.new_zeros(())}
             if needs_samples:
                 divergence = tf.kl_to_mean(probs)
                 weights = tf.fusion_weights(divergence, tau=self.tau, mode=self.fusion_mode)
@@ -241,6 +262,8 @@ class MeanTeacherTrainer(NoisyLabelTrainer):
         targets = self.teacher_targets(x_lq, noisy)
         logits_lq = logits[b_hq:]
         loss_con = consistency_mse(logits_lq, targets["teacher_probs"])
+        if "consistency_offset" in targets:  # Eq. 10's mean over the T samples (a constant: value, not gradient)
+            loss_con = loss_con + targets["consistency_offset"].to(loss_con.dtype)
         loss_lq, lq_parts = self.lq_supervision_loss(logits_lq, noisy, targets)
         w = self.ramp_weight(engine.state.iteration)
         loss = loss_hq + w * (loss_con + loss_lq)

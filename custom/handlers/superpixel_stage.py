@@ -21,6 +21,10 @@ HQ cases (``quality == "hq"``: clean labels) are not refined unless ``refine_hq`
 ``refine_by_epoch`` *(decision, default None = the paper)*: when the loss-gap criterion has not fired by that epoch,
 the first round runs anyway. Short schedules need it: in the 30-epoch CPU profile on LA the gap still rises at the
 last epoch, so without a deadline no refinement would ever run (docs/methods/spguided.md).
+
+Under ``torch.distributed`` the epoch's loss gap is averaged over ranks (every rank refines at the same epoch) and
+only rank 0 writes files: ``loss_gap.csv``, the log and the refined NIfTI labels, which the other ranks read after a
+barrier.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
+from custom.distributed import barrier, is_main_process, mean_over_ranks
 from custom.io import DataError, load_nifti, save_nifti, write_csv
 from custom.refinement.label_audit import REFINED_LABEL_DIR, to_source_geometry
 from custom.refinement.superpixel_refinement import refine_labels_by_superpixel, update_keep_ratio
@@ -128,7 +133,8 @@ class LossGapHandler:
     def epoch_completed(self, engine: Engine) -> None:
         if self._sums is None:
             return
-        selected, unselected, fraction = (self._sums / self._steps).tolist()  # one host sync per epoch
+        # the mean over ranks: every rank feeds its tracker the same gap and takes the same refinement decisions
+        selected, unselected, fraction = mean_over_ranks(self._sums / self._steps).tolist()  # one host sync
         self._sums, self._steps = None, 0
         gap = unselected - selected
         self.tracker.update(gap)
@@ -146,7 +152,7 @@ class LossGapHandler:
         }
         self.rows.append(row)
         engine.state.metrics["loss_gap"] = gap
-        if self.output_dir is not None:
+        if self.output_dir is not None and is_main_process():
             write_csv(self.rows, self.output_dir / "loss_gap.csv")
         engine.logger.info(f"loss gap (Eq. 5): {row}")
 
@@ -399,7 +405,8 @@ class SuperpixelRefinementStage:
             )
             case_id = _case_id(item)
             path = round_dir / f"{case_id}.nii.gz"
-            save_nifti(case.label, case.affine, path, header=case.header, dtype=_label_dtype(self.num_classes))
+            if is_main_process():  # the other ranks read rank 0's files after the barrier below
+                save_nifti(case.label, case.affine, path, header=case.header, dtype=_label_dtype(self.num_classes))
             row = {
                 "round": self.round, "epoch": engine.state.epoch, "trigger": self.trigger or "manual",
                 "case_id": case_id,
@@ -415,11 +422,13 @@ class SuperpixelRefinementStage:
                 row["dice_after"] = round(foreground_dice(case.label, clean, self.num_classes), 6)
             rows.append(row)
             new_items.append({**item, "label": str(path)})
+        barrier()
         self._swap(new_items)
         engine.target_keep_ratio = update_keep_ratio(keep_ratio, self.gamma, self.max_keep_ratio)
         engine.labels_refined = True
         self.rows.extend(rows)
-        write_csv(self.rows, self.output_dir / REFINED_LABEL_DIR / REFINEMENT_LOG)
+        if is_main_process():
+            write_csv(self.rows, self.output_dir / REFINED_LABEL_DIR / REFINEMENT_LOG)
         summary = {"round": self.round, "epoch": engine.state.epoch, "cases": len(rows),
                    "mean_changed_fraction": _mean(r["changed_fraction"] for r in rows),
                    "mean_dice_before": _mean(r.get("dice_before") for r in rows),

@@ -341,3 +341,35 @@ def test_ablation_overlays_set_the_switches(repo_root, overlay, refine, select, 
     assert (parser["refine_labels"], parser["select_samples"], parser["bundle_name"]) == (refine, select, bundle_name)
     trainer = parser["train"]["trainer"]  # the trainer reads the switches from the overlaid top-level ids
     assert (trainer["refine_labels"], trainer["select_samples"]) == ("@refine_labels", "@select_samples")
+
+
+# ---------------------------------------------------------------- consistency over the T samples (Eq. 10)
+
+
+@pytest.mark.parametrize("mode", ["all_samples", "first_sample"])
+def test_consistency_is_the_mean_over_the_t_teacher_samples(mode):
+    from custom.losses.segmentation_losses import consistency_mse
+    from custom.refinement import teacher_fusion as tf
+
+    batches = _batches(1, 1, 3, 2)
+    trainer = _trainer(2, batches, batch_hq=1, num_samples=4, consistency_target=mode)
+    x_lq, noisy = batches[0]["image"][1:], batches[0]["label"][1:]
+    torch.manual_seed(7)
+    probs = tf.perturbed_teacher_predictions(trainer.teacher, x_lq, num_samples=4, noise_std=0.1, noise_clip=0.2,
+                                             batch_norm="batch")
+    torch.manual_seed(7)
+    targets = trainer.teacher_targets(x_lq, noisy)
+    assert_close(targets["teacher_probs"], probs.mean(0) if mode == "all_samples" else probs[0])
+    logits = torch.randn(3, 2, SIDE, SIDE, SIDE, requires_grad=True)
+    got = consistency_mse(logits, targets["teacher_probs"]) + targets["consistency_offset"]
+    used = range(4) if mode == "all_samples" else range(1)
+    expected = torch.stack([consistency_mse(logits, probs[t]) for t in used]).mean()
+    assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    (grad_got,) = torch.autograd.grad(got, logits)
+    (grad_expected,) = torch.autograd.grad(expected, logits)
+    assert_close(grad_got, grad_expected, atol=1e-8, rtol=1e-4)
+
+
+def test_consistency_target_must_be_known():
+    with pytest.raises(ValueError, match="consistency_target"):
+        _trainer(2, _batches(1, 1, 1, 2), batch_hq=1, consistency_target="median")
