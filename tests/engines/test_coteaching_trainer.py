@@ -311,3 +311,44 @@ def test_hq_estimate_is_deterministic(tmp_path):
     first = estimate_training_keep_ratio(items, meta, 2, min_ratio=0.0)
     assert torch.equal(first, estimate_training_keep_ratio(items, meta, 2, min_ratio=0.0))
     assert torch.all(first <= 1.0) and torch.any(first < 1.0)
+
+
+def test_hq_estimate_matches_the_true_label_precision_of_a_downsampled_dataset(tmp_path):
+    """Noise is simulated at native resolution before pooling; the estimate must do the same (a K = 2 dataset)."""
+    import h5py
+
+    from custom.data import load_datalist, read_datalist_meta
+    from custom.data.prepare import main_la
+    from custom.io import load_nifti
+
+    h5 = tmp_path / "h5"
+    h5.mkdir()
+    rng = np.random.default_rng(0)
+    ids = [f"C{i:02d}" for i in range(14)]
+    zz, yy, xx = np.meshgrid(*[np.arange(s) for s in (64, 56, 40)], indexing="ij")
+    for case in ids:
+        c = np.array([32, 28, 20]) + rng.integers(-4, 5, size=3)
+        axes = np.array([18.0, 15.0, 11.0]) * rng.uniform(0.85, 1.15, size=3)
+        label = ((zz - c[0]) / axes[0]) ** 2 + ((yy - c[1]) / axes[1]) ** 2 + ((xx - c[2]) / axes[2]) ** 2 <= 1
+        with h5py.File(h5 / f"{case}.h5", "w") as f:
+            f["image"] = (label + rng.normal(0, 0.5, label.shape)).astype(np.float32)
+            f["label"] = label.astype(np.uint8)
+    (h5 / "train.list").write_text("\n".join(ids) + "\n")
+    out = tmp_path / "data"
+    argv = ["--h5-dir", str(h5), "--out", str(out), "--noise", "mtcl", "--param", "r_min=2", "--param", "r_max=6",
+            "--hq-count", "4", "--val-count", "0", "--downsample", "2", "--seed", "3"]
+    assert main_la(argv) == 0
+    datalist = out / "datalist.json"
+    items, meta = load_datalist(datalist), read_datalist_meta(datalist)
+    assert int(meta["downsample"]) == 2
+    # the truth: precision of the foreground (and background) of the training labels against the clean ones
+    right, total = np.zeros(2), np.zeros(2)
+    for item in items:
+        label = np.asarray(load_nifti(item["label"])[0]).astype(np.int64)
+        clean = np.asarray(load_nifti(item["label_clean"])[0]).astype(np.int64)
+        total += np.bincount(label.ravel(), minlength=2)[:2]
+        right += np.bincount(label.ravel(), weights=(label == clean).ravel().astype(float), minlength=2)[:2]
+    truth = right / total
+    estimate = estimate_training_keep_ratio(items, meta, num_classes=2, min_ratio=0.0, draws_per_case=8).numpy()
+    assert truth[1] < 0.95  # the noise is strong enough to matter
+    assert abs(estimate[1] - truth[1]) <= 0.05 and abs(estimate[0] - truth[0]) <= 0.05, (estimate, truth)
