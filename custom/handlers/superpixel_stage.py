@@ -42,7 +42,14 @@ from torch import nn
 from custom.distributed import barrier, is_main_process, mean_over_ranks
 from custom.io import DataError, load_nifti, save_nifti, write_csv
 from custom.refinement.label_audit import REFINED_LABEL_DIR, to_source_geometry
-from custom.refinement.superpixel_refinement import refine_labels_by_superpixel, update_keep_ratio
+from custom.refinement.superpixel_refinement import (
+    PieceScores,
+    apply_refinement,
+    piece_scores,
+    pooled_refinement_masks,
+    refinement_piece_mask,
+    update_keep_ratio,
+)
 from custom.selection.small_loss import LossGapTracker, forget_rate_schedule
 
 __all__ = [
@@ -53,11 +60,16 @@ __all__ = [
     "LossGapHandler",
     "averaged_probabilities",
     "RefinedCase",
+    "ScoredCase",
+    "score_case",
+    "finish_case",
     "refine_case",
+    "REFINE_BUDGETS",
     "SuperpixelRefinementStage",
 ]
 
 REFINEMENT_LOG = "refinement_log.csv"
+REFINE_BUDGETS = ("pooled", "per_case")
 
 
 def warmup_keep_ratio(
@@ -213,6 +225,75 @@ class RefinedCase(NamedTuple):
     changed_fraction: float
 
 
+class ScoredCase(NamedTuple):
+    """A training case loaded and scored for refinement, before any piece is chosen (:func:`score_case`).
+
+    Attributes:
+        item: its datalist item.
+        label_data: the label as loaded by the evaluation transform (its metadata maps the result back).
+        scores: per-piece loss, class, size and prediction (:func:`piece_scores`).
+    """
+
+    item: Mapping[str, Any]
+    label_data: Any
+    scores: PieceScores
+
+
+def score_case(
+    networks: Sequence[nn.Module],
+    item: Mapping[str, Any],
+    load_transform: Callable[[dict], dict],
+    inferer: Callable[..., torch.Tensor] | None = None,
+    device: torch.device | str | None = None,
+    use_superpixels: bool = True,
+    pool: str = "superpixel",
+    superpixel_key: str = "superpixel",
+) -> ScoredCase:
+    """Steps 1-2 of SP-guided's refinement on one whole training volume: the two networks' mean probabilities,
+    pooled per piece, and each piece's loss against its noisy class.
+
+    Args: see :func:`refine_case`.
+
+    Raises:
+        custom.io.DataError: a missing supervoxel map.
+    """
+    from custom.transforms.supervoxel import relabel_contiguous
+
+    keys = ["image", "label"] + ([superpixel_key] if use_superpixels else [])
+    if use_superpixels and not item.get(superpixel_key):
+        raise DataError(item.get("image"), f"no {superpixel_key!r} map for this case: run ensure_supervoxels first")
+    data = load_transform({key: item[key] for key in keys})
+    if device is None:
+        device = next(iter(networks[0].parameters())).device
+    image = torch.as_tensor(data["image"]).unsqueeze(0).to(device)
+    probs = averaged_probabilities(networks, image, inferer)
+    labels = torch.as_tensor(data["label"]).as_subclass(torch.Tensor).round().long().unsqueeze(0).to(probs.device)
+    superpixels, count = None, None
+    if use_superpixels:
+        ids, count = relabel_contiguous(torch.as_tensor(data[superpixel_key]).as_subclass(torch.Tensor))
+        superpixels = ids.unsqueeze(0).to(probs.device)
+    scores = piece_scores(probs, labels, superpixels, num_superpixels=count, pool=pool)
+    return ScoredCase(item, data["label"], scores)
+
+
+def finish_case(case: ScoredCase, unreliable: torch.Tensor, load_transform: Callable[[dict], dict]) -> RefinedCase:
+    """Eq. 8 on a scored case and the result in the geometry of its source label file.
+
+    Raises:
+        custom.io.DataError: a geometry that cannot be mapped back.
+    """
+    refined, _ = apply_refinement(case.scores, unreliable)
+    item = case.item
+    source, affine, header = load_nifti(item["label"])
+    refined_source = to_source_geometry(refined[0], case.label_data, load_transform)
+    if refined_source.shape != source.shape:
+        raise DataError(
+            item["label"], f"refined label shape {refined_source.shape} cannot be mapped back to {source.shape}"
+        )
+    changed_fraction = float(np.mean(refined_source != np.rint(source)))
+    return RefinedCase(refined_source, affine, header, changed_fraction)
+
+
 def refine_case(
     networks: Sequence[nn.Module],
     item: Mapping[str, Any],
@@ -224,7 +305,7 @@ def refine_case(
     pool: str = "superpixel",
     superpixel_key: str = "superpixel",
 ) -> RefinedCase:
-    """Eqs. 6-8 of SP-guided on one whole training volume.
+    """Eqs. 6-8 of SP-guided on one whole training volume, with the budget of that case alone.
 
     Args:
         networks: the trained networks (f1, f2).
@@ -245,32 +326,10 @@ def refine_case(
     Raises:
         custom.io.DataError: a missing supervoxel map, or a geometry that cannot be mapped back.
     """
-    from custom.transforms.supervoxel import relabel_contiguous
-
-    keys = ["image", "label"] + ([superpixel_key] if use_superpixels else [])
-    if use_superpixels and not item.get(superpixel_key):
-        raise DataError(item.get("image"), f"no {superpixel_key!r} map for this case: run ensure_supervoxels first")
-    data = load_transform({key: item[key] for key in keys})
-    if device is None:
-        device = next(iter(networks[0].parameters())).device
-    image = torch.as_tensor(data["image"]).unsqueeze(0).to(device)
-    probs = averaged_probabilities(networks, image, inferer)
-    labels = torch.as_tensor(data["label"]).as_subclass(torch.Tensor).round().long().unsqueeze(0).to(probs.device)
-    superpixels, count = None, None
-    if use_superpixels:
-        ids, count = relabel_contiguous(torch.as_tensor(data[superpixel_key]).as_subclass(torch.Tensor))
-        superpixels = ids.unsqueeze(0).to(probs.device)
-    refined, changed = refine_labels_by_superpixel(
-        probs, labels, superpixels, keep_ratio, num_superpixels=count, pool=pool, per_sample=True
-    )
-    source, affine, header = load_nifti(item["label"])
-    refined_source = to_source_geometry(refined[0], data["label"], load_transform)
-    if refined_source.shape != source.shape:
-        raise DataError(
-            item["label"], f"refined label shape {refined_source.shape} cannot be mapped back to {source.shape}"
-        )
-    changed_fraction = float(np.mean(refined_source != np.rint(source)))
-    return RefinedCase(refined_source, affine, header, changed_fraction)
+    case = score_case(networks, item, load_transform, inferer, device, use_superpixels, pool, superpixel_key)
+    s = case.scores
+    unreliable = refinement_piece_mask(s.loss, s.piece_class, s.piece_size, keep_ratio, per_sample=True)
+    return finish_case(case, unreliable, load_transform)
 
 
 def _case_id(item: Mapping[str, Any]) -> str:
@@ -303,6 +362,9 @@ class SuperpixelRefinementStage:
         refine_hq: also refine HQ cases (default False: their labels are clean).
         refine_by_epoch: run the first round at the end of this epoch if the loss gap has not triggered it before
             (None: only the loss gap triggers rounds, as in the paper).
+        refine_budget: ``"pooled"`` (default, the authors' ``label_update``): one budget ``(1 - R_c) N_c`` over all
+            refined cases, spent on the globally least reliable pieces (:func:`pooled_refinement_masks`); or
+            ``"per_case"``: every case spends its own ``(1 - R_c) N_c`` (uncorrupted cases lose correct labels).
         terminate_when_done: end training when refinement stops (default False: train on to ``max_epochs``).
         superpixel_key: item key of the supervoxel map.
     """
@@ -324,7 +386,10 @@ class SuperpixelRefinementStage:
         terminate_when_done: bool = False,
         superpixel_key: str = "superpixel",
         refine_by_epoch: int | None = None,
+        refine_budget: str = "pooled",
     ) -> None:
+        if refine_budget not in REFINE_BUDGETS:
+            raise ValueError(f"refine_budget must be one of {REFINE_BUDGETS}, got {refine_budget!r}.")
         if refine_by_epoch is not None and int(refine_by_epoch) < 1:
             raise ValueError(f"refine_by_epoch must be None or >= 1, got {refine_by_epoch}.")
         if int(max_rounds) < 0:
@@ -350,6 +415,7 @@ class SuperpixelRefinementStage:
         self.terminate_when_done = bool(terminate_when_done)
         self.superpixel_key = superpixel_key
         self.refine_by_epoch = None if refine_by_epoch is None else int(refine_by_epoch)
+        self.refine_budget = refine_budget
         self.trigger = ""  # what triggered the last round: "loss_gap" or "deadline"
         self.round = 0
         self.done = self.max_rounds == 0
@@ -394,22 +460,38 @@ class SuperpixelRefinementStage:
         round_dir = self.output_dir / REFINED_LABEL_DIR / f"round_{self.round}"
         networks = list(getattr(engine, "networks", None) or [engine.network])
         keep_ratio = engine.target_keep_ratio
+        items = list(self.dataset.data)
+        chosen = [i for i, item in enumerate(items) if self.refine_hq or item.get("quality") != "hq"]
+        device = getattr(engine.state, "device", None)
+        refined: dict[int, RefinedCase] = {}
+        if self.refine_budget == "pooled":
+            scored = [
+                score_case(networks, items[i], self.load_transform, self.inferer, device, self.use_superpixels,
+                           self.pool, self.superpixel_key)
+                for i in chosen
+            ]
+            masks = pooled_refinement_masks([c.scores for c in scored], keep_ratio)
+            for i, case, mask in zip(chosen, scored, masks):
+                refined[i] = finish_case(case, mask.to(case.scores.loss.device), self.load_transform)
+        else:
+            for i in chosen:
+                refined[i] = refine_case(
+                    networks, items[i], self.load_transform, keep_ratio, self.inferer, device,
+                    self.use_superpixels, self.pool, self.superpixel_key,
+                )
         new_items, rows = [], []
-        for item in list(self.dataset.data):
-            if item.get("quality") == "hq" and not self.refine_hq:
+        for index, item in enumerate(items):
+            if index not in refined:
                 new_items.append(item)
                 continue
-            case = refine_case(
-                networks, item, self.load_transform, keep_ratio, self.inferer, getattr(engine.state, "device", None),
-                self.use_superpixels, self.pool, self.superpixel_key,
-            )
+            case = refined[index]
             case_id = _case_id(item)
             path = round_dir / f"{case_id}.nii.gz"
             if is_main_process():  # the other ranks read rank 0's files after the barrier below
                 save_nifti(case.label, case.affine, path, header=case.header, dtype=_label_dtype(self.num_classes))
             row = {
                 "round": self.round, "epoch": engine.state.epoch, "trigger": self.trigger or "manual",
-                "case_id": case_id,
+                "case_id": case_id, "budget": self.refine_budget,
                 "changed_fraction": round(case.changed_fraction, 6), "label": str(path),
             }
             clean_path = item.get("label_clean")

@@ -8,7 +8,10 @@ With both networks in eval mode and ``p = (p1 + p2) / 2``:
    exactly like the reference code's probability threshold);
 3. Eq. 6, per noisy class c: take the largest-loss pieces while their voxels stay within ``(1 - R_c) * N_c``
    (the largest prefix with ``N <= budget``; pieces tied with the first piece left out are dropped too, as in
-   :func:`custom.selection.small_loss.budgeted_prefix_mask`);
+   :func:`custom.selection.small_loss.budgeted_prefix_mask`). The budget is either per case (``N_c`` of that case)
+   or **pooled** over all refined cases (``N_c`` summed over them; :func:`pooled_refinement_masks`), as the
+   authors' ``label_update`` does: one budget over the training set, spent on the globally least reliable pieces,
+   so that an uncorrupted case whose pieces the networks fit well keeps its labels;
 4. Eq. 8: relabel the taken pieces to the pooled argmax (Eq. 7) where it differs from c; all other voxels keep
    their label.
 
@@ -18,6 +21,7 @@ After refinement ``R <- max(R, min(gamma * R, R_max))`` (:func:`update_keep_rati
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -32,7 +36,33 @@ from custom.selection.superpixel import (
     voxel_pieces,
 )
 
-__all__ = ["refinement_piece_mask", "refine_labels_by_superpixel", "update_keep_ratio"]
+__all__ = [
+    "PieceScores",
+    "piece_scores",
+    "refinement_piece_mask",
+    "pooled_refinement_masks",
+    "apply_refinement",
+    "refine_labels_by_superpixel",
+    "update_keep_ratio",
+]
+
+
+class PieceScores(NamedTuple):
+    """What Eqs. 6-8 need of one case (or batch): its pieces and, per piece, loss, noisy class, size, prediction.
+
+    Attributes:
+        pieces: the piece ids of every voxel (:class:`custom.selection.superpixel.Pieces`).
+        loss: ``(B, P)`` ``-log`` of the pooled probability of the piece's noisy class.
+        piece_class: ``(B, P)`` int64 noisy class.
+        piece_size: ``(B, P)`` voxels.
+        predicted: ``(B, P)`` int64 pooled argmax (Eq. 7).
+    """
+
+    pieces: Pieces
+    loss: torch.Tensor
+    piece_class: torch.Tensor
+    piece_size: torch.Tensor
+    predicted: torch.Tensor
 
 
 def refinement_piece_mask(
@@ -66,33 +96,26 @@ def refinement_piece_mask(
     return taken.reshape(piece_loss.shape)
 
 
-def refine_labels_by_superpixel(
+def piece_scores(
     probs: torch.Tensor,
     labels: torch.Tensor,
     superpixels: torch.Tensor | None,
-    keep_ratio: float | Sequence[float] | torch.Tensor,
     num_superpixels: int | torch.Tensor | None = None,
     pool: str = "superpixel",
-    per_sample: bool = True,
     eps: float = 1e-8,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eqs. 6-8 of SP-guided: relabel the least reliable pieces of each noisy class to the pooled prediction.
+) -> PieceScores:
+    """Steps 1-2 of the module docstring: pieces, pooled probabilities, per-piece loss and prediction.
 
     Args:
         probs: mean of the two networks' softmax probabilities (eval mode), ``(B, C, *S)``.
         labels: current noisy labels ``(B, 1, *S)`` in ``[0, C)``.
         superpixels: ids ``(B, 1, *S)``; ``None`` = voxel-level ablation (each voxel a piece).
-        keep_ratio: current ``R_c`` per class ``(C,)``; at most ``(1 - R_c) N_c`` voxels of class c are relabelled.
         num_superpixels: K, to avoid a host sync.
         pool: ``"superpixel"`` (Eq. 7: pool over the whole superpixel) or ``"piece"``.
-        per_sample: budget per batch element (default; refine one case per element) or over the batch.
         eps: clamp inside the log.
 
-    Returns:
-        ``(new_labels, changed)``: int64 ``(B, 1, *S)`` and bool ``(B, 1, *S)`` (True where the label changed).
-
     Raises:
-        ValueError: shape mismatch, unknown ``pool`` or ratios outside [0, 1].
+        ValueError: shape mismatch or unknown ``pool``.
     """
     if pool not in POOLING_MODES:
         raise ValueError(f"pool must be one of {POOLING_MODES}, got {pool!r}.")
@@ -112,14 +135,83 @@ def refine_labels_by_superpixel(
             pooled = pooled_piece_probabilities(probs, pieces, superpixels if pool == "superpixel" else None, num)
         piece_class = pieces.piece_class.long()
         own_class_prob = pooled.gather(1, piece_class.unsqueeze(1)).squeeze(1)
-        piece_loss = -own_class_prob.clamp_min(eps).log()
-        unreliable = refinement_piece_mask(piece_loss, piece_class, pieces.piece_size, keep_ratio, per_sample)
+        loss = -own_class_prob.clamp_min(eps).log()
         predicted = pooled.argmax(dim=1)  # Eq. 7
-        flip = unreliable & (predicted != piece_class)
-        new_piece_class = torch.where(flip, predicted, piece_class)  # Eq. 8
-        new_labels = pieces_to_voxels(new_piece_class, pieces.ids).unsqueeze(1)
-        changed = pieces_to_voxels(flip, pieces.ids).unsqueeze(1)
+    return PieceScores(pieces, loss, piece_class, pieces.piece_size, predicted)
+
+
+def pooled_refinement_masks(
+    scores: Sequence[PieceScores], keep_ratio: float | Sequence[float] | torch.Tensor
+) -> list[torch.Tensor]:
+    """Eq. 6 with one budget over several cases: per noisy class, the largest-loss pieces of *all* of them holding
+    at most ``(1 - R_c) * sum_cases N_c`` voxels.
+
+    Args:
+        scores: :func:`piece_scores` of each case (batch size 1 each; any number of pieces).
+        keep_ratio: ``R_c`` per class ``(C,)`` (or a scalar).
+
+    Returns:
+        One bool ``(1, P_i)`` mask per case (True = unreliable piece), in the order given.
+    """
+    if not scores:
+        return []
+    if any(s.loss.shape[0] != 1 for s in scores):
+        raise ValueError("pooled refinement expects one case per PieceScores (batch size 1).")
+    device = scores[0].loss.device
+    loss = torch.cat([s.loss.reshape(1, -1).to(device) for s in scores], dim=1)
+    piece_class = torch.cat([s.piece_class.reshape(1, -1).to(device) for s in scores], dim=1)
+    piece_size = torch.cat([s.piece_size.reshape(1, -1).to(device) for s in scores], dim=1)
+    taken = refinement_piece_mask(loss, piece_class, piece_size, keep_ratio, per_sample=False)
+    return list(torch.split(taken, [s.loss.shape[1] for s in scores], dim=1))
+
+
+def apply_refinement(scores: PieceScores, unreliable: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 8: the unreliable pieces whose pooled prediction differs from their noisy class take the prediction.
+
+    Returns:
+        ``(new_labels, changed)``: int64 ``(B, 1, *S)`` and bool ``(B, 1, *S)``.
+    """
+    flip = unreliable & (scores.predicted != scores.piece_class)
+    new_piece_class = torch.where(flip, scores.predicted, scores.piece_class)
+    new_labels = pieces_to_voxels(new_piece_class, scores.pieces.ids).unsqueeze(1)
+    changed = pieces_to_voxels(flip, scores.pieces.ids).unsqueeze(1)
     return new_labels, changed
+
+
+def refine_labels_by_superpixel(
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    superpixels: torch.Tensor | None,
+    keep_ratio: float | Sequence[float] | torch.Tensor,
+    num_superpixels: int | torch.Tensor | None = None,
+    pool: str = "superpixel",
+    per_sample: bool = True,
+    eps: float = 1e-8,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eqs. 6-8 of SP-guided: relabel the least reliable pieces of each noisy class to the pooled prediction.
+
+    Args:
+        probs: mean of the two networks' softmax probabilities (eval mode), ``(B, C, *S)``.
+        labels: current noisy labels ``(B, 1, *S)`` in ``[0, C)``.
+        superpixels: ids ``(B, 1, *S)``; ``None`` = voxel-level ablation (each voxel a piece).
+        keep_ratio: current ``R_c`` per class ``(C,)``; at most ``(1 - R_c) N_c`` voxels of class c are relabelled.
+        num_superpixels: K, to avoid a host sync.
+        pool: ``"superpixel"`` (Eq. 7: pool over the whole superpixel) or ``"piece"``.
+        per_sample: budget per batch element (one case per element) or pooled over the batch (the authors' form
+            when the batch holds the whole training set; :func:`pooled_refinement_masks` for cases refined one at
+            a time).
+        eps: clamp inside the log.
+
+    Returns:
+        ``(new_labels, changed)``: int64 ``(B, 1, *S)`` and bool ``(B, 1, *S)`` (True where the label changed).
+
+    Raises:
+        ValueError: shape mismatch, unknown ``pool`` or ratios outside [0, 1].
+    """
+    with torch.no_grad():
+        scores = piece_scores(probs, labels, superpixels, num_superpixels, pool, eps)
+        unreliable = refinement_piece_mask(scores.loss, scores.piece_class, scores.piece_size, keep_ratio, per_sample)
+        return apply_refinement(scores, unreliable)
 
 
 def update_keep_ratio(

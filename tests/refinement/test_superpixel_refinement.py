@@ -153,3 +153,48 @@ def test_update_keep_ratio():
     )
     with pytest.raises(ValueError):
         update_keep_ratio([0.8], gamma=0.9)
+
+
+# ---------------------------------------------------------------- pooled budget over cases (authors' label_update)
+
+
+def _two_cases():
+    """Case A is corrupted (two foreground voxels the networks call background with confidence), case B is clean
+    (one foreground voxel the networks doubt, p_fg 0.45). 10 foreground + 6 background voxels each."""
+    from custom.refinement.superpixel_refinement import piece_scores
+
+    def case(p_fg_of_labelled_fg):
+        labels = torch.tensor([1] * 10 + [0] * 6).reshape(1, 1, 16, 1, 1)
+        p_fg = torch.tensor(list(p_fg_of_labelled_fg) + [0.01] * 6).reshape(1, 1, 16, 1, 1)
+        probs = torch.cat([1 - p_fg, p_fg], dim=1)
+        return labels, piece_scores(probs, labels, None)
+
+    corrupted = case([0.02, 0.05] + [0.95] * 8)
+    clean = case([0.45] + [0.95] * 9)
+    return corrupted, clean
+
+
+def test_pooled_budget_changes_only_the_corrupted_case():
+    from custom.refinement.superpixel_refinement import apply_refinement, pooled_refinement_masks
+
+    (labels_a, scores_a), (labels_b, scores_b) = _two_cases()
+    # R = 0.9: pooled budget (1 - 0.9) * 20 foreground voxels = 2, taken by A's two confident errors
+    mask_a, mask_b = pooled_refinement_masks([scores_a, scores_b], [0.9, 0.9])
+    new_a, changed_a = apply_refinement(scores_a, mask_a)
+    new_b, changed_b = apply_refinement(scores_b, mask_b)
+    assert changed_a.flatten().tolist() == [True, True] + [False] * 14
+    assert new_a.flatten()[:2].tolist() == [0, 0]
+    assert not changed_b.any() and torch.equal(new_b, labels_b)
+
+
+def test_per_case_budget_spends_every_case_quota():
+    from custom.refinement.superpixel_refinement import apply_refinement, refinement_piece_mask
+
+    (_, scores_a), (labels_b, scores_b) = _two_cases()
+    # per case: (1 - 0.9) * 10 = 1 voxel each; A flips its worst voxel, the clean case B loses a correct one
+    changed = []
+    for scores in (scores_a, scores_b):
+        mask = refinement_piece_mask(scores.loss, scores.piece_class, scores.piece_size, [0.9, 0.9], per_sample=True)
+        changed.append(apply_refinement(scores, mask)[1].flatten().tolist())
+    assert changed[0] == [True] + [False] * 15
+    assert changed[1] == [True] + [False] * 15
