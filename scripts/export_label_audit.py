@@ -8,8 +8,9 @@ and ``label_audit.csv`` ranking which annotations to re-check first (``custom.re
 Sources (``--source auto`` picks by the config):
 
 - ``alc``: configs with an EMA ``teacher`` (ALC, MTCL, mean teacher). The teacher's weights are read from
-  ``<run>/models/teacher.pt``; each case gets the sliding-window fused prediction over ``num_samples``
-  perturbations; the ranking score is the teacher's uncertainty.
+  ``<run>/models/extra/teacher.pt`` (``<run>/models/teacher.pt`` in runs written before that folder); each case
+  gets the sliding-window fused prediction over ``num_samples`` perturbations; the ranking score is the teacher's
+  uncertainty.
 - ``spguided``: configs with a ``label_stage`` (SP-guided and its voxel ablation). The refined labels the run
   wrote under ``<run>/refined_labels/round_<r>/`` (latest round); the score is the fraction of voxels changed.
 
@@ -99,7 +100,9 @@ def export(args: argparse.Namespace) -> Path:
 
     import torch
 
-    checkpoint = run_dir / "models" / "teacher.pt"
+    checkpoint = run_dir / "models" / "extra" / "teacher.pt"
+    if not checkpoint.is_file() and (run_dir / "models" / "teacher.pt").is_file():
+        checkpoint = run_dir / "models" / "teacher.pt"  # a run written before the models/extra/ layout
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint}: no teacher weights (train the run first; BundleWriter writes them)")
     device = torch.device(parser.get_parsed_content("device"))

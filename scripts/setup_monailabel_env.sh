@@ -1,23 +1,77 @@
 #!/usr/bin/env bash
 # Build the Python environment that serves trained noisyseg bundles with MONAI Label 0.8.5.
 #
-# Usage: scripts/setup_monailabel_env.sh [VENV_DIR]     (default: <repo>/.venv-monailabel)
+# Usage: scripts/setup_monailabel_env.sh [--print] [VENV_DIR]     (default: <repo>/.venv-monailabel)
+#   --print   print the torch build it picks and the packages it would install, then exit (installs nothing)
 #
 # MONAI Label pins its own torch/monai stack, so it gets a virtualenv of its own. Nothing from this
 # repository is installed into it: a served bundle must run from its own folder (its scripts/ carry the
 # network and inference code). Idempotent: an environment that already imports monailabel 0.8.5 and
-# monai 1.6.1 is left as it is. Environment variables: PYTHON (interpreter for the venv, default python3).
+# monai 1.6.1 is left as it is.
+#
+# The torch build follows the machine (docs/deploy.md):
+#   - a CUDA GPU (nvidia-smi lists one): torch 2.14.1 + torchvision 0.29.1, PyPI's CUDA builds (about 8 GB);
+#   - no CUDA, aarch64: torch 2.9.1 + torchvision 0.24.1, PyPI's aarch64 wheels, which are CPU builds;
+#   - no CUDA, x86_64: torch 2.13.0, the CPU build this project is tested with (the README's
+#     `pip install torch==2.13.0`; where pip only knows PyPI, whose Linux x86_64 torch is a CUDA build, set
+#     TORCH_INDEX_URL to PyTorch's CPU wheel index). Its torchvision release, 0.28.0, is on PyPI only as a CUDA
+#     build, which does not import beside a CPU torch ("operator torchvision::nms does not exist"); it is installed
+#     anyway (monai[torchvision], a dependency of monailabel, asks for a torchvision, and 0.28.0 pins torch 2.13.0,
+#     so pip keeps the CPU torch) and left unused: serving a bundle needs no torchvision (MONAI imports it
+#     optionally; the app's SAM2 tasks, which would, are off with `--conf sam2 false`). With TORCH_INDEX_URL set,
+#     both come from that index and torchvision imports.
+# Environment variables: PYTHON (interpreter for the venv, default python3); NOISYSEG_TORCH_BUILD=cpu|cuda to
+# override the detection; TORCH_INDEX_URL (a wheel index for torch and torchvision, e.g. PyTorch's CPU index).
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PRINT_ONLY=0
+if [ "${1:-}" = "--print" ]; then
+    PRINT_ONLY=1
+    shift
+fi
 VENV_DIR="${1:-${REPO_ROOT}/.venv-monailabel}"
 PYTHON="${PYTHON:-python3}"
 
-# torchvision must be the build made for the torch beside it (PyPI's newest torchvision does not import with
-# an older torch), and MONAI Label 0.8.5 needs pydicom < 3 and the DICOMweb/DIMSE clients of its time.
+has_cuda() {
+    command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q "^GPU "
+}
+
+BUILD="${NOISYSEG_TORCH_BUILD:-}"
+if [ -z "${BUILD}" ]; then
+    if has_cuda; then BUILD=cuda; else BUILD=cpu; fi
+fi
+ARCH="$(uname -m)"
+TORCHVISION_IMPORTS=1
+case "${BUILD}" in
+    cuda)
+        TORCH_PACKAGES=("torch==2.14.1" "torchvision==0.29.1")
+        WHY="CUDA GPU: PyPI's CUDA builds"
+        ;;
+    cpu)
+        if [ "${ARCH}" = "aarch64" ] || [ "${ARCH}" = "arm64" ]; then
+            TORCH_PACKAGES=("torch==2.9.1" "torchvision==0.24.1")
+            WHY="no CUDA, ${ARCH}: PyPI's CPU builds"
+        else
+            TORCH_PACKAGES=("torch==2.13.0" "torchvision==0.28.0")
+            if [ -n "${TORCH_INDEX_URL:-}" ]; then
+                WHY="no CUDA, ${ARCH}: CPU builds from ${TORCH_INDEX_URL}"
+            else
+                TORCHVISION_IMPORTS=0
+                WHY="no CUDA, ${ARCH}: torch 2.13.0 CPU build; torchvision 0.28.0 (a CUDA build, unused: it does not import)"
+            fi
+        fi
+        ;;
+    *)
+        echo "error: NOISYSEG_TORCH_BUILD must be cpu or cuda, got '${BUILD}'" >&2
+        exit 2
+        ;;
+esac
+
+# MONAI Label 0.8.5 needs pydicom < 3 and the DICOMweb/DIMSE clients of its time; the torch pins are repeated in
+# the second step so that no dependency can move torch to another build.
 PACKAGES=(
-    "torch==2.14.1"
-    "torchvision==0.29.1"
+    "${TORCH_PACKAGES[@]}"
     "monai==1.6.1"
     "monailabel==0.8.5"
     "pydicom<3"
@@ -27,11 +81,23 @@ PACKAGES=(
     "tqdm>=4.60"
 )
 
+if [ "${PRINT_ONLY}" = 1 ]; then
+    echo "torch build: ${BUILD} (${WHY})"
+    echo "venv: ${VENV_DIR}"
+    if [ -n "${TORCH_INDEX_URL:-}" ]; then echo "index for torch: ${TORCH_INDEX_URL}"; fi
+    echo "packages: ${PACKAGES[*]}"
+    exit 0
+fi
+
 ready() {
-    "${VENV_DIR}/bin/python" - <<'EOF' >/dev/null 2>&1
-import monai, monailabel, nibabel, torch, torchvision  # noqa: F401
+    "${VENV_DIR}/bin/python" - "${TORCHVISION_IMPORTS}" <<'EOF' >/dev/null 2>&1
+import sys
+
+import monai, monailabel, nibabel, torch  # noqa: F401
 assert monailabel.__version__.startswith("0.8.5"), monailabel.__version__
 assert monai.__version__.startswith("1.6.1"), monai.__version__
+if sys.argv[1] == "1":
+    import torchvision  # noqa: F401
 EOF
 }
 
@@ -40,9 +106,14 @@ if [ -x "${VENV_DIR}/bin/python" ] && ready; then
     exit 0
 fi
 
-echo "building the MONAI Label environment in ${VENV_DIR} (several minutes, about 8 GB)"
+echo "building the MONAI Label environment in ${VENV_DIR} (torch build: ${WHY}; several minutes)"
 "${PYTHON}" -m venv "${VENV_DIR}"
 "${VENV_DIR}/bin/python" -m pip install --quiet --upgrade pip
+if [ -n "${TORCH_INDEX_URL:-}" ]; then
+    "${VENV_DIR}/bin/python" -m pip install --quiet --index-url "${TORCH_INDEX_URL}" "${TORCH_PACKAGES[@]}"
+else
+    "${VENV_DIR}/bin/python" -m pip install --quiet "${TORCH_PACKAGES[@]}"
+fi
 "${VENV_DIR}/bin/python" -m pip install --quiet "${PACKAGES[@]}"
 
 if ! ready; then

@@ -2,7 +2,7 @@
 
 Why this exists: ALC's teacher samples with dropout active; whether its BatchNorm uses the running statistics
 (averaged from the student) or the statistics of the batch changes its predictions a lot in short schedules. This
-script measures it on a finished run (``models/model.pt`` and ``models/teacher.pt``)::
+script measures it on a finished run (``models/model.pt`` and ``models/extra/teacher.pt``)::
 
     python scripts/teacher_batch_norm_check.py --run runs/benchmark/mtcl_hq25/mean_teacher_s0 \\
         --config configs/alc_la.json configs/cpu_la.json --dataset-dir runs/benchmark/data/mtcl_hq25_seed0_ds2
@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", required=True, help="run folder with models/model.pt and models/teacher.pt")
+    parser.add_argument("--run", required=True, help="run folder with models/model.pt and models/extra/teacher.pt")
     parser.add_argument("--config", nargs="+", default=["configs/alc_la.json", "configs/cpu_la.json"])
     parser.add_argument("--dataset-dir", required=True)
     parser.add_argument("--cases", type=int, default=4, help="number of LQ training cases")
@@ -48,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     load = config.get_parsed_content("transforms::eval")
     student, teacher = config.get_parsed_content("network"), config.get_parsed_content("teacher")
     student.load_state_dict(torch.load(f"{args.run}/models/model.pt", map_location="cpu", weights_only=True))
-    teacher.load_state_dict(torch.load(f"{args.run}/models/teacher.pt", map_location="cpu", weights_only=True))
+    teacher_file = Path(args.run) / "models" / "extra" / "teacher.pt"
+    if not teacher_file.is_file():
+        teacher_file = Path(args.run) / "models" / "teacher.pt"  # a run written before the models/extra/ layout
+    teacher.load_state_dict(torch.load(teacher_file, map_location="cpu", weights_only=True))
     student.eval()
     roi = config["patch_size"]
 

@@ -16,8 +16,9 @@ few hundred iterations while the noise and bias still make single-voxel threshol
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ from custom.data.datalist import read_datalist_meta
 from custom.data.prepare import CaseSource, prepare_dataset
 from custom.io import DataError
 from custom.seeding import rng_for_case
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "SYNTHETIC_NAME",
@@ -165,6 +168,7 @@ def make_synthetic_dataset(
     noise_params: Mapping[str, Any] | None = None,
     seed: int = 0,
     overwrite: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> str:
     """Generate the synthetic demo set into ``out_dir`` (atomically) and return its datalist path.
 
@@ -181,6 +185,7 @@ def make_synthetic_dataset(
         noise_params: keyword arguments of the simulator.
         seed: everything (images, labels, splits, noise) is a function of it.
         overwrite: replace a non-empty ``out_dir``.
+        log: progress printer, one line per case (``None``: silent).
 
     Raises:
         ValueError: bad arguments. DataError: ``out_dir`` exists and is not empty.
@@ -207,9 +212,17 @@ def make_synthetic_dataset(
         sources, [], out_dir, num_classes=num_classes, labels=labels, noise=noise, noise_params=params,
         hq_fraction=hq_fraction, val_count=val_count, test_count=test_count, seed=seed, name=SYNTHETIC_NAME,
         description=f"synthetic LA-like demo set, {num_cases} cases of {shape} at {spacing} mm, C={num_classes}",
-        extra_meta={"synthetic": True, "shape": list(shape)}, overwrite=overwrite, log=None,
+        extra_meta={"synthetic": True, "shape": list(shape)}, overwrite=overwrite, log=log,
     )
     return str(path)
+
+
+def _progress(message: str) -> None:
+    """One progress line: through logging when a handler shows INFO (as in ``monai.bundle run``), else printed."""
+    if logger.isEnabledFor(logging.INFO) and logger.hasHandlers():
+        logger.info(message)
+    else:
+        print(message, flush=True)
 
 
 def ensure_dataset(dataset_dir: str | os.PathLike, datalist: str | os.PathLike | None = None,
@@ -218,7 +231,8 @@ def ensure_dataset(dataset_dir: str | os.PathLike, datalist: str | os.PathLike |
 
     * ``datalist`` (or ``dataset_dir/datalist.json``) exists: return it.
     * ``dataset_dir`` is missing or empty: generate the demo set there once (staged in a temporary folder and
-      renamed, so an interrupted generation leaves nothing; later calls reuse it) and return its datalist.
+      renamed, so an interrupted generation leaves nothing; later calls reuse it) and return its datalist. A line
+      announces the generation and one line per case shows its progress (logging at INFO, or printed).
     * ``dataset_dir`` holds files but no datalist: :class:`DataError`.
 
     Raises:
@@ -240,8 +254,9 @@ def ensure_dataset(dataset_dir: str | os.PathLike, datalist: str | os.PathLike |
             raise DataError(
                 dataset_dir, "folder holds files but no datalist.json; give the datalist path or use an empty folder"
             )
+        _progress(f"generating the synthetic demo dataset in {dataset_dir} (once; later runs reuse it)")
         try:
-            make_synthetic_dataset(dataset_dir, num_classes=num_classes, seed=seed)
+            make_synthetic_dataset(dataset_dir, num_classes=num_classes, seed=seed, log=_progress)
         except (OSError, DataError):
             if not default.is_file():  # another process may have finished the same generation first
                 raise

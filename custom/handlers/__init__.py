@@ -4,10 +4,12 @@ from custom.handlers.bundle_writer import BundleWriter, latest_checkpoint, plain
 from custom.handlers.label_quality import LabelQualityHandler, foreground_dice_per_sample
 from custom.handlers.run_stats import RunStatsHandler
 from custom.handlers.superpixel_stage import KeepRatioWarmup, LossGapHandler, SuperpixelRefinementStage
+from custom.handlers.tracking import ExecutedConfigArtifact
 from custom.handlers.validation_curve import ValidationCurveHandler
 
 __all__ = [
     "BundleWriter",
+    "ExecutedConfigArtifact",
     "LabelQualityHandler",
     "RunStatsHandler",
     "SegmentationReportHandler",

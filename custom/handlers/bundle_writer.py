@@ -1,16 +1,24 @@
 """Write a self-contained MONAI bundle from a training run (the model-zoo layout).
 
 ``output_dir/``: ``configs/metadata.json`` (schema-valid, with ``channel_def`` label names), ``configs/inference.json``
-(folder batch inference; the ids MONAI Label reads: ``network_def``, ``preprocessing``, ``inferer``,
-``postprocessing``), ``docs/README.md``, ``models/model.pt`` (a plain ``state_dict`` of exactly ``network_def``;
-extra networks such as a teacher or a peer in ``models/<name>.pt``) and ``scripts/`` (the network code and the
-folder-inference code, copied so that the bundle runs without this repository on the Python path).
+(folder batch inference; MONAI's inference properties ``bundle_root``, ``device``, ``dataset_dir``, ``dataset``,
+``evaluator``, ``network_def``, ``inferer``, ``preprocessing``, ``postprocessing``, ``handlers``, which are also the
+ids MONAI Label reads), ``configs/logging.conf``, ``docs/README.md`` (the model-zoo sections, with the run's measured
+validation figures), ``LICENSE``, ``models/model.pt`` (a plain ``state_dict`` of exactly ``network_def``; extra
+training-time networks such as a teacher or a peer in ``models/extra/<name>.pt``, out of the ``models/*.pt`` that
+MONAI Label offers as model files) and ``scripts/`` (the network code and the folder-inference code, copied so that
+the bundle runs without this repository on the Python path).
+
+``bundle_root`` is not written as a path: the config finds its bundle (see :data:`BUNDLE_ROOT_EXPRESSION`), so a
+copied or moved bundle loads its own ``models/model.pt``.
 """
 
 from __future__ import annotations
 
 import datetime
+import logging
 import shutil
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,9 +29,85 @@ from ignite.engine import Engine, Events
 
 from custom.io import atomic_output, write_json
 
-__all__ = ["BundleWriter", "write_bundle", "latest_checkpoint", "plain_state_dict"]
+__all__ = [
+    "BUNDLE_ROOT_EXPRESSION",
+    "BundleWriter",
+    "EXTRA_MODELS_DIR",
+    "latest_checkpoint",
+    "plain_state_dict",
+    "validation_summary",
+    "write_bundle",
+]
+
+logger = logging.getLogger(__name__)
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+# training-time networks besides models/model.pt: a subfolder, because MONAI Label offers every models/*.pt as a
+# selectable model file (and e.g. JCAS's transition matrices are no network at all)
+EXTRA_MODELS_DIR = "models/extra"
+_BUNDLE_ROOT_ERROR = (
+    "cannot tell which bundle this inference.json belongs to: it was not run through MONAI's ConfigWorkflow "
+    "(python -m monai.bundle run) from its configs/ folder, and the current directory is no bundle. "
+    "Pass --bundle_root <bundle folder>"
+)
+# The bundle folder, in this order: (1) --bundle_root / an override (replaces this expression); (2) the folder above
+# configs/ of the config file that MONAI's ConfigWorkflow (``monai.bundle run``, or the Python API) was given, read
+# from the workflow on the call stack; (3) model-zoo's "." convention: the current directory when it holds
+# configs/inference.json and models/; otherwise a ValueError that asks for --bundle_root. Never a path written at
+# training time, so a copied bundle cannot load the original folder's weights. No "@" and no word "import" in it:
+# MONAI would read them as a reference and as an import statement.
+BUNDLE_ROOT_EXPRESSION = (
+    "$(lambda root: root if root else (_ for _ in ()).throw(ValueError(" + repr(_BUNDLE_ROOT_ERROR) + ")))("
+    "next((os.path.dirname(os.path.abspath(str(w.config_root_path)))"
+    " for w in (f.f_locals.get('self') for f, _ in traceback.walk_stack(None))"
+    " if isinstance(w, monai.bundle.ConfigWorkflow)"
+    " and os.path.basename(os.path.abspath(str(w.config_root_path))) == 'configs'), None)"
+    " or (os.getcwd() if os.path.isfile(os.path.join('configs', 'inference.json')) and os.path.isdir('models')"
+    " else None))"
+)
+_LOGGING_CONF = """[loggers]
+keys=root
+
+[handlers]
+keys=consoleHandler
+
+[formatters]
+keys=fullFormatter
+
+[logger_root]
+level=INFO
+handlers=consoleHandler
+
+[handler_consoleHandler]
+class=StreamHandler
+level=INFO
+formatter=fullFormatter
+args=(sys.stdout,)
+
+[formatter_fullFormatter]
+format=%(asctime)s - %(name)s - %(levelname)s - %(message)s
+"""
+# bundle-name prefix -> (method page in the noisyseg docs, publications)
+_REFERENCES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "alc": ("docs/methods/alc.md", ()),
+    "mtcl": (
+        "docs/methods/mtcl.md",
+        (
+            "Xu et al., Anti-interference from noisy labels: Mean-Teacher-assisted Confident Learning for medical "
+            "image segmentation, IEEE TMI 2022",
+        ),
+    ),
+    "spguided": ("docs/methods/spguided.md", ()),
+    "coteaching": ("docs/methods/spguided.md", ("Han et al., Co-teaching, NeurIPS 2018",)),
+    "jocor": ("docs/methods/spguided.md", ("Wei et al., JoCoR, CVPR 2020",)),
+    "trinet": ("docs/methods/spguided.md", ("Zhang et al., tri-network, MICCAI 2020",)),
+    "jcas": ("docs/methods/jcas.md", ("Guo & Yuan, joint class-affinity segmentation, MICCAI 2022",)),
+    "supervised": ("docs/methods/supervised.md", ()),
+}
+_COMMON_REFERENCES = (
+    "Milletari et al., V-Net, 3DV 2016 (the V-Net backbone family)",
+    "Cardoso et al., MONAI: An open-source framework for deep learning in healthcare, arXiv:2211.02701, 2022",
+)
 # network class -> (module files under custom/ shipped in the bundle's scripts/, dotted target inside the bundle).
 # Shipped modules import each other relatively (``from .vnet import PaperVNet``) so they work in both places.
 _SHIPPED_NETWORKS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -78,7 +162,6 @@ def _inference_config(
     network_kwargs: Mapping[str, Any],
     spacing: Sequence[float],
     patch_size: Sequence[int],
-    bundle_root: str,
 ) -> dict[str, Any]:
     if network_class in _SHIPPED_NETWORKS:
         target = _SHIPPED_NETWORKS[network_class][1]
@@ -87,10 +170,17 @@ def _inference_config(
         network_def = {"_target_": network_class, **network_kwargs}
     spacing = [float(s) for s in spacing]
     return {
-        "imports": ["$import os", "$import sys", "$import glob", "$import torch", "$import monai"],
-        "bundle_root": bundle_root,
-        # make the bundle's own scripts/ importable wherever the bundle was copied to
-        "bundle_scripts": "$sys.path.insert(0, @bundle_root) if @bundle_root not in sys.path else None",
+        "imports": [
+            "$import os",
+            "$import sys",
+            "$import glob",
+            "$import traceback",
+            "$import torch",
+            "$import monai",
+        ],
+        "bundle_root": BUNDLE_ROOT_EXPRESSION,
+        # make the bundle's own scripts/ importable (first on the path) wherever the bundle was copied to
+        "bundle_scripts": "$sys.path.insert(0, @bundle_root) if sys.path[:1] != [@bundle_root] else None",
         "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
         "ckpt_path": "$@bundle_root + '/models/model.pt'",
         "dataset_dir": "$@bundle_root + '/input'",
@@ -134,6 +224,53 @@ def _inference_config(
                 {"_target_": "Lambda", "func": "$lambda d: {**d, **d.get('set_aside', {})}"},
             ],
         },
+        # MONAI's inference workflow: dataset -> evaluator (same preprocessing, inferer and postprocessing), the
+        # handlers load models/model.pt and write <case>_seg.nii.gz exactly as infer_folder does
+        "dataset": {
+            "_target_": "Dataset",
+            "data": {
+                "_target_": "scripts.folder_inference.nifti_datalist",
+                "input_dir": "@dataset_dir",
+                "output_dir": "@output_dir",
+                "_requires_": "@bundle_scripts",
+            },
+            "transform": "@preprocessing",
+        },
+        "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False,
+                       "num_workers": 0},
+        "handlers": [
+            {
+                "_target_": "CheckpointLoader",
+                "load_path": "@ckpt_path",
+                "load_dict": {"model": "@network"},
+                "map_location": "@device",
+            },
+            {
+                "_target_": "scripts.folder_inference.SegmentationWriter",
+                "output_dir": "@output_dir",
+                "_requires_": "@bundle_scripts",
+            },
+            {"_target_": "StatsHandler", "iteration_log": False, "output_transform": "$lambda x: None"},
+        ],
+        "evaluator": {
+            "_target_": "SupervisedEvaluator",
+            "device": "@device",
+            "val_data_loader": "@dataloader",
+            "network": "@network",
+            "inferer": "@inferer",
+            "postprocessing": "@postprocessing",
+            "val_handlers": "@handlers",
+            "amp": False,
+        },
+        # stops with the folder's name when it holds no NIfTI file (an empty dataset is allowed for check_properties)
+        "check_inputs": {
+            "_target_": "scripts.folder_inference.nifti_datalist",
+            "input_dir": "@dataset_dir",
+            "output_dir": "@output_dir",
+            "missing_ok": False,
+            "_requires_": "@bundle_scripts",
+        },
+        "run_evaluator": ["@check_inputs", "$@evaluator.run()"],
         "load_weights": "$@network.load_state_dict(torch.load(@ckpt_path, map_location=@device, weights_only=True))",
         # a component, not a "$__import__(...)" expression: MONAI 1.6.1 parses every expression that contains the
         # word "import" as an import statement before substituting references, and "@network" is no Python
@@ -148,6 +285,7 @@ def _inference_config(
             "postprocessing": "@postprocessing",
             "device": "@device",
         },
+        # the folder inference with a per-case report (a bad case is reported and skipped)
         "run": ["@infer_folder"],
         "inference": "@run",
     }
@@ -187,7 +325,7 @@ def _metadata(
         "label_classes": ", ".join(f"{i}: {n}" for i, n in channel_def.items()),
         "pred_classes": ", ".join(f"{i}: {n}" for i, n in channel_def.items()),
         "intended_use": "research only, not for clinical use",
-        "references": ["noisyseg docs/methods"],
+        "references": list(_references(bundle_name)),
         "network_data_format": {
             "inputs": {
                 "image": {
@@ -229,6 +367,88 @@ def _version(package: str) -> str:
         return "unknown"
 
 
+def _references(bundle_name: str) -> tuple[str, ...]:
+    """The method page and publications for a bundle name such as ``alc_la``, then MONAI and V-Net."""
+    for prefix, (page, papers) in _REFERENCES.items():
+        if bundle_name.startswith(prefix):
+            return (f"noisyseg {page}", *papers, *_COMMON_REFERENCES)
+    return ("noisyseg docs/methods", *_COMMON_REFERENCES)
+
+
+def validation_summary(validator: Any) -> dict[str, Any] | None:
+    """The measured validation figures of a MONAI evaluator after training, or ``None`` when it never ran.
+
+    Returns:
+        ``{"metric", "best", "best_epoch", "last", "last_epoch", "num_cases"}``: the key metric's name (e.g.
+        ``val_mean_dice``), its best value and the training epoch it was reached at (MONAI's
+        ``state.best_metric`` / ``best_metric_epoch``), the value and epoch of the last validation, and the number
+        of validation cases (``None`` when the loader does not tell).
+    """
+    state = getattr(validator, "state", None)
+    name = getattr(state, "key_metric_name", None)
+    if state is None or not name or int(getattr(state, "best_metric_epoch", -1)) < 0:
+        return None
+    last = (getattr(state, "metrics", None) or {}).get(name)
+    dataset = getattr(getattr(validator, "data_loader", None), "dataset", None)
+    try:
+        num_cases = len(dataset) if dataset is not None else None
+    except TypeError:
+        num_cases = None
+    return {
+        "metric": str(name),
+        "best": float(state.best_metric),
+        "best_epoch": int(state.best_metric_epoch),
+        "last": None if last is None else float(last),
+        "last_epoch": int(state.epoch),
+        "num_cases": num_cases,
+    }
+
+
+def _training_summary(engine: Engine) -> dict[str, Any]:
+    """What the trainer itself tells about the run: engine class, schedule, optimiser, batch sizes, AMP."""
+    state = engine.state
+    summary: dict[str, Any] = {
+        "trainer": type(engine).__name__,
+        "trained_epochs": int(state.epoch),
+        "trained_iterations": int(state.iteration),
+        "max_epochs": None if state.max_epochs is None else int(state.max_epochs),
+        "epoch_length": None if state.epoch_length is None else int(state.epoch_length),
+    }
+    optimizer = getattr(engine, "optimizer", None)
+    if isinstance(optimizer, torch.optim.Optimizer) and optimizer.param_groups:
+        group = optimizer.param_groups[0]
+        summary["optimizer"] = type(optimizer).__name__
+        summary["learning_rate"] = float(group.get("initial_lr", group.get("lr", float("nan"))))
+        for key in ("momentum", "weight_decay"):
+            if isinstance(group.get(key), (int, float)):
+                summary[key] = float(group[key])
+    loader = getattr(engine, "data_loader", None)
+    batch_sizes = {
+        name: int(sub.batch_size)
+        for name, sub in (("batch_size", loader), ("batch_hq", getattr(loader, "hq_loader", None)),
+                          ("batch_lq", getattr(loader, "lq_loader", None)))
+        if isinstance(getattr(sub, "batch_size", None), int)
+    }
+    summary.update(batch_sizes)
+    if isinstance(getattr(engine, "amp", None), bool):
+        summary["amp"] = engine.amp
+    return summary
+
+
+def _launch_command() -> str | None:
+    """The ``python -m monai.bundle ...`` command line of this process, when it was started that way."""
+    argv = list(sys.argv)
+    if not argv or not argv[0].replace("\\", "/").endswith("monai/bundle/__main__.py"):
+        return None
+    import shlex
+
+    return " ".join(["python", "-m", "monai.bundle", *(shlex.quote(a) for a in argv[1:])])
+
+
+def _fmt(value: Any, spec: str = ".4g") -> str:
+    return format(value, spec) if isinstance(value, float) else str(value)
+
+
 def _readme(
     bundle_name: str,
     method: str,
@@ -238,34 +458,124 @@ def _readme(
     spacing: Sequence[float],
     patch_size: Sequence[int],
     datalist: str | None,
+    validation: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
+    command: str | None = None,
 ) -> str:
+    kwargs_text = ", ".join(f"{k}={v!r}" for k, v in network_kwargs.items())
+    classes = ", ".join(f"{i} = {n}" for i, n in enumerate(class_names))
+    if validation:
+        cases = f" on {validation['num_cases']} validation cases" if validation.get("num_cases") is not None else ""
+        performance = (
+            f"Measured by this training run{cases} (`{validation['metric']}`: mean Dice over the foreground classes, "
+            "background excluded, on the validation split of the training datalist, sliding-window inference as "
+            "below):\n\n"
+            "| figure | value | epoch |\n|---|---|---|\n"
+            f"| best {validation['metric']} | {_fmt(validation['best'], '.4f')} | {validation['best_epoch']} |\n"
+            f"| last {validation['metric']} | {_fmt(validation['last'], '.4f')} | {validation['last_epoch']} |\n\n"
+            "`models/model.pt` holds the weights at the end of training (the last row), not necessarily those of "
+            "the best epoch. The same figures are in `configs/metadata.json` under `noisyseg.validation`."
+        )
+    else:
+        performance = (
+            "No validation ran during this training (empty validation split or no validation handler), so there is "
+            "no measured figure. Evaluate the bundle on labelled data with the evaluate command below."
+        )
+    rows = [("network", f"`{network_class}({kwargs_text})`"), ("patch size", str(list(patch_size))),
+            ("voxel spacing (mm)", str(list(spacing)))]
+    rows += [(k.replace("_", " "), _fmt(v)) for k, v in (training or {}).items() if v is not None]
+    training_table = "| setting | value |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
+    train_command = command or (
+        f"python -m monai.bundle run training --config_file configs/{bundle_name}.json "
+        "--dataset_dir <dataset folder> --output_dir <bundle folder>"
+    )
+    references = "\n".join(f"- {r}" for r in _references(bundle_name))
     return f"""# {bundle_name}
 
+## Model Overview
 {method}
 
-Trained with noisyseg. This folder is a self-contained MONAI bundle: the network code it needs is in `scripts/`.
+Trained with noisyseg (3D segmentation from noisy labels). This folder is a self-contained MONAI bundle: the network
+code it needs is in `scripts/`, so inference needs only `torch`, `monai`, `nibabel` and `tqdm`.
 
-## Network
-`{network_class}({', '.join(f'{k}={v!r}' for k, v in network_kwargs.items())})`:
-{_NETWORK_DESCRIPTIONS.get(network_class, '')}
+Network: {_NETWORK_DESCRIPTIONS.get(network_class, network_class)}
 
 ## Data
-Trained from `{datalist}`. Classes: {', '.join(f'{i} = {n}' for i, n in enumerate(class_names))}.
-Input: one-channel 3D image; the preprocessing reorients to RAS, resamples to {list(spacing)} mm and z-scores the
-intensities. Sliding-window inference with ROI {list(patch_size)}; the label is returned in the input's geometry.
-Research use only; the training data's licence applies to these weights.
+Trained from `{datalist}`. Classes: {classes}.
+Input: one-channel 3D image (NIfTI); the preprocessing reorients to RAS, resamples to {list(spacing)} mm and z-scores
+the intensities. Sliding-window inference with ROI {list(patch_size)}; the label is returned on the input's voxel
+grid (shape and affine). Research use only; the training data's licence applies to these weights.
 
-## Use
-Batch inference over a folder of NIfTI files (writes `<case>_seg.nii.gz` and `inference_report.csv`):
+## Training configuration
+{training_table}
+## Performance
+{performance}
+
+## MONAI Bundle Commands
+Inference over a folder of NIfTI files (writes `<case>_seg.nii.gz` and `inference_report.csv`; a bad case is
+reported and skipped). The config finds its bundle from the config file's path, so a copied or moved bundle uses
+its own `models/model.pt`:
 
     python -m monai.bundle run inference --config_file <this folder>/configs/inference.json \\
-        --bundle_root <this folder> --dataset_dir <input folder> --output_dir <output folder>
+        --dataset_dir <input folder> --output_dir <output folder>
 
-MONAI Label: copy this folder into the `model/` folder of a `monaibundle` app (see the project's docs/deploy.md).
+The same segmentations through MONAI's engines (`dataset` -> `evaluator`, stops at the first bad case):
 
-Files: `models/model.pt` is the `state_dict` of `network_def`; other `models/*.pt` are training-time networks
-(e.g. the EMA teacher) kept for reference.
+    python -m monai.bundle run run_evaluator --config_file <this folder>/configs/inference.json \\
+        --dataset_dir <input folder> --output_dir <output folder>
+
+Training (from the noisyseg repository; this bundle has no `train.json`):
+
+    {train_command}
+
+Evaluation on the labelled test split of a datalist (from the noisyseg repository, with the training's config files;
+per-case Dice, Jaccard, HD95 and ASD into `<bundle folder>/eval/`):
+
+    python -m monai.bundle run evaluating --config_file configs/{bundle_name}.json \\
+        --dataset_dir <dataset folder> --output_dir <this folder>
+
+TorchScript export and checks (these tools read the config without MONAI's workflow, so they need `--bundle_root`):
+
+    python -m monai.bundle ckpt_export network_def --filepath <this folder>/models/model.ts \\
+        --meta_file <this folder>/configs/metadata.json --config_file <this folder>/configs/inference.json \\
+        --ckpt_file <this folder>/models/model.pt --bundle_root <this folder>
+    python -m monai.bundle verify_net_in_out network_def --meta_file <this folder>/configs/metadata.json \\
+        --config_file <this folder>/configs/inference.json --bundle_root <this folder> --device cpu
+
+MONAI Label: copy this folder into the `model/` folder of a `monaibundle` app (see noisyseg's docs/deploy.md). It
+offers `models/model.pt` only; training-time networks (e.g. the EMA teacher, a peer, JCAS's transition matrices) are
+kept in `{EXTRA_MODELS_DIR}/` for reference.
+
+## References
+{references}
+
+## License
+The code in `scripts/` and this bundle are released under the Apache License 2.0 (`LICENSE`). The weights were
+trained on the data named above; that data's licence and terms of use also apply to them.
 """
+
+
+def _license_text() -> str:
+    """The project's Apache-2.0 LICENSE: the repository's file, else the installed distribution's copy."""
+    candidate = _PACKAGE_ROOT.parent / "LICENSE"
+    if candidate.is_file():
+        return candidate.read_text()
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        dist = distribution("noisyseg")
+        for rel in ("licenses/LICENSE", "LICENSE"):
+            text = dist.read_text(rel)
+            if text:
+                return text
+    except PackageNotFoundError:
+        pass
+    logger.warning("the project's LICENSE file was not found; the bundle gets a short Apache-2.0 notice")
+    return (
+        "Licensed under the Apache License, Version 2.0 (the \"License\"); you may not use these files except in\n"
+        "compliance with the License. You may obtain a copy of the License at\n\n"
+        "    http://www.apache.org/licenses/LICENSE-2.0\n"
+    )
 
 
 def write_bundle(
@@ -281,14 +591,44 @@ def write_bundle(
     extra_networks: Mapping[str, torch.nn.Module] | None = None,
     datalist: str | None = None,
     extra_metadata: Mapping[str, Any] | None = None,
+    validation: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
+    command: str | None = None,
 ) -> Path:
-    """Write (or refresh) the bundle under ``output_dir``; see the module docstring. Returns ``output_dir``."""
+    """Write (or refresh) the bundle under ``output_dir``; see the module docstring. Returns ``output_dir``.
+
+    Args:
+        output_dir: the bundle folder.
+        network: the network whose ``state_dict`` becomes ``models/model.pt``.
+        network_class: its class name (a network shipped in ``scripts/`` or an importable ``_target_``).
+        network_kwargs: its constructor arguments (``network_def``).
+        class_names: label names by class index (``channel_def``).
+        spacing: the training voxel size in mm.
+        patch_size: the training patch (the sliding-window ROI).
+        bundle_name: the bundle's name, e.g. ``alc_la``.
+        method: one-line description of the training method.
+        extra_networks: other training-time modules, written to ``models/extra/<name>.pt``.
+        datalist: the training datalist's path (documentation only).
+        extra_metadata: more entries for ``metadata.json``'s ``noisyseg`` section.
+        validation: the measured validation figures (:func:`validation_summary`) for the README's Performance
+            section and ``noisyseg.validation``.
+        training: the training settings for the README's Training configuration section.
+        command: the training command line, when known.
+
+    Raises:
+        ValueError: when ``class_names`` is empty.
+    """
+    if not class_names:
+        raise ValueError("class_names must name at least one class.")
     root = Path(output_dir).resolve()
     kwargs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in dict(network_kwargs).items()}
     _save_torch(plain_state_dict(network), root / "models" / "model.pt")
     for name, extra in (extra_networks or {}).items():
         if isinstance(extra, torch.nn.Module):
-            _save_torch(plain_state_dict(extra), root / "models" / f"{name}.pt")
+            _save_torch(plain_state_dict(extra), root / EXTRA_MODELS_DIR / f"{name}.pt")
+            stale = root / "models" / f"{name}.pt"  # the layout before models/extra/: MONAI Label would offer it
+            if stale.is_file():
+                stale.unlink()
     scripts = root / "scripts"
     scripts.mkdir(parents=True, exist_ok=True)
     with atomic_output(scripts / "__init__.py") as tmp:
@@ -299,22 +639,34 @@ def write_bundle(
     for src, dst in shipped.items():
         with atomic_output(scripts / dst) as tmp:
             shutil.copyfile(_PACKAGE_ROOT / src, tmp)
+    write_json(_inference_config(network_class, kwargs, spacing, patch_size), root / "configs" / "inference.json")
+    extra = dict(extra_metadata or {})
+    if validation:
+        extra["validation"] = dict(validation)
     write_json(
-        _inference_config(network_class, kwargs, spacing, patch_size, str(root)), root / "configs" / "inference.json"
-    )
-    write_json(
-        _metadata(bundle_name, method, network_class, kwargs, class_names, patch_size, spacing, extra_metadata),
+        _metadata(bundle_name, method, network_class, kwargs, class_names, patch_size, spacing, extra),
         root / "configs" / "metadata.json",
     )
+    with atomic_output(root / "configs" / "logging.conf") as tmp:
+        tmp.write_text(_LOGGING_CONF)
+    with atomic_output(root / "LICENSE") as tmp:
+        tmp.write_text(_license_text())
+    readme = _readme(
+        bundle_name, method, network_class, kwargs, class_names, spacing, patch_size, datalist, validation, training,
+        command,
+    )
     with atomic_output(root / "docs" / "README.md") as tmp:
-        tmp.write_text(_readme(bundle_name, method, network_class, kwargs, class_names, spacing, patch_size, datalist))
+        tmp.write_text(readme)
     return root
 
 
 class BundleWriter:
     """Ignite handler: write the bundle (see :func:`write_bundle`) when training completes.
 
-    Only rank 0 writes under DDP. Arguments are those of :func:`write_bundle`.
+    Only rank 0 writes under DDP. Arguments are those of :func:`write_bundle`, plus ``validator``: the training's
+    validation evaluator, whose best and last key metric (e.g. ``val_mean_dice``) go into the bundle's README
+    (Performance) and metadata; ``None`` or an evaluator that never ran leaves them out. The training settings
+    (schedule, optimiser, batch sizes) are read from the trainer itself.
     """
 
     def __init__(
@@ -330,7 +682,9 @@ class BundleWriter:
         method: str = "",
         extra_networks: Mapping[str, Any] | None = None,
         datalist: str | None = None,
+        validator: Any = None,
     ):
+        self.validator = validator
         self.kwargs = dict(
             output_dir=output_dir,
             network=network,
@@ -352,5 +706,12 @@ class BundleWriter:
         if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() > 0:
             return
         extra = {"trained_iterations": int(engine.state.iteration), "trained_epochs": int(engine.state.epoch)}
-        write_bundle(**self.kwargs, extra_metadata=extra)
+        validation = validation_summary(self.validator) if self.validator is not None else None
+        write_bundle(
+            **self.kwargs,
+            extra_metadata=extra,
+            validation=validation,
+            training=_training_summary(engine),
+            command=_launch_command(),
+        )
         engine.logger.info(f"bundle written to {Path(self.kwargs['output_dir']).resolve()}")

@@ -2,7 +2,7 @@
 
 This module is copied verbatim into trained bundles (``scripts/folder_inference.py``) and must
 run without the ``custom`` package: it imports only torch, numpy, nibabel, monai, tqdm and the
-standard library.
+standard library (:class:`SegmentationWriter` reaches ignite, MONAI's engine library, through MONAI).
 
 Each output ``<case><suffix>.nii.gz`` has exactly the input file's voxel grid (shape and
 affine; the header is copied) and holds integer labels. A case that fails (missing or corrupt
@@ -15,6 +15,10 @@ Example::
     pre, post = default_inference_transforms(pixdim=(0.625, 0.625, 0.625))
     inferer = monai.inferers.SlidingWindowInferer(roi_size=(112, 112, 80), overlap=0.5)
     rows = infer_folder(net, "images/", "segmentations/", pre, inferer, post, device="cuda")
+
+The same outputs through MONAI's engines: a ``Dataset`` over :func:`nifti_datalist` with the
+preprocessing, a ``SupervisedEvaluator`` with the postprocessing, and :class:`SegmentationWriter`
+among its handlers (what a bundle's ``evaluator`` does).
 """
 
 from __future__ import annotations
@@ -48,10 +52,12 @@ from tqdm import tqdm
 
 __all__ = [
     "REPORT_COLUMNS",
+    "SegmentationWriter",
     "SetAsideStrayKeysd",
     "default_inference_transforms",
     "infer_folder",
     "list_nifti_files",
+    "nifti_datalist",
 ]
 
 logger = logging.getLogger(__name__)
@@ -200,6 +206,50 @@ def list_nifti_files(input_dir_or_files: str | os.PathLike | Iterable[str | os.P
     return files
 
 
+def _input_files(
+    input_dir_or_files: str | os.PathLike | Iterable[str | os.PathLike],
+    output_dir: str | os.PathLike | None,
+    suffix: str,
+) -> list[Path]:
+    """:func:`list_nifti_files`, less earlier outputs (``*<suffix>.nii.gz``) when the input folder is ``output_dir``."""
+    files = list_nifti_files(input_dir_or_files)
+    if output_dir is None:
+        return files
+    if isinstance(input_dir_or_files, (str, os.PathLike)) and Path(input_dir_or_files).is_dir():
+        if Path(input_dir_or_files).resolve() == Path(output_dir).resolve():
+            files = [f for f in files if not f.name.endswith(f"{suffix}.nii.gz")]
+    return files
+
+
+def nifti_datalist(
+    input_dir: str | os.PathLike,
+    output_dir: str | os.PathLike | None = None,
+    image_key: str = "image",
+    suffix: str = "_seg",
+    missing_ok: bool = True,
+) -> list[dict[str, str]]:
+    """The images :func:`infer_folder` would segment, as ``[{image_key: path}, ...]`` for a MONAI ``Dataset``.
+
+    Args:
+        input_dir: a folder of NIfTI files (or one NIfTI path).
+        output_dir: where the label maps go; when it is ``input_dir``, earlier outputs are left out.
+        image_key: key of the image path in each record.
+        suffix: the output suffix (see :func:`infer_folder`).
+        missing_ok: return ``[]`` for a missing or empty folder instead of raising (so that a config can be
+            instantiated, e.g. by MONAI's ``check_properties``, before its ``dataset_dir`` exists).
+
+    Raises:
+        FileNotFoundError: for a missing or empty folder when ``missing_ok`` is False.
+    """
+    try:
+        files = _input_files(input_dir, output_dir, suffix)
+    except FileNotFoundError:
+        if missing_ok:
+            return []
+        raise
+    return [{image_key: str(f)} for f in files]
+
+
 @contextlib.contextmanager
 def _atomic_path(final: Path) -> Iterator[Path]:
     """A temporary name beside ``final`` (same suffix, so writers pick the same format), renamed on success."""
@@ -292,6 +342,11 @@ def _predict_case(
     data[pred_key] = pred[0].float()
     data = postprocessing(data)
     result = data[pred_key]
+    return _label_array(result), result
+
+
+def _label_array(result: Any) -> np.ndarray:
+    """The postprocessed prediction as a ``(H, W, D)`` array (a single channel is dropped)."""
     labels = result.detach().cpu().numpy() if isinstance(result, torch.Tensor) else np.asarray(result)
     if labels.ndim == 4:
         if labels.shape[0] != 1:
@@ -299,7 +354,7 @@ def _predict_case(
                 f"postprocessing left {labels.shape[0]} channels; expected a label map (add AsDiscreted(argmax=True))"
             )
         labels = labels[0]
-    return labels, result
+    return labels
 
 
 def _check_and_cast(labels: np.ndarray, result: Any, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
@@ -372,11 +427,8 @@ def infer_folder(
     Raises:
         FileNotFoundError: naming the folder when it does not exist or holds no NIfTI file.
     """
-    files = list_nifti_files(input_dir_or_files)
+    files = _input_files(input_dir_or_files, output_dir, suffix)
     output_dir = Path(output_dir)
-    if isinstance(input_dir_or_files, (str, os.PathLike)) and Path(input_dir_or_files).is_dir():
-        if Path(input_dir_or_files).resolve() == output_dir.resolve():
-            files = [f for f in files if not f.name.endswith(f"{suffix}.nii.gz")]
     output_dir.mkdir(parents=True, exist_ok=True)
     report_path = output_dir / report_name if report_name else None
     device = torch.device(device)
@@ -415,3 +467,69 @@ def infer_folder(
     n_ok = sum(r["status"] == "ok" for r in rows)
     logger.info(f"segmented {n_ok}/{len(rows)} images into {output_dir}")
     return rows
+
+
+class SegmentationWriter:
+    """Ignite handler: write the label maps of a MONAI evaluator exactly as :func:`infer_folder` does.
+
+    Attach it to a ``SupervisedEvaluator`` whose ``postprocessing`` ends with a label map on the input grid (the
+    bundle's ``postprocessing``: softmax, ``Invertd``, argmax). After every iteration each case's ``pred_key`` is
+    written to ``<output_dir>/<case><suffix>.nii.gz`` with the input file's header and affine (uint8, int16 when
+    labels exceed 255); the input file is the ``filename_or_obj`` of the image's metadata. Unlike
+    :func:`infer_folder`, a case that fails stops the run (the error names the file).
+
+    Args:
+        output_dir: where the label maps go (created when missing).
+        image_key: key of the image (a ``MetaTensor`` that remembers its file) in the batch or output.
+        pred_key: key of the postprocessed label map in the output.
+        suffix: appended to the case name.
+
+    Raises:
+        ValueError: at write time, when a case's source file is unknown or its label map does not match the input
+            geometry.
+    """
+
+    def __init__(
+        self, output_dir: str | os.PathLike, image_key: str = "image", pred_key: str = "pred", suffix: str = "_seg"
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.image_key = image_key
+        self.pred_key = pred_key
+        self.suffix = suffix
+        self.written: list[Path] = []
+
+    def attach(self, engine: Any) -> None:
+        """Run after every iteration of ``engine`` (an ignite ``Engine``)."""
+        from monai.utils import optional_import  # ignite, through MONAI: needed by MONAI's engines, not infer_folder
+
+        events, _ = optional_import("ignite.engine", name="Events")
+        engine.add_event_handler(events.ITERATION_COMPLETED, self)
+
+    def _source(self, output: Mapping[str, Any], batch: Any) -> Path:
+        for item in (output, batch):
+            image = item.get(self.image_key) if isinstance(item, Mapping) else None
+            meta = getattr(image, "meta", None) or {}
+            source = meta.get("filename_or_obj")
+            if isinstance(source, (list, tuple)) and len(source) == 1:
+                source = source[0]
+            if isinstance(source, (str, os.PathLike)) and str(source):
+                return Path(source)
+        raise ValueError(f"cannot tell which file {self.image_key!r} was loaded from (no filename_or_obj metadata)")
+
+    def __call__(self, engine: Any) -> None:
+        outputs, batches = engine.state.output, engine.state.batch
+        if isinstance(outputs, Mapping):
+            outputs, batches = [outputs], [batches]
+        for i, output in enumerate(outputs):
+            batch = batches[i] if isinstance(batches, Sequence) and i < len(batches) else None
+            path = self._source(output, batch)
+            try:
+                affine, shape, header = _input_geometry(path)
+                result = output[self.pred_key]
+                labels = _check_and_cast(_label_array(result), result, shape, affine)
+                target = self.output_dir / f"{_case_name(path) or path.name}{self.suffix}.nii.gz"
+                _write_labels(labels, affine, header, target)
+            except Exception as exc:
+                raise ValueError(f"{path}: {type(exc).__name__}: {exc}") from exc
+            self.written.append(target)
+            logger.info(f"wrote {target}")

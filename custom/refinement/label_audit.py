@@ -250,7 +250,7 @@ def export_alc_audit(
     checkpoint: str | Path | None = None,
     **kwargs: Any,
 ) -> Path:
-    """Load the teacher's weights (``checkpoint``, e.g. ``<run>/models/teacher.pt``) if given, then write the ALC
+    """Load the teacher's weights (``checkpoint``, e.g. ``<run>/models/extra/teacher.pt``) if given, then write the ALC
     audit (:func:`alc_audit_cases` keyword arguments pass through). Returns the CSV path."""
     if checkpoint is not None:
         device = next(iter(teacher.parameters())).device

@@ -136,6 +136,20 @@ def test_ensure_dataset_fills_an_empty_folder(tmp_path, monkeypatch):
     assert Path(ensure_dataset(folder)).is_file()
 
 
+def test_ensure_dataset_reports_progress_per_case(tmp_path, monkeypatch, capsys):
+    real = synthetic.make_synthetic_dataset
+    monkeypatch.setattr(synthetic, "make_synthetic_dataset", lambda out_dir, **kw: real(out_dir, **{**kw, **SMALL}))
+    monkeypatch.setattr(synthetic.logger, "hasHandlers", lambda: False)  # unconfigured logging: printed
+    folder = tmp_path / "demo"
+    ensure_dataset(folder)
+    lines = capsys.readouterr().out.splitlines()
+    assert "generating the synthetic demo dataset" in lines[0] and str(folder) in lines[0]
+    case_lines = [line for line in lines if line.lstrip().startswith("[") and "synth_" in line]
+    assert len(case_lines) == SMALL["num_cases"], lines
+    ensure_dataset(folder)  # cached: silent
+    assert capsys.readouterr().out == ""
+
+
 def test_ensure_dataset_returns_an_existing_datalist_untouched(tmp_path):
     datalist = tmp_path / "mine.json"
     datalist.write_text(json.dumps({"training": []}))

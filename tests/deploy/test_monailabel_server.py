@@ -105,7 +105,8 @@ def finetune_train_config(inference_config: dict[str, Any]) -> dict[str, Any]:
     ``bundle_root``, ``device``, ``train#trainer#max_epochs``, ``train#dataset#data``, ``train#handlers``."""
     keys = ["image", "label"]
     return {
-        "imports": ["$import sys", "$import torch", "$import monai"],
+        # the inference config's imports: its bundle_root expression (overridden by MONAI Label) needs them
+        "imports": list(inference_config["imports"]),
         "bundle_root": inference_config["bundle_root"],
         "bundle_scripts": inference_config["bundle_scripts"],
         "device": inference_config["device"],
