@@ -48,12 +48,14 @@ def setting_tables(name: str, setting: Mapping[str, Any], labels: Mapping[str, s
         )
     if setting.get("clean_plateau_delta") is not None:
         per_seed = ", ".join(
-            f"seed {c['seed']}: {c['change']:+.4f} (spread {_f(c['spread'], 4)})"
+            f"seed {c['seed']}: trend {c['trend']:+.4f}, first to last {c['change']:+.4f}, "
+            f"spread {_f(c['spread'], 4)}"
             for c in setting["clean_plateau_per_seed"]
         )
         lines.append(
-            f"- Plateau of the clean run (validation Dice, first to last round of the last 25% of iterations): "
-            f"largest |change| over seeds **{setting['clean_plateau_delta']:.4f}** ({per_seed})."
+            "- Plateau of the clean run (validation Dice over the last 25% of iterations; trend = rise of the "
+            f"least-squares line through those rounds): largest |trend| over seeds "
+            f"**{setting['clean_plateau_delta']:.4f}** ({per_seed})."
         )
     lines += [
         "",

@@ -14,7 +14,8 @@
 ``dice_mean`` is the mean over seeds of each run's mean test Dice, ``dice_std`` their sample std over seeds;
 ``diff_to_hl_sup`` / ``diff_to`` are paired per case and seed (:mod:`custom.benchmark.paired`);
 ``clean_plateau_delta`` is the largest, over the clean runs' seeds, absolute change of the validation Dice over the
-last 25% of the iterations (first to last validation round in that window; :func:`plateau_change`).
+last 25% of the iterations, read as the rise of the least-squares line through that window's validation rounds
+(:func:`plateau_change`, which also gives the first-to-last change and the max - min spread).
 """
 
 from __future__ import annotations
@@ -75,19 +76,37 @@ def read_case_dice(run_dir: str | Path) -> dict[str, float]:
         }
 
 
-def plateau_change(curve: Sequence[Mapping[str, float]], total_iterations: float, tail: float = PLATEAU_TAIL):
-    """Change of ``val_mean_dice`` from the first to the last validation round in the last ``tail`` of the run.
+def plateau_change(
+    curve: Sequence[Mapping[str, float]], total_iterations: float, tail: float = PLATEAU_TAIL
+) -> dict[str, float] | None:
+    """How much ``val_mean_dice`` changes over the last ``tail`` of the run, three ways.
 
-    Returns ``(change, spread)``: the signed change last - first, and the max - min spread in that window (both None
-    with fewer than two rounds there).
+    * ``trend`` (the protocol's plateau figure): the least-squares line through the validation rounds in the
+      window, its rise over the window's length (slope x ``tail * total_iterations``). It measures whether the
+      curve still climbs or falls, not the round-to-round jitter of a 4-case validation set;
+    * ``change``: last round minus first round of the window;
+    * ``spread``: max - min over the window's rounds.
+
+    Returns None with fewer than two rounds in the window.
     """
     start = (1 - tail) * total_iterations
-    window = [r for r in curve if r.get("iteration", -1) >= start - 1e-9 and r.get("val_mean_dice") is not None]
+    window = sorted(
+        ((r["iteration"], r["val_mean_dice"]) for r in curve
+         if r.get("iteration", -1) >= start - 1e-9 and r.get("val_mean_dice") is not None),
+    )
     if len(window) < 2:
-        return None, None
-    window.sort(key=lambda r: r["iteration"])
-    change = window[-1]["val_mean_dice"] - window[0]["val_mean_dice"]
-    return change, plateau_delta(curve, total_iterations, tail=tail)
+        return None
+    xs = [w[0] for w in window]
+    ys = [w[1] for w in window]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx > 0 else 0.0
+    return {
+        "trend": slope * tail * total_iterations,
+        "change": ys[-1] - ys[0],
+        "spread": plateau_delta(curve, total_iterations, tail=tail),
+        "rounds": len(window),
+    }
 
 
 def _label_quality(run_dir: Path) -> dict[str, Any]:
@@ -235,10 +254,11 @@ def build_results(
         changes = []
         for run in clean_runs:
             if run.get("iterations") and run.get("validation_curve"):
-                change, spread = plateau_change(run["validation_curve"], run["iterations"])
-                if change is not None:
-                    changes.append({"seed": run["seed"], "change": change, "spread": spread})
-        setting_out["clean_plateau_delta"] = max(abs(c["change"]) for c in changes) if changes else None
+                figures = plateau_change(run["validation_curve"], run["iterations"])
+                if figures is not None:
+                    changes.append({"seed": run["seed"], **figures})
+        # the largest |trend| over the clean runs' seeds: every seed must have reached its plateau
+        setting_out["clean_plateau_delta"] = max(abs(c["trend"]) for c in changes) if changes else None
         setting_out["clean_plateau_per_seed"] = sorted(changes, key=lambda c: c["seed"])
         gap = None
         if "clean" in methods_out and "hl_sup" in methods_out:

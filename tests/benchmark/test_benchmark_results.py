@@ -35,10 +35,13 @@ def _run(work: Path, setting: str, method: str, seed: int, dice: list[float], cu
 def test_plateau_change_uses_the_last_quarter_of_the_iterations():
     points = [(25, 0.5), (50, 0.7), (75, 0.80), (90, 0.83), (100, 0.81)]
     curve = [{"iteration": it, "val_mean_dice": v} for it, v in points]
-    # the window starts at iteration 75: first 0.80, last 0.81, spread 0.83 - 0.80
-    change, spread = plateau_change(curve, 100)
-    assert change == pytest.approx(0.01) and spread == pytest.approx(0.03)
-    assert plateau_change(curve[:3], 100) == (None, None)  # one round in the window: no figure
+    # the window starts at iteration 75: first 0.80, last 0.81, spread 0.83 - 0.80; least squares through
+    # (75, .80), (90, .83), (100, .81): mean x 88.33, mean y .81333, Sxy = .16667, Sxx = 316.67 -> slope
+    # 5.263e-4, rise over the window's 25 iterations 0.013158
+    figures = plateau_change(curve, 100)
+    assert figures["change"] == pytest.approx(0.01) and figures["spread"] == pytest.approx(0.03)
+    assert figures["trend"] == pytest.approx(0.013158, abs=1e-6) and figures["rounds"] == 3
+    assert plateau_change(curve[:3], 100) is None  # one round in the window: no figure
 
 
 @pytest.fixture
@@ -81,7 +84,7 @@ def test_build_results_from_run_folders(work):
     assert mt["noisy_label_dice"] is None and mt["refined_label_dice"] is None
     # MTCL pairs with HL-Sup on its one seed only
     assert st["methods"]["mtcl"]["diff_to_hl_sup"]["seeds"] == [0] and st["methods"]["mtcl"]["dice_std"] is None
-    # plateau: every clean seed changes 0.785 - 0.78 over the last 25%
+    # plateau: rounds (75, 0.78), (100, 0.785) in the last 25%: the line rises 0.005 over 25 iterations
     assert st["clean_plateau_delta"] == pytest.approx(0.005)
     assert [c["seed"] for c in st["clean_plateau_per_seed"]] == [0, 1, 2]
     assert clean["iteration_to_step_ratio"] == pytest.approx(1.1)
@@ -96,4 +99,4 @@ def test_report_tables_hold_the_numbers_of_the_document(work, tmp_path):
     assert "| HL-Sup | 0.6500 \u00b1 0.005 | 3 |" in text
     assert format_difference(results["settings"]["mtcl_hq25"]["methods"]["clean"]["diff_to_hl_sup"]) in text
     assert "+0.100 [+0.100, +0.100] better (4/4)" in text
-    assert "not resolved" in text and "largest |change| over seeds **0.0050**" in text
+    assert "not resolved" in text and "largest |trend| over seeds **0.0050**" in text
