@@ -12,14 +12,13 @@
 # The torch build follows the machine (docs/deploy.md):
 #   - a CUDA GPU (nvidia-smi lists one): torch 2.14.1 + torchvision 0.29.1, PyPI's CUDA builds (about 8 GB);
 #   - no CUDA, aarch64: torch 2.9.1 + torchvision 0.24.1, PyPI's aarch64 wheels, which are CPU builds;
-#   - no CUDA, x86_64: torch 2.13.0, the CPU build this project is tested with (the README's
-#     `pip install torch==2.13.0`; where pip only knows PyPI, whose Linux x86_64 torch is a CUDA build, set
-#     TORCH_INDEX_URL to PyTorch's CPU wheel index). Its torchvision release, 0.28.0, is on PyPI only as a CUDA
-#     build, which does not import beside a CPU torch ("operator torchvision::nms does not exist"); it is installed
-#     anyway (monai[torchvision], a dependency of monailabel, asks for a torchvision, and 0.28.0 pins torch 2.13.0,
-#     so pip keeps the CPU torch) and left unused: serving a bundle needs no torchvision (MONAI imports it
-#     optionally; the app's SAM2 tasks, which would, are off with `--conf sam2 false`). With TORCH_INDEX_URL set,
-#     both come from that index and torchvision imports.
+#   - no CUDA, x86_64, TORCH_INDEX_URL set (e.g. PyTorch's CPU wheel index): torch 2.13.0 + torchvision 0.28.0,
+#     the CPU builds from that index;
+#   - no CUDA, x86_64, no TORCH_INDEX_URL: the CUDA builds as on a GPU machine (they run on the CPU). There is no CPU
+#     torchvision for x86_64 on PyPI: PyPI's torchvision 0.28.0 (made for torch 2.13.0) is a CUDA build whose
+#     extension needs libtorch_cuda.so, so beside the CPU torch 2.13.0 it does not import ("operator
+#     torchvision::nms does not exist"), and MONAI Label needs it (monailabel.transform.post imports
+#     torchvision.utils when the monaibundle app starts; seen here: the server exits at start-up).
 # Environment variables: PYTHON (interpreter for the venv, default python3); NOISYSEG_TORCH_BUILD=cpu|cuda to
 # override the detection; TORCH_INDEX_URL (a wheel index for torch and torchvision, e.g. PyTorch's CPU index).
 set -euo pipefail
@@ -42,7 +41,6 @@ if [ -z "${BUILD}" ]; then
     if has_cuda; then BUILD=cuda; else BUILD=cpu; fi
 fi
 ARCH="$(uname -m)"
-TORCHVISION_IMPORTS=1
 case "${BUILD}" in
     cuda)
         TORCH_PACKAGES=("torch==2.14.1" "torchvision==0.29.1")
@@ -52,14 +50,14 @@ case "${BUILD}" in
         if [ "${ARCH}" = "aarch64" ] || [ "${ARCH}" = "arm64" ]; then
             TORCH_PACKAGES=("torch==2.9.1" "torchvision==0.24.1")
             WHY="no CUDA, ${ARCH}: PyPI's CPU builds"
-        else
+        elif [ -n "${TORCH_INDEX_URL:-}" ]; then
             TORCH_PACKAGES=("torch==2.13.0" "torchvision==0.28.0")
-            if [ -n "${TORCH_INDEX_URL:-}" ]; then
-                WHY="no CUDA, ${ARCH}: CPU builds from ${TORCH_INDEX_URL}"
-            else
-                TORCHVISION_IMPORTS=0
-                WHY="no CUDA, ${ARCH}: torch 2.13.0 CPU build; torchvision 0.28.0 (a CUDA build, unused: it does not import)"
-            fi
+            WHY="no CUDA, ${ARCH}: CPU builds from ${TORCH_INDEX_URL}"
+        else
+            BUILD=cuda
+            TORCH_PACKAGES=("torch==2.14.1" "torchvision==0.29.1")
+            WHY="no CUDA, ${ARCH}, no TORCH_INDEX_URL: PyPI has no CPU torchvision for ${ARCH}, so the CUDA builds"
+            WHY="${WHY} (about 8 GB; they run on the CPU). For CPU builds set TORCH_INDEX_URL to PyTorch's CPU index"
         fi
         ;;
     *)
@@ -90,14 +88,11 @@ if [ "${PRINT_ONLY}" = 1 ]; then
 fi
 
 ready() {
-    "${VENV_DIR}/bin/python" - "${TORCHVISION_IMPORTS}" <<'EOF' >/dev/null 2>&1
-import sys
-
-import monai, monailabel, nibabel, torch  # noqa: F401
+    # torchvision too: the monaibundle app imports it when the server starts
+    "${VENV_DIR}/bin/python" - <<'EOF' >/dev/null 2>&1
+import monai, monailabel, nibabel, torch, torchvision  # noqa: F401
 assert monailabel.__version__.startswith("0.8.5"), monailabel.__version__
 assert monai.__version__.startswith("1.6.1"), monai.__version__
-if sys.argv[1] == "1":
-    import torchvision  # noqa: F401
 EOF
 }
 

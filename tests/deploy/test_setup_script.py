@@ -42,10 +42,17 @@ def _print(tmp_path: Path, gpu: bool, arch: str = "x86_64", **env: str) -> str:
     return proc.stdout
 
 
-def test_cpu_x86_64_gets_the_cpu_torch(tmp_path):
-    out = _print(tmp_path, gpu=False)
+def test_cpu_x86_64_with_a_cpu_index_gets_the_cpu_torch(tmp_path):
+    out = _print(tmp_path, gpu=False, TORCH_INDEX_URL="https://example.invalid/whl/cpu")
     assert "torch build: cpu" in out and "torch==2.13.0 torchvision==0.28.0" in out
-    assert "torch==2.14.1" not in out
+    assert "index for torch: https://example.invalid/whl/cpu" in out
+
+
+def test_cpu_x86_64_without_an_index_says_why_it_takes_the_cuda_build(tmp_path):
+    # PyPI has no CPU torchvision for x86_64, and MONAI Label imports torchvision at start-up
+    out = _print(tmp_path, gpu=False)
+    assert "torch==2.14.1 torchvision==0.29.1" in out
+    assert "no CPU torchvision" in out and "TORCH_INDEX_URL" in out
 
 
 def test_cpu_aarch64_gets_pypi_cpu_wheels(tmp_path):
