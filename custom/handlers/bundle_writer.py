@@ -442,7 +442,12 @@ def _launch_command() -> str | None:
         return None
     import shlex
 
-    return " ".join(["python", "-m", "monai.bundle", *(shlex.quote(a) for a in argv[1:])])
+    def quote(arg: str) -> str:  # "['a.json','b.json']" reads better than shlex's '['"'"'a.json'"'"...
+        if shlex.quote(arg) != arg and not any(c in arg for c in '"$`\\!'):
+            return f'"{arg}"'
+        return shlex.quote(arg)
+
+    return " ".join(["python", "-m", "monai.bundle", *(quote(a) for a in argv[1:])])
 
 
 def _fmt(value: Any, spec: str = ".4g") -> str:
