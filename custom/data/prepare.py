@@ -6,10 +6,20 @@ and the synthetic demo set. The output folder holds::
     imagesTr/  labelsTr/ (clean)  labelsTr_noisy/ (LQ cases)  imagesTs/  labelsTs/
     datalist.json  noise_report.csv
 
-Order of work per training case: load, check, simulate noise at native resolution (LQ cases), then downsample
-image and labels by ``K`` (image: mean over K x K x K blocks; labels: majority vote over the same blocks, ties
-going to the higher class index, i.e. a binary block is foreground when at least half of it is). Trailing
-voxels that do not fill a whole block are cropped.
+Order of work per training case: load, check, simulate noise at native resolution (LQ cases; sizes in mm are
+converted with the native spacing), then downsample image and labels by ``K`` (image: mean over K x K x K blocks;
+labels: majority vote over the same blocks, ties going to the higher class index, i.e. a binary block is
+foreground when at least half of it is). Trailing voxels that do not fill a whole block are cropped.
+
+A noisy label that lost a class of its clean label (compared at the stored resolution, after pooling) is handled
+by ``on_empty`` (``--on-empty``): ``redraw`` (default; another draw of the same simulator, seeded by
+``(seed, case, attempt)``, at most ``max_attempts`` draws, then an error), ``keep`` (kept and counted) or
+``error``. ``noise_report.csv`` has one row per training case: ``case_id, quality, noise, params`` (JSON of the
+kept draw), ``noisy_dice`` (mean over the foreground classes), ``dice_<c>_<name>`` per foreground class (blank
+where the class is in neither map), ``lost_classes`` (JSON list, classes of the clean label missing from the kept
+noisy label), ``attempts`` (draws made; 0 for a clean label), ``rejected_draws`` (JSON, the draws that lost a
+class and why), ``size_mm`` / ``size_voxels`` (JSON, per axis: what the simulator applied, e.g. the MTCL box side;
+see :func:`custom.noise.applied_sizes`). The summary line states the Dice and the lost count per class.
 
 Everything is written into a hidden temporary folder beside the output and renamed at the end, so a failed or
 interrupted run leaves nothing half-written. NIfTI files are gzip-compressed with a zero timestamp and no file
@@ -23,6 +33,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -36,7 +47,20 @@ import numpy as np
 from custom.data.datalist import relative_path
 from custom.data.la_h5 import LA_LABELS, la_affine, read_h5_case, read_id_list
 from custom.io import DataError, load_nifti, save_nifti, write_csv, write_json
-from custom.noise import NOISE_NAMES, foreground_dice, noise_parameters, select_corrupted_cases, simulate_noise
+from custom.noise import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_ON_EMPTY,
+    NOISE_NAMES,
+    ON_EMPTY_MODES,
+    LostClassError,
+    applied_sizes,
+    check_on_empty,
+    class_dice,
+    foreground_dice,
+    noise_parameters,
+    select_corrupted_cases,
+    simulate_checked,
+)
 
 __all__ = [
     "AFFINE_TOLERANCE",
@@ -69,6 +93,7 @@ AFFINE_TOLERANCE = 1e-3
 DEFAULT_HQ_FRACTION = 0.25
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _REPORT_COLUMNS = ["case_id", "quality", "noise", "params", "noisy_dice"]
+_CHECK_COLUMNS = ["lost_classes", "attempts", "rejected_draws", "size_mm", "size_voxels"]
 
 # a loaded case: image (H, W, D) float, label (H, W, D) integer-valued, 4x4 affine, NIfTI header or None
 LoadedCase = tuple[np.ndarray, np.ndarray, np.ndarray, Any]
@@ -372,6 +397,62 @@ def _describe_params(params: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in params.items() if k != "noise" and not isinstance(v, (list, dict)))
 
 
+def _dice_columns(labels: Mapping[str, str], num_classes: int) -> list[str]:
+    # one column per foreground class, named by index and a file-name-safe form of the class name
+    columns = []
+    for c in range(1, num_classes):
+        slug = re.sub(r"[^0-9A-Za-z]+", "_", str(labels.get(str(c), ""))).strip("_")
+        columns.append(f"dice_{c}_{slug}" if slug else f"dice_{c}")
+    return columns
+
+
+def _sizes_text(size_mm: Any, size_voxels: Any) -> str:
+    # short per-case form for the progress line, e.g. "size=[3.125, 3.125, 3.125] mm = [5, 5, 5] vox"
+    if size_voxels is None:
+        return ""
+    return f"size={size_mm} mm = {size_voxels} vox" if size_mm is not None else f"size={size_voxels} vox"
+
+
+def _class_summary(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], labels: Mapping[str, str]) -> dict:
+    """Per foreground class over the LQ rows: mean Dice (where the class is in either map), lost and redrawn
+    counts. Keys are the class indices as strings."""
+    lq = [row for row in rows if row["quality"] == "lq"]
+    summary = {}
+    for c, column in enumerate(columns, start=1):
+        values = [float(row[column]) for row in lq if row[column] != ""]
+        summary[str(c)] = {
+            "name": str(labels.get(str(c), f"class_{c}")),
+            "mean_noisy_dice_lq": round(float(np.mean(values)), 6) if values else None,
+            "lq_cases_lost": sum(c in row["_lost"] for row in lq),
+            "lq_cases_redrawn": sum(any(c in r["lost"] for r in row["_rejected"]) for row in lq),
+        }
+    return summary
+
+
+def _per_class_text(noise_check: Mapping[str, Any]) -> str:
+    # "per class (LQ noisy-vs-clean Dice, LQ cases that lost the class): heart 0.8123, lost 0; vessel 0.6012, lost 1"
+    parts = []
+    for info in noise_check["per_class"].values():
+        dice = "n/a" if info["mean_noisy_dice_lq"] is None else f"{info['mean_noisy_dice_lq']:.4f}"
+        parts.append(f"{info['name']} {dice}, lost {info['lq_cases_lost']}")
+    return "per class (LQ noisy-vs-clean Dice, LQ cases that lost the class): " + "; ".join(parts)
+
+
+def _on_empty_text(noise_check: Mapping[str, Any], lq_cases: int) -> str:
+    redrawn, kept = noise_check["redrawn_cases"], noise_check["cases_with_lost_class"]
+    text = (
+        f"lost-class check (--on-empty {noise_check['on_empty']}): {len(redrawn)} of {lq_cases} LQ cases redrawn "
+        f"({noise_check['rejected_draws']} draws rejected), {len(kept)} kept with a lost class"
+    )
+    per_class = noise_check["per_class"].values()
+    details = [f"{i['name']}: {i['lq_cases_redrawn']} redrawn" for i in per_class if i["lq_cases_redrawn"]]
+    if details:
+        text += " (" + ", ".join(details) + ")"
+    if kept:
+        text += f"; kept: {', '.join(kept)}"
+    return text
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # the pipeline
 
@@ -392,6 +473,8 @@ def prepare_dataset(
     test_count: int = 0,
     seed: int = 0,
     downsample: int = 1,
+    on_empty: str = DEFAULT_ON_EMPTY,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     name: str = "",
     description: str = "",
     extra_meta: Mapping[str, Any] | None = None,
@@ -412,7 +495,12 @@ def prepare_dataset(
             label but stay LQ. ``None`` corrupts every LQ case.
         hq_fraction, hq_count, val_count, test_count, seed: see :func:`assign_splits`.
         downsample: block size K of the image mean / label majority pooling (1 = native resolution).
-        name, description, extra_meta: stored in the datalist.
+        on_empty: what to do with a noisy label that lost a class of the clean label (compared after pooling):
+            ``"redraw"`` (draw again, deterministic per ``(seed, case, attempt)``), ``"keep"`` (keep, count and
+            report it) or ``"error"`` (stop with a :class:`DataError` naming the case and class).
+        max_attempts: draws allowed per case with ``"redraw"`` before the :class:`DataError`.
+        name, description, extra_meta: stored in the datalist (which also gets ``noise_check``: the policy and,
+            per class, the LQ mean Dice and the numbers of LQ cases that lost the class / were redrawn for it).
         overwrite: replace an existing non-empty output folder.
         log: progress printer (one line per case); ``None`` is silent.
 
@@ -420,10 +508,12 @@ def prepare_dataset(
         The datalist path.
 
     Raises:
-        DataError: bad input data (naming the file) or an unknown noise name (checked before any work).
+        DataError: bad input data (naming the file), an unknown noise name (checked before any work), or a
+            noisy label that lost a class when ``on_empty`` forbids it (or every redraw lost one).
         ValueError: bad options.
     """
     check_noise(noise, noise_params)
+    check_on_empty(on_empty, max_attempts)
     check_split_options(
         hq_fraction=hq_fraction,
         hq_count=hq_count,
@@ -473,6 +563,8 @@ def prepare_dataset(
 
     entries: dict[str, list[dict[str, Any]]] = {"training": [], "validation": [], "test": []}
     report: list[dict[str, Any]] = []
+    class_names = {int(k): str(v) for k, v in labels.items()}
+    dice_columns = _dice_columns(labels, num_classes)
     spacings: list[tuple[float, float, float]] = []
     with staged_directory(data_dir, overwrite=overwrite) as stage:
         for index, source in enumerate(ordered, start=1):
@@ -482,23 +574,43 @@ def prepare_dataset(
             native_spacing = voxel_spacing(affine)
             noisy = None
             noise_used, params_used = "none", {}
+            check = {"lost": [], "attempts": 0, "rejected": [], "size_mm": None, "size_voxels": None}
             if group == "lq":
                 noisy = clean
                 if case_id in corrupted:
                     try:
-                        result = simulate_noise(
+                        checked = simulate_checked(
                             noise,
                             clean,
                             seed=seed,
                             case_id=case_id,
+                            on_empty=on_empty,
+                            max_attempts=max_attempts,
+                            # the label that is kept is the pooled one: a class must survive the pooling too
+                            view=lambda array: downsample_label(array, downsample, num_classes),
+                            class_names=class_names,
                             num_classes=num_classes,
                             spacing=native_spacing,
                             **noise_params,
                         )
+                    except LostClassError as exc:
+                        raise DataError(source.label_origin, f"{exc} (--on-empty {on_empty})") from exc
                     except (TypeError, ValueError) as exc:
                         raise DataError(source.label_origin, f"noise {noise!r} failed: {exc}") from exc
+                    result = checked.result
                     noisy = check_label_values(result.noisy, num_classes, f"{source.label_origin} ({noise} noise)")
                     noise_used, params_used = noise, _builtin(dict(result.params))
+                    size_mm, size_voxels = applied_sizes(result.params, native_spacing)
+                    check = {
+                        "lost": checked.lost,
+                        "attempts": checked.attempts,
+                        "rejected": _builtin(checked.rejected),
+                        "size_mm": _builtin(size_mm),
+                        "size_voxels": _builtin(size_voxels),
+                    }
+                    if checked.lost:
+                        names = ", ".join(class_names.get(c, str(c)) for c in checked.lost)
+                        say(f"warning: {case_id}: the noisy label lost {names} (kept: --on-empty keep)")
 
             image = downsample_image(image, downsample)
             clean = downsample_label(clean, downsample, num_classes)
@@ -516,14 +628,17 @@ def prepare_dataset(
             if group in ("hq", "lq"):
                 spacings.append(voxel_spacing(out_affine))
                 dice = 1.0
+                stored_noisy = clean
                 if noisy is not None:
                     noisy = downsample_label(noisy, downsample, num_classes)
                     noisy_rel = f"labelsTr_noisy/{case_id}.nii.gz"
                     save_nifti(noisy, out_affine, stage / noisy_rel, header=header, dtype=noisy.dtype)
                     item["label"] = final(noisy_rel)
                     dice = float(foreground_dice(noisy, clean, num_classes))
+                    stored_noisy = noisy
                 item.update({"quality": group, "noisy_dice": round(dice, 6)})
                 entries["training"].append(item)
+                per_class = class_dice(stored_noisy, clean, num_classes)
                 report.append(
                     {
                         "case_id": case_id,
@@ -531,9 +646,27 @@ def prepare_dataset(
                         "noise": noise_used,
                         "params": json.dumps(params_used, sort_keys=True),
                         "noisy_dice": f"{dice:.6f}",
+                        **{col: "" if d is None else f"{d:.6f}" for col, d in zip(dice_columns, per_class)},
+                        "lost_classes": json.dumps(check["lost"]),
+                        "attempts": check["attempts"],
+                        "rejected_draws": json.dumps(check["rejected"], sort_keys=True),
+                        "size_mm": "" if check["size_mm"] is None else json.dumps(check["size_mm"]),
+                        "size_voxels": "" if check["size_voxels"] is None else json.dumps(check["size_voxels"]),
+                        "_lost": check["lost"],
+                        "_rejected": check["rejected"],
                     }
                 )
-                parts = (group, noise_used, _describe_params(params_used), f"noisy_dice={dice:.3f}")
+                redrawn = f"redrawn: draw {check['attempts']} kept" if check["rejected"] else ""
+                lost = f"LOST {check['lost']}" if check["lost"] else ""
+                parts = (
+                    group,
+                    noise_used,
+                    _describe_params(params_used),
+                    _sizes_text(check["size_mm"], check["size_voxels"]),
+                    redrawn,
+                    lost,
+                    f"noisy_dice={dice:.3f}",
+                )
                 status = "  ".join(part for part in parts if part)
             else:
                 entries["validation" if group == "validation" else "test"].append(item)
@@ -541,6 +674,15 @@ def prepare_dataset(
 
         lq_dice = [row["noisy_dice"] for row in entries["training"] if row["quality"] == "lq"]
         mean_lq = round(float(np.mean(lq_dice)), 6) if lq_dice else None
+        per_class_summary = _class_summary(report, dice_columns, labels)
+        noise_check = {
+            "on_empty": on_empty,
+            "max_attempts": int(max_attempts),
+            "per_class": per_class_summary,
+            "redrawn_cases": [row["case_id"] for row in report if row["_rejected"]],
+            "rejected_draws": sum(len(row["_rejected"]) for row in report),
+            "cases_with_lost_class": [row["case_id"] for row in report if row["_lost"]],
+        }
         datalist = {
             "name": name,
             "description": description,
@@ -551,10 +693,12 @@ def prepare_dataset(
             "downsample": downsample,
             "noise": {"name": noise, "params": _builtin(noise_params), "alpha": alpha},
             "mean_noisy_dice_lq": mean_lq,
+            "noise_check": noise_check,
             **_builtin(dict(extra_meta or {})),
             **entries,
         }
-        write_csv(report, stage / "noise_report.csv", fieldnames=_REPORT_COLUMNS)
+        rows = [{k: v for k, v in row.items() if not k.startswith("_")} for row in report]
+        write_csv(rows, stage / "noise_report.csv", fieldnames=[*_REPORT_COLUMNS, *dice_columns, *_CHECK_COLUMNS])
         inside = datalist_path.parent == data_dir
         if inside:
             write_json(datalist, stage / datalist_path.name)
@@ -567,7 +711,8 @@ def prepare_dataset(
     if mean_lq is None:
         say(f"{summary}; no LQ cases")
     else:
-        say(f"{summary}; mean noisy Dice on the {len(lq_dice)} LQ cases: {mean_lq:.4f}")
+        say(f"{summary}; mean noisy Dice on the {len(lq_dice)} LQ cases: {mean_lq:.4f}; {_per_class_text(noise_check)}")
+        say(_on_empty_text(noise_check, len(lq_dice)))
     say(f"datalist: {datalist_path}")
     return datalist_path
 
@@ -891,7 +1036,26 @@ def _parser(kind: str) -> argparse.ArgumentParser:
         )
     parser.add_argument("--noise", default="mtcl", help=f"noise simulator, one of {sorted(NOISE_NAMES)}")
     parser.add_argument(
-        "--param", action="append", default=[], metavar="KEY=VALUE", help="noise parameter (repeatable; JSON values)"
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="noise parameter (repeatable; JSON values); sizes are in mm, e.g. r_max_mm=6 for mtcl (r_min/r_max "
+        "give them in voxels instead); see docs/noise.md",
+    )
+    parser.add_argument(
+        "--on-empty",
+        choices=ON_EMPTY_MODES,
+        default=DEFAULT_ON_EMPTY,
+        help="a noisy label that lost a class of the clean label (or ended empty): redraw (default; another draw "
+        "of the same simulator, seeded by seed, case and attempt), keep (kept, counted in the report) or error",
+    )
+    parser.add_argument(
+        "--redraw-attempts",
+        type=int,
+        default=DEFAULT_MAX_ATTEMPTS,
+        metavar="N",
+        help=f"draws allowed per case with --on-empty redraw before an error (default {DEFAULT_MAX_ATTEMPTS})",
     )
     parser.add_argument("--alpha", type=float, default=None, help="fraction of LQ cases to corrupt (default: all)")
     hq = parser.add_mutually_exclusive_group()
@@ -919,6 +1083,7 @@ def _run(kind: str, argv: Sequence[str] | None) -> int:
             alpha=args.alpha,
             downsample=args.downsample,
         )
+        check_on_empty(args.on_empty, args.redraw_attempts)
     except ValueError as exc:
         parser.error(str(exc))  # exit code 2
     options = dict(
@@ -930,6 +1095,8 @@ def _run(kind: str, argv: Sequence[str] | None) -> int:
         val_count=args.val_count,
         seed=args.seed,
         downsample=args.downsample,
+        on_empty=args.on_empty,
+        max_attempts=args.redraw_attempts,
         overwrite=args.overwrite,
     )
     log = lambda message: print(message, flush=True)  # noqa: E731

@@ -100,14 +100,16 @@ def affine_to_mismatch(
         angle_deg: rotation angle in degrees.
         axis: rotation axis, non-zero 3-vector.
         direction: translation direction, non-zero 3-vector.
-        spacing: voxel size per axis (rotation and shift are done in physical space).
+        spacing: voxel size per axis in mm (rotation and shift are done in physical space; ``None``: unit voxels).
         tolerance: stop the search once ``|mismatch - beta| <= tolerance``.
         max_iterations: bisection steps.
         max_halvings: angle halvings before the rotation is dropped.
 
     Returns:
         ``(noisy, info)`` with ``info`` = ``angle_deg`` (used), ``angle_halvings``, ``axis``, ``direction``
-        (unit vectors), ``shift`` (physical units) and the achieved ``mismatch``; all JSON-serialisable.
+        (unit vectors), ``shift`` (length; mm with a ``spacing``, voxels without, as ``shift_unit`` says),
+        ``shift_vector`` (the translation per array axis, same unit), ``shift_voxels`` (the translation per
+        axis in voxels of that axis) and the achieved ``mismatch``; all JSON-serialisable.
 
     Raises:
         ValueError: bad ``beta``, vectors, ``spacing`` or an invalid label map.
@@ -126,6 +128,9 @@ def affine_to_mismatch(
         "axis": [round(float(v), 6) for v in unit_axis],
         "direction": [round(float(v), 6) for v in unit_direction],
         "shift": 0.0,
+        "shift_unit": "mm" if spacing is not None else "voxel",
+        "shift_vector": [0.0, 0.0, 0.0],
+        "shift_voxels": [0.0, 0.0, 0.0],
         "mismatch": 0.0,
     }
     foreground_index = np.argwhere(labels > 0)
@@ -168,5 +173,8 @@ def affine_to_mismatch(
                 high = middle
     _, shift, mismatch, noisy = best
     info["shift"] = round(float(shift), 6)
+    # the translation per array axis: physical units, and voxels of that axis
+    info["shift_vector"] = [round(float(v), 6) for v in shift * unit_direction]
+    info["shift_voxels"] = [round(float(v), 6) for v in shift * unit_direction / voxel_size]
     info["mismatch"] = float(mismatch)
     return noisy.astype(np.asarray(label).dtype, copy=False), info

@@ -35,16 +35,25 @@ def _check_op(op: str) -> str:
     return op
 
 
-def cube_morphology(label: np.ndarray, size: int, op: str) -> np.ndarray:
-    """Dilate or erode every foreground class once with a ``size x size x size`` cube (MTCL noise).
+def _box_sides(size: int | Sequence[int]) -> tuple[int, int, int]:
+    values = [size] * 3 if np.ndim(size) == 0 else list(size)
+    if len(values) != 3 or any(isinstance(v, bool) or int(v) != v or v < 1 for v in values):
+        raise ValueError(f"size must be an integer >= 1 or 3 integers >= 1 (one per axis), got {size!r}.")
+    return tuple(int(v) for v in values)  # type: ignore[return-value]
 
-    A cube of odd side ``size`` moves the boundary by ``(size - 1) / 2`` voxels; an even side moves it by
-    ``size / 2`` on one side and ``size / 2 - 1`` on the other (the cube has no centre voxel). ``size = 1`` is
-    the identity. Erosion may remove a structure thinner than the cube (as in the MTCL reference).
+
+def cube_morphology(label: np.ndarray, size: int | Sequence[int], op: str) -> np.ndarray:
+    """Dilate or erode every foreground class once with a box of ``size`` voxels per axis (MTCL noise).
+
+    ``size`` is a cube side (one int, the MTCL reference) or one side per axis (a physical cube on an anisotropic
+    grid, see :mod:`custom.noise.units`). A box of odd side ``n`` moves the boundary by ``(n - 1) / 2`` voxels on
+    that axis; an even side moves it by ``n / 2`` on one side and ``n / 2 - 1`` on the other (the box has no centre
+    voxel). Side 1 on every axis is the identity. Erosion may remove a structure thinner than the box (as in the
+    MTCL reference).
 
     Args:
         label: class-index map, shape ``(H, W, D)``.
-        size: cube side in voxels, >= 1.
+        size: box side in voxels, an int >= 1 or 3 ints >= 1 (one per axis).
         op: ``"dilate"`` or ``"erode"``.
 
     Returns:
@@ -55,11 +64,10 @@ def cube_morphology(label: np.ndarray, size: int, op: str) -> np.ndarray:
     """
     labels = as_label_array(label)
     _check_op(op)
-    if isinstance(size, bool) or int(size) != size or size < 1:
-        raise ValueError(f"size must be an integer >= 1, got {size!r}.")
-    size = int(size)
+    sides = _box_sides(size)
+    size = sides[0] if len(set(sides)) == 1 else sides
     foreground = labels > 0
-    if size == 1 or not foreground.any():
+    if sides == (1, 1, 1) or not foreground.any():
         return np.array(label, copy=True)
     if op == "erode":
         # a voxel survives iff the whole cube around it carries its class: min == max over the cube;
@@ -76,7 +84,8 @@ def cube_morphology(label: np.ndarray, size: int, op: str) -> np.ndarray:
         if len(classes) == 1:
             noisy[new_voxels] = classes[0]
         else:
-            # each new voxel takes the class of its nearest clean foreground voxel (chessboard = cube metric)
+            # each new voxel takes the class of its nearest clean foreground voxel (chessboard = cube metric, in
+            # voxel steps also for a box of unequal sides)
             _, nearest = ndimage.distance_transform_cdt(~foreground, metric="chessboard", return_indices=True)
             noisy[new_voxels] = labels[tuple(index[new_voxels] for index in nearest)]
     return noisy.astype(np.asarray(label).dtype, copy=False)
@@ -130,11 +139,13 @@ def volume_targeted_morphology(
         beta: relative volume change, >= 0 (erosion can remove at most the whole class but its core).
         op: ``"dilate"`` or ``"erode"``.
         step: ``"euclidean"``, ``"cross"`` (6-neighbour) or ``"cube"`` (26-neighbour).
-        spacing: voxel size per axis (only used by ``"euclidean"``).
+        spacing: voxel size per axis in mm (only used by ``"euclidean"``; ``None``: unit voxels).
 
     Returns:
         ``(noisy, info)``: the noisy map (same shape and dtype as ``label``) and a JSON-serialisable dict with
-        per-class ``steps`` and ``thresholds`` and the achieved ``volume_change`` (relative, whole foreground).
+        per-class ``steps`` and ``thresholds`` (the boundary displacement: a distance in mm for ``"euclidean"``
+        with a ``spacing``, else in voxels / 3x3x3 steps; named by ``threshold_unit``, ``"mm"`` or ``"voxel"``)
+        and the achieved ``volume_change`` (relative, whole foreground).
 
     Raises:
         ValueError: bad ``beta``/``op``/``step``/``spacing`` or an invalid label map.
@@ -179,6 +190,7 @@ def volume_targeted_morphology(
     info = {
         "steps": steps,
         "thresholds": [round(t, 6) for t in thresholds],
+        "threshold_unit": "mm" if step == "euclidean" and spacing is not None else "voxel",
         "volume_change": (
             abs(int(np.count_nonzero(noisy)) - clean_volume) / clean_volume if clean_volume else 0.0
         ),

@@ -1,4 +1,4 @@
-"""How far a noisy label map is from the clean one: foreground Dice, mismatch ratio, relative volume change."""
+"""How far a noisy label map is from the clean one: foreground Dice (mean, per class), mismatch ratio, volume change."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 
 from custom.noise.labelmap import as_label_array
 
-__all__ = ["confusion_counts", "foreground_dice", "mismatch_ratio", "relative_volume_change"]
+__all__ = ["confusion_counts", "foreground_dice", "class_dice", "mismatch_ratio", "relative_volume_change"]
 
 
 def confusion_counts(noisy: np.ndarray, clean: np.ndarray, num_classes: int | None = None) -> np.ndarray:
@@ -100,3 +100,26 @@ def relative_volume_change(noisy: np.ndarray, clean: np.ndarray) -> float:
     if clean_volume == 0:
         return 0.0 if noisy_volume == 0 else float("inf")
     return (noisy_volume - clean_volume) / clean_volume
+
+
+def class_dice(noisy: np.ndarray, clean: np.ndarray, num_classes: int) -> list[float | None]:
+    """Dice of each foreground class ``1..C-1``: ``2 |N_c & G_c| / (|N_c| + |G_c|)``, ``None`` when ``c`` is
+    absent from both maps (0.0 when only one holds it, e.g. a class the noise erased).
+
+    Args:
+        noisy: class-index map, any shape.
+        clean: class-index map, same shape.
+        num_classes: C (background included).
+
+    Returns:
+        list of ``C - 1`` floats or ``None``, index 0 for class 1.
+
+    Raises:
+        ValueError: shapes differ, non-integer / negative values, or a value ``>= num_classes``.
+    """
+    counts = confusion_counts(noisy, clean, num_classes)
+    if counts.shape[0] > num_classes:
+        raise ValueError(f"label value {counts.shape[0] - 1} is outside 0..{num_classes - 1}.")
+    intersection = np.diag(counts)[1:].astype(np.float64)
+    denominator = (counts.sum(axis=1)[1:] + counts.sum(axis=0)[1:]).astype(np.float64)
+    return [None if d == 0 else float(2.0 * i / d) for i, d in zip(intersection, denominator)]

@@ -18,7 +18,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import convert_to_dst_type
 
-from custom.noise.registry import NOISE_NAMES, noise_parameters, simulate_noise
+from custom.noise.registry import NOISE_NAMES, needs_spacing, noise_parameters, simulate_noise
 
 __all__ = ["noisy_channel_first", "NoisyLabeld", "RandNoisyLabeld"]
 
@@ -49,7 +49,7 @@ def noisy_channel_first(
         image: label map with one leading channel, numpy array, torch tensor or MetaTensor (meta kept).
         noise: a name in :data:`custom.noise.NOISE_NAMES`.
         seed, case_id, num_classes, params: as in :func:`custom.noise.simulate_noise`.
-        spacing: voxel size, ``None`` (unit voxels) or ``"meta"`` (read from the MetaTensor's affine).
+        spacing: voxel size in mm, ``None`` (unit voxels; mtcl in mm then raises) or ``"meta"`` (from the MetaTensor).
 
     Returns:
         ``(noisy, params)``: the noisy label with the type, device, dtype and meta of ``image``.
@@ -68,12 +68,17 @@ def noisy_channel_first(
     return noisy, result.params
 
 
-def _check_arguments(noise: str, params: Mapping[str, Any]) -> None:
+def _check_arguments(noise: str, params: Mapping[str, Any], spacing: Any) -> None:
     if noise not in NOISE_NAMES:
         raise ValueError(f"unknown noise {noise!r}; choose one of {', '.join(NOISE_NAMES)}.")
     unknown = sorted(set(params) - set(noise_parameters(noise)))
     if unknown:
         raise ValueError(f"noise {noise!r} does not take parameter(s) {unknown}.")
+    if spacing is None and needs_spacing(noise, params):
+        raise ValueError(
+            f"noise {noise!r} has sizes in mm: give spacing (3 numbers in mm, or 'meta' to read it from the "
+            "MetaTensor), or sizes in voxels (mtcl: r_min / r_max)."
+        )
 
 
 def _params_key(key: Hashable, postfix: str | None) -> str | None:
@@ -94,13 +99,15 @@ class NoisyLabeld(MapTransform):
         seed: experiment seed.
         case_id_key: key of the case identifier in the data dict.
         num_classes: C, required by ``symmetric`` noise.
-        spacing: voxel size, ``None`` or ``"meta"`` (from the MetaTensor; matches the CLI, which uses the header).
+        spacing: voxel size in mm, ``None`` or ``"meta"`` (from the MetaTensor; matches the CLI, which uses the
+            header). Required by simulators with sizes in mm (``mtcl`` unless ``r_min`` / ``r_max`` are given).
         params_postfix: when set, the drawn parameters are stored under ``f"{key}_{params_postfix}"``.
         allow_missing_keys: skip keys absent from the data.
         params: simulator parameters (e.g. ``beta=0.7``).
 
     Raises:
-        ValueError: unknown noise or parameter (at construction), missing case id (at call).
+        ValueError: unknown noise or parameter, or mm sizes without a spacing (at construction), missing case id
+            (at call).
     """
 
     def __init__(
@@ -116,7 +123,7 @@ class NoisyLabeld(MapTransform):
         **params: Any,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        _check_arguments(noise, params)
+        _check_arguments(noise, params, spacing)
         for key in self.keys:
             _params_key(key, params_postfix)
         self.noise = noise
@@ -176,7 +183,7 @@ class RandNoisyLabeld(RandomizableTransform, MapTransform):
             raise ValueError(f"prob must be in [0, 1], got {prob!r}.")
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
-        _check_arguments(noise, params)
+        _check_arguments(noise, params, spacing)
         for key in self.keys:
             _params_key(key, params_postfix)
         self.noise = noise

@@ -455,3 +455,63 @@ def test_bad_lists_exit_2_and_name_the_file(h5_dir, tmp_path, capsys, lists, cul
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"error: {h5_dir / culprit}: ") and problem in err
     assert not out.exists()
+
+
+# ----- noise sizes in mm, per-class report (issue 21)
+
+
+def test_report_states_per_class_dice_and_the_lost_class_check(h5_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main_la(_args(h5_dir, out, "--seed", "0", noise=("--noise", "mtcl"))) == 0  # mm defaults
+    stdout = capsys.readouterr().out
+    report = _report(out)
+    lq = [row for row in report.values() if row["quality"] == "lq"]
+    for row in lq:
+        params = json.loads(row["params"])
+        assert params["units"] == "mm" and params["r_range_voxels"] == [3, 15]  # 1.875..9.375 mm at 0.625 mm
+        assert json.loads(row["size_voxels"]) == [params["r"]] * 3
+        assert json.loads(row["size_mm"]) == [0.625 * params["r"]] * 3
+        assert row["dice_1_left_atrium"] == row["noisy_dice"]  # one foreground class
+    assert "per class (LQ noisy-vs-clean Dice, LQ cases that lost the class): left_atrium " in stdout
+    assert "lost-class check (--on-empty redraw)" in stdout
+    assert read_datalist_meta(out / "datalist.json")["noise_check"]["on_empty"] == "redraw"
+
+
+# sha256 of the stored noisy labels (uint8 array bytes, C order) that prepare_la wrote with the code of commit
+# 34e8289 (MTCL sizes in voxels, 3..15), before the sizes became mm: --seed 0 --val-count 0 --hq-count 0 on the
+# first 3 LA cases, at --downsample 1 and 3
+LA_MTCL_REFERENCE = {
+    1: {
+        "06SR5RBREL16DQ6M8LWS": "6a2f55f64dcda00b38c7024098f962e2a406dcec296322c25bd4779b4ceb4903",
+        "0RZDK210BSMWAA6467LU": "aa5f58f88aea1e48b612144af8e7aa9245aff760bf0a79c49aa2f9216649c0a1",
+        "1D7CUD1955YZPGK8XHJX": "cde02949c3ff57f71f298645e5a40fd710fb4714fddc49c39f5724a57d3e1c8c",
+    },
+    3: {
+        "06SR5RBREL16DQ6M8LWS": "24fd283c8b9a98063568962a40347d8e85db10a81b031738bb81b634dedded66",
+        "0RZDK210BSMWAA6467LU": "66c3a289db3af60d0e4c14c2e423b3664fb12efeca471c7de50deecbf1aa329c",
+        "1D7CUD1955YZPGK8XHJX": "82f6947eb8ae7257a3dbadfaa2c17418f4c0a1e1ae752700054e769e36ced540",
+    },
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("downsample", [1, 3])
+def test_real_la_default_mtcl_is_byte_identical_to_the_voxel_code(tmp_path, downsample):
+    import hashlib
+
+    ids = sorted(LA_MTCL_REFERENCE[downsample])
+    if not all((SHARED_LA / f"{case_id}.h5").is_file() for case_id in ids):
+        pytest.skip(f"LA HDF5 data not found at {SHARED_LA} (need {ids})")
+    h5 = tmp_path / "h5"
+    h5.mkdir()
+    for case_id in ids:
+        (h5 / f"{case_id}.h5").symlink_to(SHARED_LA / f"{case_id}.h5")
+    (h5 / "train.list").write_text("\n".join(ids) + "\n")
+    out = tmp_path / "out"
+    argv = ["--h5-dir", str(h5), "--out", str(out), "--val-count", "0", "--hq-count", "0", "--seed", "0",
+            "--downsample", str(downsample)]
+    assert main_la(argv) == 0  # default noise: mtcl, sizes 1.875..9.375 mm, --on-empty redraw
+    for case_id, digest in LA_MTCL_REFERENCE[downsample].items():
+        noisy = load_nifti(out / "labelsTr_noisy" / f"{case_id}.nii.gz")[0].astype(np.uint8)
+        assert hashlib.sha256(np.ascontiguousarray(noisy).tobytes()).hexdigest() == digest, case_id
+    assert all(row["attempts"] == "1" for row in _report(out).values())  # first draws, no redraw

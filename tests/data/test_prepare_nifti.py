@@ -305,3 +305,152 @@ def test_script_exit_code_and_stderr(root, tmp_path):
     assert run.returncode == 2
     assert run.stderr.startswith(f"error: {culprit}: label shape")
     assert not (tmp_path / "out").exists()
+
+
+# ----- noise sizes in mm and lost classes (issue 21)
+
+THIN_SHAPE = (40, 40, 30)
+THIN_AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])  # 2 mm voxels, like the brain MRI of issue 21
+THIN_LABELS = {"0": "background", "1": "white matter", "2": "grey matter"}
+THIN_CASES = [f"sub{i}" for i in range(8)]
+
+
+def _thin_label(index: int) -> np.ndarray:
+    """Class 1 a ball of radius 18 mm, class 2 a shell 4 mm (2 voxels) thick around it: any erosion with a box of
+    side >= 3 voxels erases class 2 (checked in the test), a side of 2 keeps part of it."""
+    grid = np.indices(THIN_SHAPE).astype(np.float64)
+    centre = np.array([19.5 + index % 3 - 1, 19.5 - index % 2, 14.5]).reshape(3, 1, 1, 1)
+    radius = np.sqrt(((grid - centre) ** 2).sum(axis=0))
+    label = np.zeros(THIN_SHAPE, np.uint8)
+    label[radius <= 9.0] = 1
+    label[(radius > 9.0) & (radius <= 11.0)] = 2
+    return label
+
+
+@pytest.fixture()
+def thin_root(tmp_path) -> Path:
+    folder = tmp_path / "Task98_Brain2mm"
+    for index, case_id in enumerate(THIN_CASES):
+        label = _thin_label(index)
+        image = (np.random.default_rng(index).standard_normal(THIN_SHAPE) + label).astype(np.float32)
+        save_nifti(image, THIN_AFFINE, folder / "imagesTr" / f"{case_id}.nii.gz")
+        save_nifti(label, THIN_AFFINE, folder / "labelsTr" / f"{case_id}.nii.gz")
+    (folder / "dataset.json").write_text(json.dumps({"name": "brain2mm", "labels": THIN_LABELS}))
+    return folder
+
+
+def _thin_args(root: Path, out: Path, *extra: str) -> list[str]:
+    return ["--root", str(root), "--out", str(out), "--noise", "mtcl", "--hq-count", "2", "--val-count", "0",
+            "--seed", "7", *extra]
+
+
+def _report_rows(out: Path) -> list[dict]:
+    import csv
+
+    with open(out / "noise_report.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_thin_class_is_the_case_of_issue_21():
+    from custom.noise import cube_morphology
+
+    label = _thin_label(0)
+    for side in (3, 4, 5):
+        assert 2 not in np.unique(cube_morphology(label, side, "erode"))
+    assert 2 in np.unique(cube_morphology(label, 2, "erode"))
+
+
+def test_mtcl_at_2mm_keeps_every_class_and_reports_the_sizes(thin_root, tmp_path, capsys):
+    from custom.noise import simulate_noise
+
+    out = tmp_path / "out"
+    assert main_nifti(_thin_args(thin_root, out)) == 0  # default options: sizes in mm, --on-empty redraw
+    stdout = capsys.readouterr().out
+    rows = _report_rows(out)
+    assert list(rows[0]) == [
+        "case_id", "quality", "noise", "params", "noisy_dice", "dice_1_white_matter", "dice_2_grey_matter",
+        "lost_classes", "attempts", "rejected_draws", "size_mm", "size_voxels",
+    ]
+    lq = [row for row in rows if row["quality"] == "lq"]
+    assert len(lq) == 6
+    for row in lq:
+        noisy = load_nifti(out / "labelsTr_noisy" / f"{row['case_id']}.nii.gz")[0]
+        assert set(np.unique(noisy).tolist()) == {0, 1, 2}, row  # no class erased
+        params = json.loads(row["params"])
+        # 1.875..9.375 mm at 2 mm: cube sides 1..5 voxels (rounded half up), not the 3..15 of the LA's 0.625 mm
+        assert params["units"] == "mm" and params["r_range_mm"] == [1.875, 9.375]
+        assert params["r_range_voxels"] == [1, 5] and 1 <= params["r"] <= 5
+        assert json.loads(row["size_voxels"]) == params["r_voxels"] == [params["r"]] * 3
+        assert json.loads(row["size_mm"]) == params["r_mm"] == [2.0 * params["r"]] * 3
+        assert row["lost_classes"] == "[]" and float(row["dice_2_grey_matter"]) > 0.0
+        rejected = json.loads(row["rejected_draws"])
+        assert int(row["attempts"]) == len(rejected) + 1
+        assert all(r["lost"] == [2] and r["params"]["op"] == "erode" and r["params"]["r"] >= 3 for r in rejected)
+        # the kept draw is reproducible from (seed, case, attempt) alone
+        clean = load_nifti(thin_root / "labelsTr" / f"{row['case_id']}.nii.gz")[0].astype(np.uint8)
+        again = simulate_noise("mtcl", clean, seed=7, case_id=row["case_id"], num_classes=3, spacing=(2, 2, 2),
+                               attempt=params.get("attempt", 0))
+        np.testing.assert_array_equal(noisy, again.noisy)
+    redrawn = [row["case_id"] for row in lq if row["rejected_draws"] != "[]"]
+    assert redrawn, "seed 7 should need a redraw for some case (the first draw erased the shell)"
+    meta = read_datalist_meta(out / "datalist.json")
+    check = meta["noise_check"]
+    assert check["on_empty"] == "redraw" and check["redrawn_cases"] == redrawn and check["cases_with_lost_class"] == []
+    assert check["per_class"]["2"]["name"] == "grey matter" and check["per_class"]["2"]["lq_cases_lost"] == 0
+    assert check["per_class"]["2"]["lq_cases_redrawn"] == len(redrawn)
+    assert "per class (LQ noisy-vs-clean Dice, LQ cases that lost the class): white matter " in stdout
+    assert "grey matter " in stdout and ", lost 0" in stdout
+    assert f"lost-class check (--on-empty redraw): {len(redrawn)} of 6 LQ cases redrawn" in stdout
+
+
+def test_voxel_sizes_of_the_la_erase_the_thin_class_and_keep_counts_it(thin_root, tmp_path, capsys):
+    # the behaviour before issue 21 (3..15 voxels whatever the spacing), kept on purpose: the losses are counted
+    out = tmp_path / "out"
+    argv = _thin_args(thin_root, out, "--param", "r_min=3", "--param", "r_max=15", "--on-empty", "keep")
+    assert main_nifti(argv) == 0
+    stdout = capsys.readouterr().out
+    lq = [row for row in _report_rows(out) if row["quality"] == "lq"]
+    lost = [row for row in lq if row["lost_classes"] != "[]"]
+    assert lost and all(json.loads(row["params"])["op"] == "erode" for row in lost)
+    assert all(row["dice_2_grey_matter"] == "0.000000" and row["attempts"] == "1" for row in lost)
+    assert all(json.loads(row["params"])["units"] == "voxel" for row in lq)
+    meta = read_datalist_meta(out / "datalist.json")
+    check = meta["noise_check"]
+    assert sorted(check["cases_with_lost_class"]) == sorted(row["case_id"] for row in lost)
+    lost_grey = sum("2" in row["lost_classes"] for row in lost)
+    assert check["per_class"]["2"]["lq_cases_lost"] == lost_grey
+    assert f"grey matter {check['per_class']['2']['mean_noisy_dice_lq']:.4f}, lost {lost_grey}" in stdout
+    assert f"{len(lost)} kept with a lost class" in stdout and "warning: " in stdout
+
+
+def test_on_empty_error_names_the_case_and_class(thin_root, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main_nifti(_thin_args(thin_root, out, "--on-empty", "error")) == 2
+    err = capsys.readouterr().err
+    assert "labelsTr/sub" in err and "erased class(es) 2 (grey matter)" in err and "--on-empty error" in err
+    assert not out.exists()
+
+
+def test_redraw_is_bounded(thin_root, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main_nifti(_thin_args(thin_root, out, "--redraw-attempts", "1")) == 2
+    assert "each of 1 draws of noise 'mtcl' erased a class" in capsys.readouterr().err and not out.exists()
+    with pytest.raises(SystemExit):
+        main_nifti(_thin_args(thin_root, out, "--redraw-attempts", "0"))
+    with pytest.raises(SystemExit):
+        main_nifti(_thin_args(thin_root, out, "--on-empty", "ignore"))
+
+
+def test_mtcl_sizes_per_axis_on_anisotropic_spacing(root, tmp_path):
+    # the toy set: 0.8 x 0.8 x 2.0 mm; sides drawn on the 0.8 mm grid (2..12 voxels), the 2 mm axis rounded half up
+    out = tmp_path / "out"
+    assert main_nifti(_args(root, out, noise=("--noise", "mtcl"))) == 0
+    for row in _report_rows(out):
+        if row["quality"] != "lq":
+            assert row["attempts"] == "0" and row["size_mm"] == "" and row["lost_classes"] == "[]"
+            continue
+        params = json.loads(row["params"])
+        k = params["r"]
+        z = max(1, int(np.floor(k * 0.8 / 2.0 + 0.5 + 1e-9)))
+        assert params["r_range_voxels"] == [2, 12] and json.loads(row["size_voxels"]) == [k, k, z]
+        assert json.loads(row["size_mm"]) == pytest.approx([0.8 * k, 0.8 * k, 2.0 * z])

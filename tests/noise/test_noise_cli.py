@@ -62,7 +62,10 @@ def test_end_to_end_writes_noisy_maps_and_report(tmp_path):
     assert "mean noisy Dice" in result.stdout and "[4/4]" in result.stdout
     rows = read_report(out)
     assert [row["case_id"] for row in rows] == sorted(cases)
-    assert list(rows[0]) == ["case_id", "noise", "params", "noisy_dice", "label_clean", "label_noisy"]
+    assert list(rows[0]) == [
+        "case_id", "noise", "params", "noisy_dice", "label_clean", "label_noisy", "dice_1",
+        "lost_classes", "attempts", "rejected_draws", "size_mm", "size_voxels",
+    ]
     for row in rows:
         clean = cases[row["case_id"]]
         image = nib.load(row["label_noisy"])
@@ -75,6 +78,12 @@ def test_end_to_end_writes_noisy_maps_and_report(tmp_path):
         np.testing.assert_array_equal(noisy, expected.noisy)
         assert json.loads(row["params"]) == expected.params
         assert float(row["noisy_dice"]) == pytest.approx(foreground_dice(noisy, clean), abs=1e-6)
+        assert float(row["dice_1"]) == pytest.approx(float(row["noisy_dice"]), abs=1e-6)  # binary: one class
+        assert row["lost_classes"] == "[]" and row["attempts"] == "1" and row["rejected_draws"] == "[]"
+        # sp_dilate reports its per-class boundary displacement in mm and in voxels of each axis
+        (distance,) = json.loads(row["size_mm"])
+        assert json.loads(row["size_voxels"]) == [pytest.approx([distance / 0.5, distance / 0.5, distance], abs=1e-4)]
+    assert "per class (Dice, cases that lost the class): class 1" in result.stdout
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["case0.nii.gz", "case1.nii", "case2.nii.gz", "case3.nii", "noise_report.csv"]
     )
@@ -182,3 +191,62 @@ def test_duplicate_case_ids_are_refused(tmp_path, cli_main, capsys):
     write_label(tmp_path / "labels" / "case0.nii", cases["case0"])
     assert cli_main(["--labels", str(tmp_path / "labels"), "--out", str(tmp_path / "noisy"), "--noise", "mtcl"]) == 2
     assert "case0" in capsys.readouterr().err
+
+
+def test_mtcl_sizes_in_mm_use_the_header_spacing(tmp_path, cli_main):
+    cases = make_cases(tmp_path / "labels", count=2)
+    out = tmp_path / "noisy"
+    assert cli_main(["--labels", str(tmp_path / "labels"), "--out", str(out), "--noise", "mtcl", "--seed", "2"]) == 0
+    for row in read_report(out):
+        params = json.loads(row["params"])
+        # spacing (0.5, 0.5, 1.0) mm: sides on the 0.5 mm grid, 1.875 / 0.5 -> 4 .. 9.375 / 0.5 -> 19 voxels
+        assert params["units"] == "mm" and params["r_range_voxels"] == [4, 19]
+        assert json.loads(row["size_voxels"]) == params["r_voxels"] and json.loads(row["size_mm"]) == params["r_mm"]
+        expected = simulate_noise("mtcl", cases[row["case_id"]], seed=2, case_id=row["case_id"], num_classes=2,
+                                  spacing=(0.5, 0.5, 1.0), attempt=params.get("attempt", 0))
+        np.testing.assert_array_equal(np.asarray(nib.load(row["label_noisy"]).dataobj), expected.noisy)
+
+
+def test_ignore_spacing_needs_voxel_sizes_for_mtcl(tmp_path, cli_main, capsys):
+    make_cases(tmp_path / "labels", count=1)
+    out = tmp_path / "noisy"
+    args = ["--labels", str(tmp_path / "labels"), "--out", str(out), "--noise", "mtcl", "--ignore-spacing"]
+    assert cli_main(args) == 2
+    assert "r_min / r_max" in capsys.readouterr().err and not out.exists()
+    assert cli_main([*args, "--param", "r_min=3", "--param", "r_max=5"]) == 0
+    assert json.loads(read_report(out)[0]["size_voxels"]) in ([3, 3, 3], [4, 4, 4], [5, 5, 5])
+    assert read_report(out)[0]["size_mm"] == ""  # no spacing: no mm
+
+
+def _thin_cases(folder: Path) -> dict[str, np.ndarray]:
+    # class 1 a block, class 2 a 2-voxel-thick plate: an erosion with a side >= 3 voxels erases class 2
+    folder.mkdir(parents=True, exist_ok=True)
+    cases = {}
+    for i in range(4):
+        label = np.zeros((16, 16, 16), np.uint8)
+        label[3:12, 3:12, 3:12] = 1
+        label[3:12, 3:12, 12:14] = 2
+        write_label(folder / f"thin{i}.nii.gz", label)
+        cases[f"thin{i}"] = label
+    return cases
+
+
+def test_on_empty_modes(tmp_path, cli_main, capsys):
+    _thin_cases(tmp_path / "labels")
+    base = ["--labels", str(tmp_path / "labels"), "--noise", "mtcl", "--param", "r_min=3", "--param", "r_max=3",
+            "--seed", "0"]
+    # r = 3 voxels: every erosion erases the plate; keep counts it, redraw draws until a dilation
+    assert cli_main([*base, "--out", str(tmp_path / "keep"), "--on-empty", "keep"]) == 0
+    kept = read_report(tmp_path / "keep")
+    eroded = [row for row in kept if json.loads(row["params"])["op"] == "erode"]
+    assert eroded and all(row["lost_classes"] == "[2]" and row["dice_2"] == "0.0" for row in eroded)
+    assert "LOST classes [2] (kept)" in capsys.readouterr().out
+    assert cli_main([*base, "--out", str(tmp_path / "redraw")]) == 0
+    for row in read_report(tmp_path / "redraw"):
+        assert row["lost_classes"] == "[]" and json.loads(row["params"])["op"] == "dilate"
+        assert len(json.loads(row["rejected_draws"])) == int(row["attempts"]) - 1
+    assert any(row["attempts"] != "1" for row in read_report(tmp_path / "redraw"))
+    capsys.readouterr()
+    assert cli_main([*base, "--out", str(tmp_path / "error"), "--on-empty", "error"]) == 2
+    error = capsys.readouterr().err
+    assert "erased class(es) 2" in error and "thin" in error and not (tmp_path / "error").exists()

@@ -10,6 +10,8 @@ from monai.data import MetaTensor
 from custom.noise import simulate_noise
 from custom.noise.transforms import NoisyLabeld, RandNoisyLabeld
 
+UNIT = (1.0, 1.0, 1.0)  # mm
+
 
 def test_matches_simulate_noise_on_numpy(ball_label):
     out = NoisyLabeld(keys="label", noise="sp", seed=3, beta=0.5)({"label": ball_label[None], "case_id": "p7"})
@@ -22,11 +24,11 @@ def test_matches_simulate_noise_on_numpy(ball_label):
 def test_metatensor_keeps_type_dtype_and_meta(ball_label):
     affine = torch.diag(torch.tensor([2.0, 2.0, 3.0, 1.0], dtype=torch.float64))
     label = MetaTensor(torch.as_tensor(ball_label[None], dtype=torch.float32), affine=affine, meta={"tag": "x"})
-    out = NoisyLabeld(noise="mtcl", seed=0)({"label": label, "case_id": "c"})["label"]
+    out = NoisyLabeld(noise="mtcl", seed=0, spacing="meta")({"label": label, "case_id": "c"})["label"]
     assert isinstance(out, MetaTensor) and out.dtype == torch.float32
     assert out.meta["tag"] == "x"
     torch.testing.assert_close(out.affine, affine)
-    expected = simulate_noise("mtcl", ball_label, seed=0, case_id="c").noisy
+    expected = simulate_noise("mtcl", ball_label, seed=0, case_id="c", spacing=(2.0, 2.0, 3.0)).noisy
     np.testing.assert_array_equal(out[0].numpy(), expected.astype(np.float32))
 
 
@@ -56,21 +58,31 @@ def test_spacing_from_meta_matches_explicit_spacing(ball_label):
 
 
 def test_params_postfix_stores_params(ball_label):
-    out = NoisyLabeld(noise="mtcl", params_postfix="noise")({"label": ball_label[None], "case_id": "c"})
-    assert out["label_noise"]["noise"] == "mtcl" and "r" in out["label_noise"]
+    out = NoisyLabeld(noise="mtcl", params_postfix="noise", spacing=UNIT)({"label": ball_label[None], "case_id": "c"})
+    assert out["label_noise"]["noise"] == "mtcl" and "r" in out["label_noise"] and "r_mm" in out["label_noise"]
     with pytest.raises(ValueError, match="image_"):
-        NoisyLabeld(keys="image", noise="mtcl", params_postfix="noise")
+        NoisyLabeld(keys="image", noise="mtcl", params_postfix="noise", spacing=UNIT)
+
+
+def test_mm_sizes_need_a_spacing_at_construction(ball_label):
+    for transform in (NoisyLabeld, RandNoisyLabeld):
+        with pytest.raises(ValueError, match="sizes in mm"):
+            transform(noise="mtcl")
+    # the voxel form needs none: the MTCL reference cube sides
+    out = NoisyLabeld(noise="mtcl", r_min=3, r_max=3)({"label": ball_label[None], "case_id": "c"})["label"]
+    expected = simulate_noise("mtcl", ball_label, seed=0, case_id="c", r_min=3, r_max=3).noisy
+    np.testing.assert_array_equal(out[0], expected)
 
 
 def test_missing_case_id_raises(ball_label):
     with pytest.raises(ValueError, match="case_id"):
-        NoisyLabeld(noise="mtcl")({"label": ball_label[None]})
+        NoisyLabeld(noise="mtcl", spacing=UNIT)({"label": ball_label[None]})
 
 
 @pytest.mark.parametrize("shape", [(24, 24, 24), (2, 24, 24, 24), (1, 1, 24, 24, 24)])
 def test_needs_one_leading_channel(shape):
     with pytest.raises(ValueError, match="channel"):
-        NoisyLabeld(noise="mtcl")({"label": np.zeros(shape, np.uint8), "case_id": "c"})
+        NoisyLabeld(noise="mtcl", spacing=UNIT)({"label": np.zeros(shape, np.uint8), "case_id": "c"})
 
 
 @pytest.mark.parametrize("kwargs", [dict(noise="salt"), dict(noise="mtcl", beta=0.3)])
@@ -80,7 +92,7 @@ def test_bad_construction(kwargs):
 
 
 def test_allow_missing_keys(ball_label):
-    out = NoisyLabeld(keys=["label", "other"], noise="mtcl", allow_missing_keys=True)(
+    out = NoisyLabeld(keys=["label", "other"], noise="mtcl", allow_missing_keys=True, spacing=UNIT)(
         {"label": ball_label[None], "case_id": "c"}
     )
     assert "other" not in out
@@ -98,7 +110,7 @@ def test_rand_is_reproducible_with_set_random_state(ball_label):
 
 
 def test_rand_prob_zero_is_identity(ball_label):
-    transform = RandNoisyLabeld(noise="mtcl", prob=0.0, params_postfix="noise").set_random_state(0)
+    transform = RandNoisyLabeld(noise="mtcl", prob=0.0, params_postfix="noise", spacing=UNIT).set_random_state(0)
     out = transform({"label": ball_label[None]})
     np.testing.assert_array_equal(out["label"][0], ball_label)
     assert out["label_noise"]["noise"] == "none"
