@@ -92,7 +92,8 @@ def test_make_dataset_files_splits_and_counts(tmp_path):
         else:
             assert "labelsTr_noisy" in item["label"]
     report = (tmp_path / "demo" / "noise_report.csv").read_text().splitlines()
-    assert report[0] == "case_id,quality,noise,params,noisy_dice" and len(report) == 5
+    assert report[0].startswith("case_id,quality,noise,params,noisy_dice,") and len(report) == 5
+    assert "lost_classes" in report[0] and "size_voxels" in report[0]  # per-class outcome and sizes used
 
 
 def test_three_class_variant_uses_symmetric_noise(tmp_path):
