@@ -209,3 +209,42 @@ def test_report_goes_to_the_work_folder_unless_docs_are_asked_for(tmp_path, monk
     assert not (tmp_path / "docs").exists()
     assert script.main(["--report-only", "--work-dir", str(work), "--notes", "", "--write-docs"]) == 0
     assert (tmp_path / "docs" / "benchmarks.md").is_file() and (tmp_path / "docs" / "benchmark_results.json").is_file()
+
+
+def test_sigterm_stops_the_benchmark_and_its_runs(tmp_path):
+    import os
+    import signal
+    import time
+
+    h5 = _fake_la(tmp_path / "h5")
+    work = tmp_path / "work"
+    cmd = _quick_benchmark_command(h5, work, tmp_path / "bench.md", ["hl_sup", "h_sup"], "--jobs", "1",
+                                   "--override", "max_epochs=2000")
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        seen = ""
+        while "[start 1/2]" not in seen and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:  # the benchmark ended before starting a run
+                break
+            seen += line
+        assert "[start 1/2]" in seen, seen[-2000:]
+        # wait until the training child has written its first epoch, so that it is really running
+        progress = work / "mtcl_hq25" / "hl_sup_s0" / "progress.json"
+        while not progress.is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert children, "the benchmark has no running child"
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+        stopped_after = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 128 + signal.SIGTERM and stopped_after < 30
+    for pid in children:  # the training runs went with it
+        assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
+    (record,) = read_timing(work)
+    assert record["status"] == "interrupted"
