@@ -225,19 +225,31 @@ def _progress(message: str) -> None:
         print(message, flush=True)
 
 
+DEMO_FOLDER_PREFIX = "demo"
+
+
+def _is_demo_folder(dataset_dir: Path) -> bool:
+    return dataset_dir.name.lower().startswith(DEMO_FOLDER_PREFIX)
+
+
 def ensure_dataset(dataset_dir: str | os.PathLike, datalist: str | os.PathLike | None = None,
-                   num_classes: int = 2, seed: int = 0) -> str:
-    """Return a usable datalist path, generating the synthetic demo set on first use.
+                   num_classes: int = 2, seed: int = 0, make_demo: bool | None = None) -> str:
+    """Return a usable datalist path, generating the synthetic demo set on first use when asked for.
 
     * ``datalist`` (or ``dataset_dir/datalist.json``) exists: return it.
-    * ``dataset_dir`` is missing or empty: generate the demo set there once (staged in a temporary folder and
-      renamed, so an interrupted generation leaves nothing; later calls reuse it) and return its datalist. A line
-      announces the generation and one line per case shows its progress (logging at INFO, or printed).
+    * ``dataset_dir`` is missing or empty and the demo is asked for (``make_demo`` True, or ``make_demo`` None and
+      the folder's name starts with ``demo``: the configs' ``data/demo`` and ``data/demo3``, ``--dataset_dir demo``):
+      generate the demo set there once (staged in a temporary folder and renamed, so an interrupted generation
+      leaves nothing; later calls reuse it) and return its datalist. A line announces the generation and one line
+      per case shows its progress (logging at INFO, or printed).
+    * ``dataset_dir`` is missing or empty otherwise (e.g. a mistyped path): :class:`DataError` naming it; nothing
+      is created.
     * ``dataset_dir`` holds files but no datalist: :class:`DataError`.
 
     Raises:
-        DataError: files without a datalist; an explicit ``datalist`` elsewhere that does not exist; or a cached
-            synthetic set generated with another ``num_classes``.
+        DataError: a missing or empty dataset folder that is no demo folder; files without a datalist; an
+            explicit ``datalist`` elsewhere that does not exist; or a cached synthetic set generated with another
+            ``num_classes``.
     """
     dataset_dir = Path(dataset_dir)
     default = dataset_dir / "datalist.json"
@@ -253,6 +265,14 @@ def ensure_dataset(dataset_dir: str | os.PathLike, datalist: str | os.PathLike |
         if dataset_dir.is_dir() and any(p for p in dataset_dir.iterdir()):
             raise DataError(
                 dataset_dir, "folder holds files but no datalist.json; give the datalist path or use an empty folder"
+            )
+        if not (_is_demo_folder(dataset_dir) if make_demo is None else make_demo):
+            state = "is empty" if dataset_dir.is_dir() else "not found"
+            raise DataError(
+                dataset_dir,
+                f"dataset folder {state} (no datalist.json); check --dataset_dir, prepare the data "
+                "(scripts/prepare_la.py, scripts/prepare_nifti.py), or ask for the synthetic demo set with a folder "
+                "whose name starts with 'demo' (e.g. --dataset_dir data/demo)",
             )
         _progress(f"generating the synthetic demo dataset in {dataset_dir} (once; later runs reuse it)")
         try:

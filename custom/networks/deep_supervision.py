@@ -257,6 +257,9 @@ class JcasVNet(DeepSupervisionNet):
         ValueError: on bad arguments (see :class:`DeepSupervisionNet` and :class:`PaperVNet`).
     """
 
+    #: every input side must be divisible by this (the V-Net backbone's four 2x down-samplings)
+    size_divisor = 16
+
     def __init__(
         self,
         spatial_dims: int = 3,

@@ -69,6 +69,9 @@ class PaperVNet(nn.Module):
         (``8f, 4f, 2f, f`` at 1/8, 1/4, 1/2 and full resolution); the last is the classifier's input.
     """
 
+    #: every input side must be divisible by this (four 2x down-samplings); checked at start-up by the bundles
+    size_divisor = 16
+
     def __init__(
         self,
         spatial_dims: int = 3,

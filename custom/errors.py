@@ -1,0 +1,117 @@
+"""One last line that names the problem: the bundle entry points' error reporting.
+
+MONAI wraps an error raised while a config component is created or a transform runs in a ``RuntimeError``
+(``Failed to instantiate component ...``, ``applying transform <LoadImaged object at 0x...>``), so the real
+message (a :class:`~custom.io.DataError` naming the file, a ``ValueError`` naming the option) sits in the middle of
+a long traceback. :func:`install_excepthook`, called first by the configs' ``training``, ``evaluating`` and
+``inference`` lists, replaces ``sys.excepthook`` so that an uncaught error ends with one line::
+
+    noisyseg: error: <root cause message>
+
+Errors the user can fix (bad data, bad options: :class:`~custom.io.DataError`, :class:`OptionError`, a missing
+file) print only that line; any other error prints the full traceback first (for a bug report), then the line.
+``NOISYSEG_TRACEBACK=1`` always prints the traceback.
+
+Example::
+
+    import custom.errors
+    custom.errors.install_excepthook()
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from types import TracebackType
+
+from custom.io import DataError
+
+__all__ = ["OptionError", "PREFIX", "cause_chain", "root_cause", "describe", "install_excepthook"]
+
+PREFIX = "noisyseg: error: "
+
+# MONAI's wrappers: their own message says nothing about the problem
+_WRAPPER_PREFIXES = ("Failed to instantiate component", "applying transform", "Failed to evaluate")
+
+
+class OptionError(ValueError):
+    """A bad config option (a command-line override or a config value). The message starts with the option."""
+
+    def __init__(self, option: str, problem: str):
+        self.option = option
+        self.problem = problem
+        super().__init__(f"--{option}: {problem}")
+
+
+def cause_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then its ``__cause__`` (or unsuppressed ``__context__``), and so on to the innermost exception."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        if current.__cause__ is not None:
+            current = current.__cause__
+        elif not current.__suppress_context__:
+            current = current.__context__
+        else:
+            current = None
+
+
+def _is_wrapper(exc: BaseException) -> bool:
+    message = str(exc)
+    return type(exc) is RuntimeError and message.startswith(_WRAPPER_PREFIXES)
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The exception that says what went wrong: the innermost :class:`DataError` or :class:`OptionError` of the
+    chain (they name the file or option; their own causes are library details), else the innermost exception that
+    is not one of MONAI's wrappers."""
+    chain = list(cause_chain(exc))
+    for candidate in reversed(chain):
+        if isinstance(candidate, (DataError, OptionError)):
+            return candidate
+    for candidate in reversed(chain):
+        if not _is_wrapper(candidate):
+            return candidate
+    return chain[-1]
+
+
+def describe(exc: BaseException) -> str:
+    """One line for ``exc``'s root cause: its message (with the type for other than ``DataError``/``OptionError``)."""
+    cause = root_cause(exc)
+    message = " ".join(str(cause).split()) or type(cause).__name__
+    if isinstance(cause, KeyError) and len(cause.args) == 1:
+        message = str(cause.args[0])
+    if isinstance(cause, (DataError, OptionError)):
+        return message
+    return f"{type(cause).__name__}: {message}"
+
+
+def _user_error(cause: BaseException) -> bool:
+    return isinstance(cause, (DataError, OptionError, FileNotFoundError, NotADirectoryError, PermissionError))
+
+
+def _make_hook(previous: Callable) -> Callable:
+    def hook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        if issubclass(exc_type, KeyboardInterrupt) or exc is None:
+            previous(exc_type, exc, tb)
+            return
+        try:
+            cause = root_cause(exc)
+            if os.environ.get("NOISYSEG_TRACEBACK", "") not in ("", "0") or not _user_error(cause):
+                previous(exc_type, exc, tb)
+            sys.stderr.write(PREFIX + describe(exc) + "\n")
+            sys.stderr.flush()
+        except Exception:  # never hide the original error behind one of ours
+            previous(exc_type, exc, tb)
+
+    hook.noisyseg_hook = True  # type: ignore[attr-defined]
+    return hook
+
+
+def install_excepthook() -> None:
+    """Make an uncaught error end with ``noisyseg: error: <root cause>`` (see the module docstring); idempotent."""
+    if not getattr(sys.excepthook, "noisyseg_hook", False):
+        sys.excepthook = _make_hook(sys.excepthook)
