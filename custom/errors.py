@@ -10,7 +10,12 @@ a long traceback. :func:`install_excepthook`, called first by the configs' ``tra
 
 Errors the user can fix (bad data, bad options: :class:`~custom.io.DataError`, :class:`OptionError`, a missing
 file) print only that line; any other error prints the full traceback first (for a bug report), then the line.
-``NOISYSEG_TRACEBACK=1`` always prints the traceback.
+``NOISYSEG_TRACEBACK=1`` always prints the traceback. An exception class marks itself as such a user error with a
+class attribute ``user_error = True`` (:class:`~custom.io.DataError`, :class:`OptionError`, the bundles'
+``folder_inference.InputError``).
+
+This module imports only the standard library: it is copied into trained bundles (``scripts/errors.py``), whose
+``inference.json`` installs the same hook.
 
 Example::
 
@@ -20,14 +25,13 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 
-from custom.io import DataError
-
-__all__ = ["OptionError", "PREFIX", "cause_chain", "root_cause", "describe", "install_excepthook"]
+__all__ = ["OptionError", "PREFIX", "cause_chain", "root_cause", "source_file", "describe", "install_excepthook"]
 
 PREFIX = "noisyseg: error: "
 
@@ -38,10 +42,16 @@ _WRAPPER_PREFIXES = ("Failed to instantiate component", "applying transform", "F
 class OptionError(ValueError):
     """A bad config option (a command-line override or a config value). The message starts with the option."""
 
+    user_error = True
+
     def __init__(self, option: str, problem: str):
         self.option = option
         self.problem = problem
         super().__init__(f"--{option}: {problem}")
+
+
+def _marked(exc: BaseException) -> bool:
+    return getattr(type(exc), "user_error", False) is True
 
 
 def cause_chain(exc: BaseException) -> Iterator[BaseException]:
@@ -65,32 +75,72 @@ def _is_wrapper(exc: BaseException) -> bool:
 
 
 def root_cause(exc: BaseException) -> BaseException:
-    """The exception that says what went wrong: the innermost :class:`DataError` or :class:`OptionError` of the
-    chain (they name the file or option; their own causes are library details), else the innermost exception that
-    is not one of MONAI's wrappers."""
+    """The exception that says what went wrong: the innermost user error of the chain (``user_error = True``:
+    ``DataError``, :class:`OptionError`; they name the file or option, their own causes are library details), else
+    the outermost exception that is not one of MONAI's wrappers."""
     chain = list(cause_chain(exc))
     for candidate in reversed(chain):
-        if isinstance(candidate, (DataError, OptionError)):
+        if _marked(candidate):
             return candidate
-    for candidate in reversed(chain):
+    for candidate in chain:
         if not _is_wrapper(candidate):
             return candidate
     return chain[-1]
 
 
+_FILE_LOCALS = ("filename", "filename_or_obj", "path", "file", "file_path", "image_path")
+
+
+def _existing_file(value: object) -> str | None:
+    if isinstance(value, (str, os.PathLike)):
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            if os.path.isfile(value):
+                return os.fspath(value)
+    return None
+
+
+def source_file(exc: BaseException) -> str | None:
+    """The file being read or transformed when ``exc`` was raised, from its traceback's frames (innermost first):
+    a local such as ``filename`` (MONAI's ``LoadImage``) that names an existing file, or an array whose metadata's
+    ``filename_or_obj`` does (``Spacing`` on a ``MetaTensor``); None when no frame tells."""
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        local_vars = frame.f_locals
+        for name in _FILE_LOCALS:
+            found = _existing_file(local_vars.get(name))
+            if found:
+                return found
+        for value in local_vars.values():
+            meta = getattr(value, "meta", None) if not isinstance(value, type) else None
+            if isinstance(meta, Mapping):
+                found = _existing_file(meta.get("filename_or_obj"))
+                if found:
+                    return found
+    return None
+
+
 def describe(exc: BaseException) -> str:
-    """One line for ``exc``'s root cause: its message (with the type for other than ``DataError``/``OptionError``)."""
+    """One line for ``exc``'s root cause: its message (with the type for other than user errors),
+    preceded by the file being read when the message does not name it (see :func:`source_file`)."""
     cause = root_cause(exc)
     message = " ".join(str(cause).split()) or type(cause).__name__
     if isinstance(cause, KeyError) and len(cause.args) == 1:
         message = str(cause.args[0])
-    if isinstance(cause, (DataError, OptionError)):
+    if _marked(cause):
         return message
-    return f"{type(cause).__name__}: {message}"
+    message = f"{type(cause).__name__}: {message}"
+    path = source_file(cause)
+    if path and path not in message:
+        message = f"{path}: {message}"
+    return message
 
 
 def _user_error(cause: BaseException) -> bool:
-    return isinstance(cause, (DataError, OptionError, FileNotFoundError, NotADirectoryError, PermissionError))
+    return _marked(cause) or isinstance(cause, (FileNotFoundError, NotADirectoryError, PermissionError))
 
 
 def _make_hook(previous: Callable) -> Callable:

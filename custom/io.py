@@ -23,6 +23,8 @@ __all__ = ["DataError", "atomic_output", "load_nifti", "save_nifti", "write_json
 class DataError(ValueError):
     """Bad input data. The message always starts with the offending file's path."""
 
+    user_error = True  # custom.errors: an uncaught one prints its message only, no traceback
+
     def __init__(self, path: str | os.PathLike | None, problem: str):
         self.path = None if path is None else str(path)
         self.problem = problem

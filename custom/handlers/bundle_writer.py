@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from custom.inference.folder_inference import DEFAULT_MAX_VOXELS
 from custom.io import atomic_output, write_json
 
 __all__ = [
@@ -121,7 +122,7 @@ _SHIPPED_NETWORKS: dict[str, tuple[tuple[str, ...], str]] = {
 _SCHEMA_URL = (
     "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
 )
-_SHIPPED_ALWAYS = {"inference/folder_inference.py": "folder_inference.py"}
+_SHIPPED_ALWAYS = {"inference/folder_inference.py": "folder_inference.py", "errors.py": "errors.py"}
 _NETWORK_DESCRIPTIONS = {
     "PaperVNet": "the papers' V-Net (UA-MT/MTCL/ALC): 3x3x3 convolutions, BatchNorm, additive skips, two Dropout3d"
     " layers (bottleneck and before the output convolution); about 9.4 M parameters at base_filters=16. Not"
@@ -186,6 +187,7 @@ def _inference_config(
         "dataset_dir": "$@bundle_root + '/input'",
         "output_dir": "$@bundle_root + '/predictions'",
         "pixdim": spacing,
+        "max_voxels": DEFAULT_MAX_VOXELS,
         "patch_size": [int(p) for p in patch_size],
         "network_def": network_def,
         "network": "$@network_def.to(@device)",
@@ -201,6 +203,14 @@ def _inference_config(
                 {"_target_": "LoadImaged", "keys": "image", "image_only": True},
                 {"_target_": "EnsureChannelFirstd", "keys": "image"},
                 {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+                # non-finite voxels and grids too large once resampled: an error naming the file
+                {
+                    "_target_": "scripts.folder_inference.CheckImaged",
+                    "keys": "image",
+                    "pixdim": "@pixdim",
+                    "max_voxels": "@max_voxels",
+                    "_requires_": "@bundle_scripts",
+                },
                 {"_target_": "Spacingd", "keys": "image", "pixdim": "@pixdim", "mode": "bilinear"},
                 {"_target_": "NormalizeIntensityd", "keys": "image"},
                 {"_target_": "EnsureTyped", "keys": "image"},
@@ -270,7 +280,7 @@ def _inference_config(
             "missing_ok": False,
             "_requires_": "@bundle_scripts",
         },
-        "run_evaluator": ["@check_inputs", "$@evaluator.run()"],
+        "run_evaluator": ["@install_excepthook", "@check_inputs", "$@evaluator.run()"],
         "load_weights": "$@network.load_state_dict(torch.load(@ckpt_path, map_location=@device, weights_only=True))",
         # a component, not a "$__import__(...)" expression: MONAI 1.6.1 parses every expression that contains the
         # word "import" as an import statement before substituting references, and "@network" is no Python
@@ -284,9 +294,12 @@ def _inference_config(
             "inferer": "@inferer",
             "postprocessing": "@postprocessing",
             "device": "@device",
+            "raise_on_error": True,
         },
-        # the folder inference with a per-case report (a bad case is reported and skipped)
-        "run": ["@infer_folder"],
+        # an uncaught error ends with one line naming the problem (MONAI's "Failed to instantiate" unwrapped)
+        "install_excepthook": {"_target_": "scripts.errors.install_excepthook", "_requires_": "@bundle_scripts"},
+        # the folder inference with a per-case report (a bad case is reported and skipped; any failure: exit 1)
+        "run": ["@install_excepthook", "@infer_folder"],
         "inference": "@run",
     }
 

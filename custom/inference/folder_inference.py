@@ -27,6 +27,7 @@ import contextlib
 import csv
 import logging
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -51,7 +52,11 @@ from monai.transforms import (
 from tqdm import tqdm
 
 __all__ = [
+    "DEFAULT_MAX_VOXELS",
+    "BatchInferenceError",
     "REPORT_COLUMNS",
+    "CheckImaged",
+    "InputError",
     "SegmentationWriter",
     "SetAsideStrayKeysd",
     "default_inference_transforms",
@@ -111,6 +116,113 @@ class SetAsideStrayKeysd:
         return d
 
 
+DEFAULT_MAX_VOXELS = 2**28  # 256 Mi voxels: 1 GiB as float32, about 9x a 576 x 576 x 88 LA volume
+
+
+class InputError(ValueError):
+    """A bad input image (non-finite voxels, a grid too large once resampled). The message starts with the file."""
+
+    user_error = True  # custom.errors prints only its message, no traceback
+
+
+def _source_name(image: Any) -> str:
+    meta = getattr(image, "meta", None)
+    source = meta.get("filename_or_obj") if isinstance(meta, Mapping) else None
+    if isinstance(source, (list, tuple)) and len(source) == 1:
+        source = source[0]
+    return str(source) if source else "<image>"
+
+
+def _native_spacing(image: Any) -> np.ndarray:
+    affine = getattr(image, "affine", None)
+    if affine is None:
+        return np.ones(3)
+    affine = np.asarray(affine.detach().cpu() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
+    return np.linalg.norm(affine[:3, :3], axis=0)
+
+
+class CheckImaged:
+    """Refuse an image that would give silently wrong output or exhaust memory, naming its file.
+
+    Placed after ``LoadImaged`` / ``EnsureChannelFirstd`` (and ``Orientationd``) and before ``Spacingd``. For each
+    key present:
+
+    * every voxel must be finite: one NaN or Inf voxel makes ``NormalizeIntensityd`` turn the whole volume into NaN,
+      and the network's argmax of NaN logits is all background;
+    * the grid resampled to ``pixdim`` (``ceil(size * native spacing / pixdim)`` per axis) must hold at most
+      ``max_voxels`` voxels (a 50 mm spacing resampled to 0.625 mm would need hundreds of GB).
+
+    Args:
+        keys: the image keys (missing ones are skipped when ``allow_missing_keys``).
+        pixdim: the target voxel size of the following ``Spacingd`` (None: no resampling, only the size limit on
+            the native grid).
+        max_voxels: the largest resampled grid accepted (default :data:`DEFAULT_MAX_VOXELS`); None: no limit.
+        check_finite: check that all voxels are finite.
+        allow_missing_keys: skip keys not in the data.
+
+    Raises:
+        ValueError: for bad arguments.
+        InputError: at call time, naming the file, for non-finite voxels or a grid over ``max_voxels``.
+    """
+
+    def __init__(
+        self,
+        keys: str | Sequence[str],
+        pixdim: Sequence[float] | float | None = None,
+        max_voxels: int | None = DEFAULT_MAX_VOXELS,
+        check_finite: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        self.keys = (keys,) if isinstance(keys, str) else tuple(keys)
+        if not self.keys:
+            raise ValueError("keys must name at least one image key.")
+        if pixdim is not None:
+            values = np.broadcast_to(np.atleast_1d(np.asarray(pixdim, dtype=np.float64)), (3,))
+            if np.any(~np.isfinite(values)) or np.any(values <= 0):
+                raise ValueError(f"pixdim must be positive numbers, got {pixdim!r}.")
+            pixdim = tuple(float(v) for v in values)
+        if max_voxels is not None and (isinstance(max_voxels, bool) or int(max_voxels) < 1):
+            raise ValueError(f"max_voxels must be a positive integer or None, got {max_voxels!r}.")
+        self.pixdim = pixdim
+        self.max_voxels = None if max_voxels is None else int(max_voxels)
+        self.check_finite = bool(check_finite)
+        self.allow_missing_keys = bool(allow_missing_keys)
+
+    def __call__(self, data: Mapping[Any, Any]) -> dict[Any, Any]:
+        d = dict(data)
+        for key in self.keys:
+            if key not in d:
+                if self.allow_missing_keys:
+                    continue
+                raise KeyError(f"key {key!r} not in the data (keys: {sorted(map(str, d))})")
+            self._check(d[key])
+        return d
+
+    def _check(self, image: Any) -> None:
+        name = _source_name(image)
+        spatial = tuple(int(s) for s in np.shape(image)[-3:])
+        if self.max_voxels is not None:
+            native = _native_spacing(image)
+            target = np.asarray(self.pixdim if self.pixdim is not None else native)
+            needed = [int(np.ceil(n * s / t - 1e-6)) for n, s, t in zip(spatial, native, target)]  # noqa: B905
+            total = int(np.prod(needed, dtype=np.float64))
+            if total > self.max_voxels:
+                raise InputError(
+                    f"{name}: spacing {np.round(native, 4).tolist()} mm and size {list(spatial)} would need a "
+                    f"{needed} grid ({total:,} voxels) at {list(target)} mm, over the limit of {self.max_voxels:,} "
+                    "voxels (max_voxels); check the file's spacing in its header"
+                )
+        if self.check_finite:
+            values = image if isinstance(image, torch.Tensor) else torch.as_tensor(np.asarray(image))
+            if values.is_floating_point():
+                bad = int((~torch.isfinite(values)).sum())
+                if bad:
+                    raise InputError(
+                        f"{name}: {bad} non-finite voxel(s) (NaN or Inf); they would make the whole segmentation "
+                        "background. Replace them (e.g. with 0) before segmenting"
+                    )
+
+
 def default_inference_transforms(
     pixdim: Sequence[float] | None,
     image_key: str = "image",
@@ -118,13 +230,15 @@ def default_inference_transforms(
     axcodes: str = "RAS",
     normalize: bool = True,
     nonzero: bool = False,
+    max_voxels: int | None = DEFAULT_MAX_VOXELS,
 ) -> tuple[Compose, Compose]:
     """The standard pre- and postprocessing around a segmentation network.
 
     Preprocessing of ``{image_key: path}``: set aside stray ``f"{image_key}_*"`` strings
     (:class:`SetAsideStrayKeysd`), load with nibabel, channel first, reorient to ``axcodes``,
     resample to ``pixdim`` (bilinear; skipped when ``pixdim`` is None) and z-score the intensities
-    (``NormalizeIntensityd``; skipped when ``normalize`` is False). Postprocessing of
+    (``NormalizeIntensityd``; skipped when ``normalize`` is False); before resampling, :class:`CheckImaged` refuses
+    non-finite voxels and grids over ``max_voxels``. Postprocessing of
     ``data[pred_key]`` (logits ``(C, H, W, D)``): softmax, ``Invertd`` back to the input grid
     (linear interpolation of the probabilities) and argmax to a ``(1, H, W, D)`` label map.
 
@@ -136,6 +250,8 @@ def default_inference_transforms(
         normalize: z-score the image; False when the training pipeline scaled intensities otherwise
             (then build the preprocessing yourself) or not at all.
         nonzero: z-score over non-zero voxels only (must match the training pipeline).
+        max_voxels: refuse an image whose resampled grid would exceed this many voxels (:class:`CheckImaged`, which
+            also refuses non-finite voxels); None: no limit.
 
     Returns:
         ``(preprocessing, postprocessing)`` as MONAI ``Compose``.
@@ -154,6 +270,7 @@ def default_inference_transforms(
         EnsureChannelFirstd(keys=image_key),
         Orientationd(keys=image_key, axcodes=axcodes, labels=None),  # None: axis labels from the MetaTensor space
     ]
+    steps.append(CheckImaged(keys=image_key, pixdim=pixdim, max_voxels=max_voxels))
     if pixdim is not None:
         steps.append(Spacingd(keys=image_key, pixdim=pixdim, mode="bilinear"))
     if normalize:
@@ -258,6 +375,10 @@ def _atomic_path(final: Path) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp" + suffix, dir=final.parent)
     os.close(fd)
     tmp = Path(name)
+    # mkstemp creates 0600 files; published outputs get the usual permissions (0666 minus the umask)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
         os.replace(tmp, final)
@@ -289,6 +410,30 @@ def _input_geometry(path: Path) -> tuple[np.ndarray, tuple[int, ...], Any]:
     if len(shape) != 3:
         raise ValueError(f"expected a 3D image, got shape {shape}")
     return np.asarray(image.affine, dtype=np.float64), shape, image.header
+
+
+_WRAPPERS = ("applying transform", "Failed to instantiate component", "Failed to evaluate")
+
+
+def _cause_message(exc: BaseException) -> str:
+    """``"Type: message"`` of the outermost exception of ``exc``'s chain that is not one of MONAI's wrappers
+    (``RuntimeError: applying transform <LoadImaged ...>`` hides e.g. ``EOFError: Compressed file ended ...``)."""
+    chain, seen = [], set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append(current)
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    for candidate in chain:
+        if not (type(candidate) is RuntimeError and str(candidate).startswith(_WRAPPERS)):
+            return f"{type(candidate).__name__}: {' '.join(str(candidate).split())}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class BatchInferenceError(RuntimeError):
+    """Some images of a folder could not be segmented (the others were written); the message says which and why."""
+
+    user_error = True
 
 
 def _label_dtype(labels: np.ndarray) -> np.dtype:
@@ -389,6 +534,7 @@ def infer_folder(
     suffix: str = "_seg",
     amp: bool = False,
     report_name: str | None = "inference_report.csv",
+    raise_on_error: bool = False,
 ) -> list[dict[str, Any]]:
     """Segment each NIfTI image and write ``<case><suffix>.nii.gz`` on the input grid.
 
@@ -418,16 +564,26 @@ def infer_folder(
         suffix: appended to the case name for the output file.
         amp: mixed precision (only used on CUDA).
         report_name: file name of the CSV report in ``output_dir``; None writes no report.
+        raise_on_error: after all cases, raise :class:`BatchInferenceError` when any case failed (the bundles'
+            command lines: a non-zero exit status); False returns the rows only.
 
     Returns:
         One dict per input with the keys of :data:`REPORT_COLUMNS`: ``case``, ``input``,
         ``output`` (empty on error), ``status`` (``"ok"`` / ``"error"``), ``message`` (the problem)
         and ``seconds``.
 
+    A summary line (``segmented: N ok, M failed, K skipped (earlier outputs); report: <path>``) is logged and
+    printed to stderr.
+
     Raises:
         FileNotFoundError: naming the folder when it does not exist or holds no NIfTI file.
+        BatchInferenceError: with ``raise_on_error``, when any case failed (after all cases were tried), naming each
+            failed file and its problem.
     """
     files = _input_files(input_dir_or_files, output_dir, suffix)
+    skipped = 0
+    if isinstance(input_dir_or_files, (str, os.PathLike)):
+        skipped = len(list_nifti_files(input_dir_or_files)) - len(files)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     report_path = output_dir / report_name if report_name else None
@@ -456,7 +612,7 @@ def infer_folder(
                 row["output"] = str(output_path)
             except Exception as exc:  # one bad case must not stop the folder
                 row["status"] = "error"
-                row["message"] = f"{type(exc).__name__}: {exc}"
+                row["message"] = _cause_message(exc)
                 logger.warning(f"{path}: {row['message']}")
             row["seconds"] = round(time.perf_counter() - start, 3)
             rows.append(row)
@@ -465,7 +621,15 @@ def infer_folder(
     finally:
         network.train(was_training)
     n_ok = sum(r["status"] == "ok" for r in rows)
-    logger.info(f"segmented {n_ok}/{len(rows)} images into {output_dir}")
+    failed = [r for r in rows if r["status"] != "ok"]
+    where = f"report: {report_path}" if report_path is not None else f"outputs in {output_dir}"
+    summary = f"segmented: {n_ok} ok, {len(failed)} failed, {skipped} skipped (earlier outputs); {where}"
+    logger.info(summary)
+    print(summary, file=sys.stderr, flush=True)
+    if failed and raise_on_error:
+        details = "; ".join(f"{r['input']}: {r['message']}" for r in failed[:3])
+        more = f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
+        raise BatchInferenceError(f"{len(failed)} of {len(rows)} images failed ({where}): {details}{more}")
     return rows
 
 

@@ -134,7 +134,23 @@ def test_ensure_dataset_fills_an_empty_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(synthetic, "make_synthetic_dataset", lambda out_dir, **kw: real(out_dir, **{**kw, **SMALL}))
     folder = tmp_path / "empty"
     folder.mkdir()
-    assert Path(ensure_dataset(folder)).is_file()
+    assert Path(ensure_dataset(folder, make_demo=True)).is_file()
+
+
+@pytest.mark.parametrize("name", ["dmeo", "la_data"])
+def test_ensure_dataset_refuses_a_missing_or_empty_folder_that_is_no_demo_folder(tmp_path, name):
+    """A mistyped --dataset_dir is an error naming it (issue 19); nothing is generated or created."""
+    missing = tmp_path / "data" / name
+    with pytest.raises(DataError, match="dataset folder not found") as info:
+        ensure_dataset(missing)
+    assert str(info.value).startswith(str(missing)) and "--dataset_dir" in str(info.value)
+    assert not (tmp_path / "data").exists()
+    missing.mkdir(parents=True)
+    with pytest.raises(DataError, match="dataset folder is empty"):
+        ensure_dataset(missing)
+    assert list(missing.iterdir()) == []
+    with pytest.raises(DataError, match="not found"):
+        ensure_dataset(tmp_path / "demo_x", make_demo=False)
 
 
 def test_ensure_dataset_reports_progress_per_case(tmp_path, monkeypatch, capsys):
