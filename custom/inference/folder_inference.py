@@ -207,9 +207,10 @@ class CheckImaged:
             needed = [int(np.ceil(n * s / t - 1e-6)) for n, s, t in zip(spatial, native, target)]  # noqa: B905
             total = int(np.prod(needed, dtype=np.float64))
             if total > self.max_voxels:
+                target_mm = [round(float(t), 4) for t in target]
                 raise InputError(
                     f"{name}: spacing {np.round(native, 4).tolist()} mm and size {list(spatial)} would need a "
-                    f"{needed} grid ({total:,} voxels) at {list(target)} mm, over the limit of {self.max_voxels:,} "
+                    f"{needed} grid ({total:,} voxels) at {target_mm} mm, over the limit of {self.max_voxels:,} "
                     "voxels (max_voxels); check the file's spacing in its header"
                 )
         if self.check_finite:

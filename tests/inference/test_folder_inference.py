@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import csv
+import os
+import stat
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -11,6 +14,8 @@ from monai.transforms import AsDiscreted, Compose
 
 from custom.inference.folder_inference import (
     REPORT_COLUMNS,
+    BatchInferenceError,
+    InputError,
     SetAsideStrayKeysd,
     _label_dtype,
     default_inference_transforms,
@@ -228,3 +233,78 @@ def test_module_imports_only_what_bundles_ship():
             assert node.level == 0, "relative imports break the verbatim copy"
             imported.add(node.module.split(".")[0])
     assert imported <= allowed, imported - allowed
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 19: non-finite voxels, oversized grids, exit status, summary line, permissions
+
+
+def _folder_with(tmp_path, images: dict) -> Path:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, (array, affine) in images.items():
+        nib.save(nib.Nifti1Image(array, affine), str(folder / f"{name}.nii.gz"))
+    return folder
+
+
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf])
+def test_non_finite_voxels_are_a_per_file_error_never_all_background(tmp_path, bad_value, capsys):
+    bad = _cube()
+    bad[0, 0, 0] = bad_value
+    folder = _folder_with(tmp_path, {"a_good": (_cube(), np.eye(4)), "b_bad": (bad, np.eye(4))})
+    pre, post = default_inference_transforms(pixdim=(1.0, 1.0, 1.0), normalize=False)
+    out = tmp_path / "out"
+    with pytest.raises(BatchInferenceError) as info:
+        infer_folder(_threshold_net(), folder, out, pre, SimpleInferer(), post, raise_on_error=True)
+    message = str(info.value)
+    assert "1 of 2 images failed" in message and "b_bad.nii.gz" in message and "non-finite voxel" in message
+    assert (out / "a_good_seg.nii.gz").is_file()  # the good one is still written
+    assert not (out / "b_bad_seg.nii.gz").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["a_good_seg.nii.gz", "inference_report.csv"]  # no temp files
+    report = {r["case"]: r for r in _read_report(out / "inference_report.csv")}
+    assert report["b_bad"]["status"] == "error" and "InputError" in report["b_bad"]["message"]
+    assert "1 non-finite voxel(s)" in report["b_bad"]["message"]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"segmented: 1 ok, 1 failed, 0 skipped (earlier outputs); report: {out / 'inference_report.csv'}"
+
+
+def test_grid_too_large_once_resampled_names_file_spacing_and_size(tmp_path):
+    affine = np.diag([50.0, 50.0, 50.0, 1.0])
+    folder = _folder_with(tmp_path, {"coarse": (_cube(), affine)})
+    pre, post = default_inference_transforms(pixdim=(0.625, 0.625, 0.625), normalize=False)
+    rows = infer_folder(_threshold_net(), folder, tmp_path / "out", pre, SimpleInferer(), post)
+    assert rows[0]["status"] == "error"
+    message = rows[0]["message"]
+    assert message.startswith("InputError: ") and str(folder / "coarse.nii.gz") in message
+    assert "spacing [50.0, 50.0, 50.0] mm" in message and "[1120, 1440, 800] grid" in message
+    assert "max_voxels" in message
+    # the limit is configurable: without it the same file would be resampled (here a small limit refuses a small file)
+    pre_small, _ = default_inference_transforms(pixdim=(1.0, 1.0, 1.0), normalize=False, max_voxels=100)
+    with pytest.raises(RuntimeError) as info:  # MONAI's Compose wraps it
+        pre_small({"image": str(folder / "coarse.nii.gz")})
+    assert isinstance(info.value.__cause__, InputError) and "over the limit of 100 voxels" in str(info.value.__cause__)
+
+
+def test_every_file_failing_raises_after_the_report_and_outputs_are_0644(tmp_path):
+    folder = _folder_with(tmp_path, {"a": (_cube(), np.eye(4))})
+    (folder / "b.nii.gz").write_bytes(b"not a nifti")
+    pre, post = default_inference_transforms(pixdim=(1.0, 1.0, 1.0), normalize=False)
+    out = tmp_path / "out"
+    old = os.umask(0o022)
+    try:
+        with pytest.raises(BatchInferenceError, match=r"1 of 2 images failed .*b\.nii\.gz: ValueError: cannot read"):
+            infer_folder(_threshold_net(), folder, out, pre, SimpleInferer(), post, raise_on_error=True)
+    finally:
+        os.umask(old)
+    for name in ("a_seg.nii.gz", "inference_report.csv"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
+
+
+def test_monai_wrapper_is_unwrapped_in_the_report(tmp_path):
+    folder = _folder_with(tmp_path, {"a": (_cube(), np.eye(4))})
+    raw = (folder / "a.nii.gz").read_bytes()
+    (folder / "a.nii.gz").write_bytes(raw[: len(raw) // 2])  # truncated gzip: header readable, data not
+    pre, post = default_inference_transforms(pixdim=(1.0, 1.0, 1.0), normalize=False)
+    rows = infer_folder(_threshold_net(), folder, tmp_path / "out", pre, SimpleInferer(), post)
+    assert rows[0]["status"] == "error"
+    assert not rows[0]["message"].startswith("RuntimeError: applying transform"), rows[0]["message"]
