@@ -92,6 +92,8 @@ _FILE_LOCALS = ("filename", "filename_or_obj", "path", "file", "file_path", "ima
 
 
 def _existing_file(value: object) -> str | None:
+    if isinstance(value, (tuple, list)) and len(value) == 1:
+        value = value[0]
     if isinstance(value, (str, os.PathLike)):
         with contextlib.suppress(OSError, ValueError, TypeError):
             if os.path.isfile(value):
@@ -100,15 +102,17 @@ def _existing_file(value: object) -> str | None:
 
 
 def source_file(exc: BaseException) -> str | None:
-    """The file being read or transformed when ``exc`` was raised, from its traceback's frames (innermost first):
-    a local such as ``filename`` (MONAI's ``LoadImage``) that names an existing file, or an array whose metadata's
-    ``filename_or_obj`` does (``Spacing`` on a ``MetaTensor``); None when no frame tells."""
+    """The file being read or transformed when ``exc`` was raised, from its traceback's frames (outermost first:
+    MONAI's ``NibabelReader`` keeps the file names on the reader, shared by the threads of a ``CacheDataset``, so
+    its inner frames may name another thread's file): a local such as ``filename`` (MONAI's ``LoadImage``) that
+    names an existing file, or an array whose metadata's ``filename_or_obj`` does (``Spacing`` on a ``MetaTensor``);
+    None when no frame tells."""
     frames = []
     tb = exc.__traceback__
     while tb is not None:
         frames.append(tb.tb_frame)
         tb = tb.tb_next
-    for frame in reversed(frames):
+    for frame in frames:
         local_vars = frame.f_locals
         for name in _FILE_LOCALS:
             found = _existing_file(local_vars.get(name))

@@ -1,0 +1,245 @@
+"""Issue 19: the bundle entry points end with one line naming the file or option and the problem, and a bad option
+or dataset leaves nothing behind. Each test builds its bad input and runs ``python -m monai.bundle`` in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from custom.errors import PREFIX, OptionError, describe, install_excepthook, root_cause, source_file
+from custom.io import DataError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+QUICK = "['configs/alc_la.json','configs/quick.json']"
+
+
+def _bundle(run_id: str, *args: str, config: str = QUICK, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("NOISYSEG_TRACEBACK", None)
+    command = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", config, "--device", "cpu", *args]
+    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _last_line(proc: subprocess.CompletedProcess) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines, proc.stdout[-2000:]
+    return lines[-1]
+
+
+def _copy_dataset(datalist: Path, dest: Path) -> Path:
+    shutil.copytree(datalist.parent, dest)
+    return dest / datalist.name
+
+
+# ------------------------------------------------------------------------------------------- unit level
+
+
+def test_root_cause_unwraps_monai_wrappers_and_prefers_user_errors():
+    try:
+        try:
+            try:
+                raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+            except EOFError as exc:
+                raise DataError("/data/a.nii.gz", "cannot read NIfTI") from exc
+        except DataError as exc:
+            raise RuntimeError("applying transform <LoadImaged object at 0x1>") from exc
+    except RuntimeError as exc:
+        wrapped = exc
+    assert isinstance(root_cause(wrapped), DataError)
+    assert describe(wrapped) == "/data/a.nii.gz: cannot read NIfTI"
+
+    try:
+        try:
+            raise TypeError("'>' not supported between instances of 'str' and 'int'")
+        except TypeError as exc:
+            raise RuntimeError("Failed to instantiate component 'x' with keywords: a") from exc
+    except RuntimeError as exc:
+        assert describe(exc) == "TypeError: '>' not supported between instances of 'str' and 'int'"
+
+
+def test_source_file_names_the_file_a_library_error_came_from(tmp_path):
+    path = tmp_path / "case.nii.gz"
+    path.write_bytes(b"x")
+
+    def load(filename):
+        raise EOFError("Compressed file ended")
+
+    try:
+        load(str(path))
+    except EOFError as exc:
+        assert source_file(exc) == str(path)
+        assert describe(exc) == f"{path}: EOFError: Compressed file ended"
+
+
+def test_excepthook_prints_one_last_line(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(sys, "excepthook", lambda *a: calls.append(a))
+    install_excepthook()
+    install_excepthook()  # idempotent
+    err = OptionError("patch_size", "must be 3 positive integers")
+    sys.excepthook(OptionError, err, None)
+    assert capsys.readouterr().err.splitlines()[-1] == PREFIX + "--patch_size: must be 3 positive integers"
+    assert calls == []  # a user error: no traceback
+    other = ZeroDivisionError("division by zero")
+    sys.excepthook(ZeroDivisionError, other, None)
+    assert capsys.readouterr().err.splitlines()[-1] == PREFIX + "ZeroDivisionError: division by zero"
+    assert len(calls) == 1  # a bug: the traceback first
+
+
+# ------------------------------------------------------------------------------------------- bad options
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        (("--patch_size", "abc"), "--patch_size: must be a list of 3 positive integers"),
+        (("--patch_size", "[16,16]"), "--patch_size: must have 3 sizes"),
+        (("--patch_size", "[40,40,24]"), "nearest valid sizes: [32, 32, 16] or [48, 48, 32]"),
+        (("--max_epochs", "abc"), "--max_epochs: must be an integer >= 1, got 'abc'"),
+        (("--epoch_length", "0"), "--epoch_length: must be an integer >= 1, got 0"),
+        (("--batch_lq", "0"), "--batch_lq: must be an integer >= 1, got 0"),
+        (("--learning_rate", "-1"), "--learning_rate: must be in (0.0, inf], got -1"),
+    ],
+)
+def test_bad_option_is_one_line_and_leaves_nothing(override, expected, demo_dataset, tmp_path):
+    out = tmp_path / "bundle"
+    proc = _bundle("training", "--dataset_dir", str(demo_dataset.parent), "--datalist", str(demo_dataset),
+                   "--output_dir", str(out), *override)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = _last_line(proc)
+    assert last.startswith(PREFIX) and expected in last, last
+    assert not out.exists()  # no checkpoints/ or logs/ left behind
+    assert len(proc.stderr.splitlines()) < 15  # no 100-line traceback for a user error
+
+
+def test_bad_batch_size_for_a_single_stream_config(demo_dataset, tmp_path):
+    out = tmp_path / "bundle"
+    proc = _bundle("training", "--dataset_dir", str(demo_dataset.parent), "--datalist", str(demo_dataset),
+                   "--output_dir", str(out), "--batch_size", "0",
+                   config="['configs/supervised_la.json','configs/quick.json']")
+    assert proc.returncode == 1
+    assert _last_line(proc) == PREFIX + "--batch_size: must be an integer >= 1, got 0"
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------- bad data
+
+
+@pytest.mark.parametrize("run_id", ["training", "inference"])
+def test_mistyped_dataset_dir_is_an_error_naming_it(run_id, tmp_path):
+    missing = tmp_path / "data" / "la_mtcl_dsx"
+    out = tmp_path / "bundle"
+    proc = _bundle(run_id, "--dataset_dir", str(missing), "--output_dir", str(out))
+    assert proc.returncode == 1
+    last = _last_line(proc)
+    assert last.startswith(PREFIX + str(missing)) and "dataset folder not found" in last, last
+    assert not (tmp_path / "data").exists() and not out.exists()  # no demo set generated there
+
+
+def test_datalist_error_is_not_buried_under_failed_to_instantiate(demo_dataset, tmp_path):
+    datalist = _copy_dataset(demo_dataset, tmp_path / "data")
+    content = json.loads(datalist.read_text())
+    content["training"][0].pop("label")
+    datalist.write_text(json.dumps(content))
+    out = tmp_path / "bundle"
+    proc = _bundle("training", "--dataset_dir", str(datalist.parent), "--datalist", str(datalist),
+                   "--output_dir", str(out))
+    assert proc.returncode == 1
+    last = _last_line(proc)
+    assert last.startswith(PREFIX + str(datalist)) and "lacks required key(s) ['label']" in last, last
+    assert "Failed to instantiate" not in last
+    assert not out.exists()
+
+
+def _training_image(datalist: Path) -> Path:
+    item = json.loads(datalist.read_text())["training"][0]
+    return datalist.parent / item["image"]
+
+
+def test_truncated_image_names_the_file_and_the_cause(demo_dataset, tmp_path):
+    datalist = _copy_dataset(demo_dataset, tmp_path / "data")
+    image = _training_image(datalist)
+    raw = image.read_bytes()
+    image.write_bytes(raw[: len(raw) // 2])
+    out = tmp_path / "bundle"
+    proc = _bundle("training", "--dataset_dir", str(datalist.parent), "--datalist", str(datalist),
+                   "--output_dir", str(out))
+    assert proc.returncode == 1
+    last = _last_line(proc)
+    assert last.startswith(PREFIX) and str(image) in last and "applying transform" not in last, last
+    assert not (out / "models").exists()
+
+
+def test_non_finite_training_image_names_the_file(demo_dataset, tmp_path):
+    datalist = _copy_dataset(demo_dataset, tmp_path / "data")
+    image = _training_image(datalist)
+    source = nib.load(str(image))
+    array = np.asarray(source.dataobj, dtype=np.float32)
+    array[1, 2, 3] = np.nan
+    nib.save(nib.Nifti1Image(array, source.affine), str(image))
+    out = tmp_path / "bundle"
+    proc = _bundle("training", "--dataset_dir", str(datalist.parent), "--datalist", str(datalist),
+                   "--output_dir", str(out))
+    assert proc.returncode == 1
+    last = _last_line(proc)
+    assert last == PREFIX + f"{image}: 1 non-finite voxel(s) (NaN or Inf); they would make the whole segmentation " \
+        "background. Replace them (e.g. with 0) before segmenting", last
+    assert not (out / "models").exists()
+
+
+def test_coarse_spacing_is_refused_before_resampling(demo_dataset, tmp_path):
+    datalist = _copy_dataset(demo_dataset, tmp_path / "data")
+    image = _training_image(datalist)
+    source = nib.load(str(image))
+    nib.save(nib.Nifti1Image(np.asarray(source.dataobj), np.diag([50.0, 50.0, 50.0, 1.0])), str(image))
+    out = tmp_path / "bundle"
+    proc = _bundle("training", "--dataset_dir", str(datalist.parent), "--datalist", str(datalist),
+                   "--output_dir", str(out), timeout=120)
+    assert proc.returncode == 1
+    last = _last_line(proc)
+    assert last.startswith(PREFIX + str(image)) and "spacing [50.0, 50.0, 50.0] mm" in last, last
+    assert "over the limit of 268,435,456 voxels (max_voxels)" in last
+    assert not (out / "models").exists()
+
+
+# ------------------------------------------------------------------------------------------- inference
+
+
+def _model(out: Path) -> None:
+    import torch
+
+    from custom.networks import PaperVNet
+
+    net = PaperVNet(spatial_dims=3, in_channels=1, out_channels=2, base_filters=4, dropout=0.5, normalization="batch")
+    (out / "models").mkdir(parents=True)
+    torch.save(net.state_dict(), out / "models" / "model.pt")
+
+
+def test_inference_exits_non_zero_when_a_file_fails(demo_dataset, tmp_path):
+    datalist = _copy_dataset(demo_dataset, tmp_path / "data")
+    images = datalist.parent / "imagesTs"  # the configs segment <dataset_dir>/imagesTs
+    shutil.rmtree(images)
+    images.mkdir()
+    good = _training_image(datalist)
+    shutil.copy(good, images / "a_good.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((8, 8), np.float32), np.eye(4)), str(images / "b_2d.nii.gz"))
+    out = tmp_path / "bundle"
+    _model(out)
+    proc = _bundle("inference", "--dataset_dir", str(datalist.parent), "--datalist", str(datalist),
+                   "--output_dir", str(out))
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = _last_line(proc)
+    report = out / "predictions" / "inference_report.csv"
+    assert last.startswith(PREFIX + f"1 of 2 images failed (report: {report})"), last
+    assert "b_2d.nii.gz: ValueError: expected a 3D image" in last
+    assert f"segmented: 1 ok, 1 failed, 0 skipped (earlier outputs); report: {report}" in proc.stderr
+    assert sorted(p.name for p in (out / "predictions").iterdir()) == ["a_good_seg.nii.gz", "inference_report.csv"]
