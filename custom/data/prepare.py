@@ -878,12 +878,17 @@ def _nifti_source(case_id: str, image_path: Path, label_path: Path) -> CaseSourc
     return CaseSource(case_id, str(image_path), str(label_path), load)
 
 
+_LABELS_LOOKALIKES = {"label", "classes", "class_names", "label_names", "labelnames"}
+
+
 def read_dataset_labels(path: str | os.PathLike) -> dict[str, str] | None:
     """Class names from an MSD ``dataset.json`` (``{"0": "background", ...}``) or an nnU-Net v2 one
-    (``{"background": 0, ...}``); ``None`` when the file does not exist or has no ``labels``.
+    (``{"background": 0, ...}``); ``None`` when the file does not exist or has no ``labels`` (nor a look-alike).
 
     Raises:
-        DataError: unreadable JSON, or labels that are not the contiguous classes ``0..C-1`` with C >= 2.
+        DataError: unreadable JSON, JSON that is not an object (e.g. a list), a look-alike key (``"label"``,
+            ``"classes"``, ...) instead of ``"labels"``, or labels that are not the contiguous classes ``0..C-1``
+            with C >= 2.
     """
     path = Path(path)
     if not path.exists():
@@ -892,8 +897,13 @@ def read_dataset_labels(path: str | os.PathLike) -> dict[str, str] | None:
         content = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(path, f"cannot read JSON ({type(exc).__name__}: {exc})") from exc
-    raw = content.get("labels") if isinstance(content, dict) else None
-    if raw is None:
+    if not isinstance(content, dict):
+        raise DataError(path, f"must be a JSON object with a 'labels' entry, got a {type(content).__name__}")
+    raw = content.get("labels")
+    if raw is None and "labels" not in content:
+        near = [k for k in content if str(k).strip().lower() in _LABELS_LOOKALIKES]
+        if near:
+            raise DataError(path, f"has {near[0]!r} but no 'labels' entry (the class names must be under 'labels')")
         return None
     if not isinstance(raw, dict) or not raw:
         raise DataError(path, "'labels' must be a non-empty object")
@@ -939,14 +949,27 @@ def nifti_sources(
 
 
 def _infer_num_classes(sources: Sequence[CaseSource]) -> int:
-    # without declared classes, the largest label value seen decides (background-only data still gives C = 2)
-    largest = 1
+    """Without declared classes, the largest label value seen decides (background-only data still gives C = 2);
+    every class ``1..C-1`` must then occur in some label, so that a stray value (a 7 in a binary task) is an error
+    naming its file instead of a silent 8-class task."""
+    largest, largest_origin = 1, None
+    seen: set[int] = set()
     for source in sources:
         label = load_nifti(source.label_origin)[0]
         _check_integer_values(label, source.label_origin)
         if label.size and float(np.min(label)) < 0:
             raise DataError(source.label_origin, f"label holds the negative value {np.min(label)}")
-        largest = max(largest, int(np.max(label)))
+        values = {int(v) for v in np.unique(label)} if label.size else set()
+        seen |= values
+        if values and max(values) > largest:
+            largest, largest_origin = max(values), source.label_origin
+    missing = sorted(set(range(1, largest + 1)) - seen)
+    if missing:
+        raise DataError(
+            largest_origin,
+            f"label value {largest} implies {largest + 1} classes, but classes {missing} occur in no label; "
+            "declare the classes in dataset.json ('labels') or fix the label",
+        )
     return largest + 1
 
 

@@ -233,9 +233,36 @@ def _bad_dataset_json(root: Path) -> Path:
     return root / "dataset.json"
 
 
+def _dataset_json_label_key(root: Path) -> Path:
+    (root / "dataset.json").write_text(json.dumps({"name": "toy", "label": LABELS}))
+    return root / "dataset.json"
+
+
+def _dataset_json_list(root: Path) -> Path:
+    (root / "dataset.json").write_text(json.dumps([LABELS]))
+    return root / "dataset.json"
+
+
+def _dataset_json_null_labels(root: Path) -> Path:
+    (root / "dataset.json").write_text(json.dumps({"labels": None}))
+    return root / "dataset.json"
+
+
+def _stray_value_without_dataset_json(root: Path) -> Path:
+    (root / "dataset.json").unlink()
+    label = _label(2)
+    label[0, 0, 0] = 7  # classes 0, 1, 2 and a stray 7: not an 8-class task
+    save_nifti(label, AFFINE, root / "labelsTr" / "p3.nii.gz")
+    return root / "labelsTr" / "p3.nii.gz"
+
+
 @pytest.mark.parametrize(
     "damage, problem",
     [
+        (_dataset_json_label_key, "has 'label' but no 'labels' entry"),
+        (_dataset_json_list, "must be a JSON object with a 'labels' entry, got a list"),
+        (_dataset_json_null_labels, "'labels' must be a non-empty object"),
+        (_stray_value_without_dataset_json, "label value 7 implies 8 classes, but classes [3, 4, 5, 6] occur in no"),
         (_missing_images_tr, "folder not found"),
         (_empty_labels_tr, "folder holds no NIfTI files"),
         (_image_without_label, "no matching label p2.nii.gz"),
