@@ -19,6 +19,7 @@ import datetime
 import logging
 import shutil
 import sys
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from custom.inference.folder_inference import DEFAULT_MAX_VOXELS
-from custom.io import atomic_output, write_json
+from custom.io import DataError, atomic_output, write_json
 
 __all__ = [
     "BUNDLE_ROOT_EXPRESSION",
@@ -134,15 +135,42 @@ _NETWORK_DESCRIPTIONS = {
 }
 
 
+def _checkpoint_problem(path: Path) -> str | None:
+    """Why ``path`` is no readable ``torch.save`` zip archive (truncated, corrupt), or None when it is one."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()  # reads every member and checks its CRC
+    except (OSError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None if bad is None else f"member {bad} is corrupt"
+
+
 def latest_checkpoint(checkpoint_dir: str | Path) -> str | None:
-    """Path of the newest ``*.pt`` training checkpoint (``checkpoint*.pt``) in ``checkpoint_dir``, or ``None``."""
+    """Path of the newest readable training checkpoint (``checkpoint*.pt``) in ``checkpoint_dir``, or ``None``.
+
+    A newer checkpoint that is cut short or corrupt (not a complete zip archive, e.g. a copy interrupted or a full
+    disk) is skipped with a warning that names it, and the previous valid one is used.
+
+    Raises:
+        DataError: naming the folder and each file, when checkpoints exist but none of them is readable.
+    """
     folder = Path(checkpoint_dir)
     if not folder.is_dir():
         return None
-    candidates = [p for p in folder.glob("checkpoint*.pt") if p.is_file()]
+    candidates = sorted(
+        (p for p in folder.glob("checkpoint*.pt") if p.is_file()), key=lambda p: p.stat().st_mtime_ns, reverse=True
+    )
     if not candidates:
         return None
-    return str(max(candidates, key=lambda p: p.stat().st_mtime_ns))
+    problems = []
+    for path in candidates:
+        problem = _checkpoint_problem(path)
+        if problem is None:
+            if problems:
+                logger.warning(f"resuming from {path}: the newer {'; '.join(problems)}")
+            return str(path)
+        problems.append(f"{path} is unreadable ({problem})")
+    raise DataError(folder, f"no readable checkpoint to resume from: {'; '.join(problems)}")
 
 
 def plain_state_dict(network: torch.nn.Module) -> dict[str, torch.Tensor]:
