@@ -121,14 +121,21 @@ def test_bad_option_is_one_line_and_leaves_nothing(override, expected, demo_data
     assert len(proc.stderr.splitlines()) < 15  # no 100-line traceback for a user error
 
 
-def test_bad_batch_size_for_a_single_stream_config(demo_dataset, tmp_path):
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        (("--batch_size", "0"), "--batch_size: must be an integer >= 1, got 0"),
+        (("--label_mode", "foo"), "--label_mode: must be one of ('hq', 'hq+lq', 'clean'), got 'foo'"),
+    ],
+)
+def test_bad_option_of_the_supervised_config(override, expected, demo_dataset, tmp_path):
     out = tmp_path / "bundle"
     proc = _bundle("training", "--dataset_dir", str(demo_dataset.parent), "--datalist", str(demo_dataset),
-                   "--output_dir", str(out), "--batch_size", "0",
-                   config="['configs/supervised_la.json','configs/quick.json']")
+                   "--output_dir", str(out), *override, config="['configs/supervised_la.json','configs/quick.json']")
     assert proc.returncode == 1
-    assert _last_line(proc) == PREFIX + "--batch_size: must be an integer >= 1, got 0"
-    assert not out.exists()
+    assert _last_line(proc) == PREFIX + expected
+    assert not (out / "models").exists()
+    assert len(proc.stderr.splitlines()) < 15
 
 
 # ------------------------------------------------------------------------------------------- bad data

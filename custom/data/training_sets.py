@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from custom.errors import OptionError
+
 __all__ = ["LABEL_MODES", "supervised_items", "split_by_quality"]
 
 LABEL_MODES = ("hq", "hq+lq", "clean")
@@ -18,10 +20,11 @@ def supervised_items(items: Sequence[dict], label_mode: str = "hq+lq") -> list[d
             noisy for LQ) or ``"clean"`` (upper bound: every item with its clean label).
 
     Raises:
-        ValueError: unknown mode, an empty result, or ``"clean"`` with items lacking ``label_clean``.
+        ValueError: unknown mode (an :class:`~custom.errors.OptionError` naming ``--label_mode``), an empty result,
+            or ``"clean"`` with items lacking ``label_clean``.
     """
     if label_mode not in LABEL_MODES:
-        raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {label_mode!r}.")
+        raise OptionError("label_mode", f"must be one of {LABEL_MODES}, got {label_mode!r}")
     if label_mode == "hq":
         out = [dict(i) for i in items if i.get("quality", "hq") == "hq"]
     elif label_mode == "hq+lq":
