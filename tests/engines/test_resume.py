@@ -61,3 +61,53 @@ def test_resume_restores_iteration_optimizer_and_scheduler(demo_dataset, tmp_pat
     trainer3.add_event_handler(Events.ITERATION_STARTED, lambda e: seen.append(e.state.iteration))
     third.run()
     assert seen[0] == 1
+
+
+def _complete_zip(path: Path) -> bool:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (OSError, zipfile.BadZipFile, EOFError):
+        return False
+
+
+def test_killed_and_resumed_run_ends_with_the_weights_of_the_unbroken_run(demo_dataset, tmp_path):
+    """Issue 19: SIGKILL after the first epoch checkpoint, then ``--resume true``: bit-identical final weights on CPU
+    (the RNG states, the random transforms' states and the loader's position are in the checkpoint)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def command(out: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
+                "['configs/supervised_la.json','configs/quick.json']", "--device", "cpu", "--val_interval", "100",
+                "--dataset_dir", str(demo_dataset.parent), "--datalist", str(demo_dataset), "--output_dir", str(out),
+                "--max_epochs", "3", "--epoch_length", "4", *extra]  # 4 iterations: not a whole pass over the data
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    unbroken = tmp_path / "unbroken"
+    subprocess.run(command(unbroken), cwd=REPO_ROOT, env=env, check=True, capture_output=True, timeout=600)
+
+    broken = tmp_path / "broken"
+    proc = subprocess.Popen(command(broken), cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    first = broken / "checkpoints" / "checkpoint_epoch=1.pt"
+    deadline = time.monotonic() + 600
+    while not _complete_zip(first) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (broken / "models" / "model.pt").exists(), "the run finished before it could be killed"
+    resumed = subprocess.run(command(broken, "--resume", "true"), cwd=REPO_ROOT, env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    a = torch.load(unbroken / "models" / "model.pt", map_location="cpu", weights_only=True)
+    b = torch.load(broken / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
