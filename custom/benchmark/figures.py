@@ -44,6 +44,20 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _label_axes(ax, xlabel: str, ylabel: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def _save_and_close(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
 def _mean_curve(curves: Sequence[Sequence[Mapping[str, float]]], x: str, y: str) -> tuple[list[float], list[float]]:
     """Mean of ``y`` over the curves at each ``x`` that every curve has."""
     points: dict[float, list[float]] = {}
@@ -95,15 +109,9 @@ def plot_learning_curves(
                 if xs:
                     name = "noisy" if column == "noisy_dice" else "refined"
                     ax.plot(xs, ys, style, color=colours[method], label=f"{labels.get(method, method)}: {name}")
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("training-label Dice vs clean (LQ patches)")
         ax.set_title("label quality per epoch (dotted: noisy, solid: refined)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+        _label_axes(ax, "iteration", "training-label Dice vs clean (LQ patches)")
+    return _save_and_close(plt, fig, path)
 
 
 def plot_paired_differences(
@@ -135,10 +143,7 @@ def plot_paired_differences(
     ax.set_xlabel("test Dice - HL-Sup's (paired per case and seed; 95% bootstrap interval)")
     ax.set_title(f"{setting}: difference to HL-Sup (green/red: resolved, grey: not resolved)", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return _save_and_close(plt, fig, path)
 
 
 def plot_dice_vs_noise(
@@ -180,11 +185,5 @@ def plot_dice_vs_noise(
     if not drawn:
         plt.close(fig)
         return None
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("test Dice (mean +- std over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    _label_axes(ax, xlabel, "test Dice (mean +- std over seeds)")
+    return _save_and_close(plt, fig, path)

@@ -38,6 +38,7 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: the in-process lock still serialises this invocation's writes
     fcntl = None
 
+from custom.benchmark.results import refinement_volume_dice
 from custom.io import write_csv, write_json
 
 __all__ = [
@@ -412,15 +413,7 @@ def read_run(method: str, run_dir: Path) -> dict[str, Any]:
             values = [v for v in (_float(r.get(column)) for r in rows) if v is not None]
             if values:
                 row[key] = values[-1]
-    refinement = run_dir / "refined_labels" / "refinement_log.csv"
-    if refinement.is_file():  # SP-guided: whole-volume label Dice vs clean before/after the latest round
-        with open(refinement) as f:
-            rounds = list(csv.DictReader(f))
-        last = [r for r in rounds if r.get("round") == rounds[-1].get("round")] if rounds else []
-        for key, column in (("volume_dice_before", "dice_before"), ("volume_dice_after", "dice_after")):
-            values = [v for v in (_float(r.get(column)) for r in last) if v is not None]
-            if values:
-                row[key] = sum(values) / len(values)
+    row.update(refinement_volume_dice(run_dir))  # SP-guided: LQ volumes' Dice before/after the latest round
     for run_id in ("training", "evaluating"):
         cmd_path = run_dir / f"{run_id}_command.json"
         if cmd_path.is_file():

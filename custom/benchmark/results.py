@@ -34,6 +34,7 @@ __all__ = [
     "PRIMARY_SETTINGS",
     "PLATEAU_TAIL",
     "read_case_dice",
+    "refinement_volume_dice",
     "plateau_change",
     "collect_runs",
     "build_results",
@@ -109,6 +110,24 @@ def plateau_change(
     }
 
 
+def refinement_volume_dice(run_dir: str | Path) -> dict[str, float]:
+    """SP-guided's whole-volume LQ label Dice against clean before and after its latest refinement round (means
+    over the refined cases of ``refined_labels/refinement_log.csv``): ``volume_dice_before`` / ``_after``; empty
+    when the run has no refinement log."""
+    path = Path(run_dir) / "refined_labels" / "refinement_log.csv"
+    if not path.is_file():
+        return {}
+    with open(path) as f:
+        rounds = list(csv.DictReader(f))
+    last = [r for r in rounds if r.get("round") == rounds[-1].get("round")] if rounds else []
+    out = {}
+    for key, column in (("volume_dice_before", "dice_before"), ("volume_dice_after", "dice_after")):
+        values = [v for v in (_float(r.get(column)) for r in last) if v is not None]
+        if values:
+            out[key] = sum(values) / len(values)
+    return out
+
+
 def _label_quality(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "label_quality.csv"
     out: dict[str, Any] = {"label_quality": []}
@@ -163,15 +182,7 @@ def collect_runs(work_dir: str | Path, settings: Sequence[str], methods: Sequenc
             record["training_wall_seconds"] = stats.get("wall_seconds")
             record["validation_curve"] = read_validation_curve(run_dir / "validation_curve.csv")
             record.update(_label_quality(run_dir))
-            refinement = run_dir / "refined_labels" / "refinement_log.csv"
-            if refinement.is_file():
-                with open(refinement) as f:
-                    rounds = list(csv.DictReader(f))
-                last = [r for r in rounds if r.get("round") == rounds[-1].get("round")] if rounds else []
-                for key, column in (("volume_dice_before", "dice_before"), ("volume_dice_after", "dice_after")):
-                    values = [v for v in (_float(r.get(column)) for r in last) if v is not None]
-                    if values:
-                        record[key] = sum(values) / len(values)
+            record.update(refinement_volume_dice(run_dir))
             runs.append(record)
     return runs
 

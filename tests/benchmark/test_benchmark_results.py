@@ -100,3 +100,18 @@ def test_report_tables_hold_the_numbers_of_the_document(work, tmp_path):
     assert format_difference(results["settings"]["mtcl_hq25"]["methods"]["clean"]["diff_to_hl_sup"]) in text
     assert "+0.100 [+0.100, +0.100] better (4/4)" in text
     assert "not resolved" in text and "largest |trend| over seeds **0.0050**" in text
+
+
+def test_figures_from_the_run_folders(work, tmp_path):
+    pytest.importorskip("matplotlib")
+    from custom.benchmark.figures import method_colours, plot_learning_curves, plot_paired_differences
+
+    methods = ["hl_sup", "clean", "mean_teacher", "alc", "mtcl"]
+    runs = collect_runs(work, ["mtcl_hq25"], methods)
+    results = build_results(runs, methods, n_boot=500)
+    curves = plot_learning_curves(runs, "mtcl_hq25", methods, {}, tmp_path / "f" / "curves.png")
+    paired = plot_paired_differences(results["settings"]["mtcl_hq25"], "mtcl_hq25", {}, tmp_path / "f" / "paired.png")
+    assert curves.read_bytes()[:4] == b"\x89PNG" and paired.read_bytes()[:4] == b"\x89PNG"
+    assert plot_learning_curves(runs, "sp_a0.7_b0.7", methods, {}, tmp_path / "f" / "none.png") is None
+    colours = method_colours(methods)
+    assert len(set(colours.values())) == len(methods)  # no two methods share a colour
