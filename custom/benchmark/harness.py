@@ -143,20 +143,8 @@ _MTCL_METHODS = [
     "jcas_no_dar",
     "jcas",
 ]
-_SP_METHODS = [
-    "h_sup",
-    "hl_sup",
-    "clean",
-    "mean_teacher",
-    "alc",
-    "coteaching",
-    "jocor",
-    "trinet",
-    "spguided_voxel",
-    "spguided",
-    "jcas_warmup_only",
-    "jcas",
-]
+# the SP setting: the baselines, both families' main methods and the JCAS controls (not the MTCL-only ablations)
+_SP_METHODS = [m for m in _MTCL_METHODS if m not in ("alc_no_ls", "alc_no_lr", "alc_gated", "mtcl", "jcas_no_dar")]
 SETTINGS: dict[str, Setting] = {
     "mtcl_hq25": Setting("mtcl_hq25", ["--noise", "mtcl", "--hq-fraction", "0.25"], 0.75, "mtcl", _MTCL_METHODS),
     "mtcl_hq10": Setting("mtcl_hq10", ["--noise", "mtcl", "--hq-fraction", "0.10"], 0.90, "mtcl", _MTCL_METHODS),
