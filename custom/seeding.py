@@ -57,22 +57,26 @@ class TrainingRandomState:
     across epochs, so a checkpoint falls in the middle of a pass over the data: the trainer's DataLoader is wrapped
     (:class:`ResumableLoader`) to record the states at the start of the current pass and the batches taken since;
     the resumed run replays them (restoring the states of the pass's start, then skipping as many batches) and then
-    restores the checkpoint's states. A ``TwoStreamLoader`` keeps its own iterators, which are not replayed: there
-    the resumed run starts new passes (close to, but not exactly, the unbroken run).
+    goes on with the checkpoint's states. A ``TwoStreamLoader`` keeps an iterator per stream across epochs: its HQ
+    and LQ DataLoaders are wrapped and replayed the same way.
 
     Args:
-        trainer: the MONAI trainer (its ``data_loader`` is wrapped when it is a torch ``DataLoader``).
+        trainer: the MONAI trainer (its ``data_loader``, or the two loaders of a ``TwoStreamLoader``, are wrapped).
     """
 
     def __init__(self, trainer: Any):
         self.trainer = trainer
         loader = trainer.data_loader
-        if isinstance(loader, torch.utils.data.DataLoader):
-            self.resumable: ResumableLoader | None = ResumableLoader(loader, self)
-            trainer.data_loader = self.resumable
-        else:
-            self.resumable = loader if isinstance(loader, ResumableLoader) else None
         self._source = loader
+        self.resumable: dict[str, ResumableLoader] = {}
+        if isinstance(loader, torch.utils.data.DataLoader):
+            self.resumable["loader"] = trainer.data_loader = ResumableLoader(loader, self)
+        else:  # a TwoStreamLoader: its two loaders
+            for name in ("hq_loader", "lq_loader"):
+                inner = getattr(loader, name, None)
+                if isinstance(inner, torch.utils.data.DataLoader):
+                    self.resumable[name] = ResumableLoader(inner, self)
+                    setattr(loader, name, self.resumable[name])
 
     def _transform_states(self) -> list[np.random.RandomState]:
         loaders = [getattr(self._source, name, None) for name in ("hq_loader", "lq_loader")]
@@ -118,17 +122,20 @@ class TrainingRandomState:
             generator.set_state((kind, _keys(keys), *rest))
 
     def state_dict(self) -> dict[str, Any]:
-        """The current states, and the loader's pass start and position (see the class docstring)."""
-        out: dict[str, Any] = {"current": self.capture(), "pass_start": None, "consumed": 0}
-        if self.resumable is not None and self.resumable.pass_start is not None:
-            out["pass_start"], out["consumed"] = self.resumable.pass_start, int(self.resumable.consumed)
-        return out
+        """The current states, and each loader's pass start and position (see the class docstring)."""
+        loaders = {
+            name: {"pass_start": r.pass_start, "consumed": int(r.consumed)}
+            for name, r in self.resumable.items()
+            if r.pass_start is not None
+        }
+        return {"current": self.capture(), "loaders": loaders}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`: the current states now, the loader's position at its next pass."""
+        """Restore :meth:`state_dict`: the current states now, each loader's position at its next pass."""
         self.restore(state["current"])
-        if self.resumable is not None and state.get("pass_start") is not None:
-            self.resumable.pending = (state["pass_start"], int(state["consumed"]), state["current"])
+        for name, saved in (state.get("loaders") or {}).items():
+            if name in self.resumable:
+                self.resumable[name].pending = (saved["pass_start"], int(saved["consumed"]))
 
 
 class ResumableLoader:
@@ -145,7 +152,7 @@ class ResumableLoader:
         self.random_state = random_state
         self.pass_start: dict[str, Any] | None = None
         self.consumed = 0
-        self.pending: tuple[dict[str, Any], int, dict[str, Any]] | None = None
+        self.pending: tuple[dict[str, Any], int] | None = None
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -156,14 +163,19 @@ class ResumableLoader:
         return getattr(self.loader, name)
 
     def __iter__(self) -> Iterator[Any]:
+        if self.pending is not None and self.pending[1] >= len(self.loader):
+            self.pending = None  # the checkpoint's pass was complete: the unbroken run starts a new one here too
         if self.pending is not None:
-            pass_start, consumed, current = self.pending
+            # replay: the pass's start states give the same sampler order; skipping its batches reaches the
+            # position; then the live states come back (another loader may have drawn since the checkpoint)
+            pass_start, consumed = self.pending
             self.pending = None
+            live = self.random_state.capture()
             self.random_state.restore(pass_start)
             iterator = iter(self.loader)
             for _ in range(consumed):
                 next(iterator, None)
-            self.random_state.restore(current)
+            self.random_state.restore(live)
             self.pass_start, self.consumed = pass_start, consumed
         else:
             self.pass_start, self.consumed = self.random_state.capture(), 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
@@ -73,9 +74,10 @@ def _complete_zip(path: Path) -> bool:
         return False
 
 
-def test_killed_and_resumed_run_ends_with_the_weights_of_the_unbroken_run(demo_dataset, tmp_path):
+@pytest.mark.parametrize("method", ["supervised_la", "alc_la"])  # one DataLoader; a TwoStreamLoader + a teacher
+def test_killed_and_resumed_run_ends_with_the_weights_of_the_unbroken_run(method, demo_dataset, tmp_path):
     """Issue 19: SIGKILL after the first epoch checkpoint, then ``--resume true``: bit-identical final weights on CPU
-    (the RNG states, the random transforms' states and the loader's position are in the checkpoint)."""
+    (the RNG states, the random transforms' states and the loaders' positions are in the checkpoint)."""
     import os
     import signal
     import subprocess
@@ -84,7 +86,7 @@ def test_killed_and_resumed_run_ends_with_the_weights_of_the_unbroken_run(demo_d
 
     def command(out: Path, *extra: str) -> list[str]:
         return [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
-                "['configs/supervised_la.json','configs/quick.json']", "--device", "cpu", "--val_interval", "100",
+                f"['configs/{method}.json','configs/quick.json']", "--device", "cpu", "--val_interval", "100",
                 "--dataset_dir", str(demo_dataset.parent), "--datalist", str(demo_dataset), "--output_dir", str(out),
                 "--max_epochs", "3", "--epoch_length", "4", *extra]  # 4 iterations: not a whole pass over the data
 
