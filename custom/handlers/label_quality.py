@@ -4,6 +4,7 @@ Trainers put integer maps into ``engine.state.output``: ``noisy_label`` (what th
 (what the method trains on after correction) and ``clean_label`` (known only in simulated-noise studies). The
 handler accumulates the foreground Dice of both against clean on the device (one host sync per epoch) and writes
 ``label_quality.csv``, TensorBoard scalars and, at the end, ``label_quality.png``. Used by ALC, MTCL and SP-guided.
+A resumed run (its first epoch is not epoch 1) keeps the file's rows of the epochs before it.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ class LabelQualityHandler:
         if self._count is None:
             return
         count = float(self._count)  # one host sync per epoch
+        if not self.rows and engine.state.epoch > 1:  # the first epoch of a resumed run: keep the earlier history
+            self.rows = _read_rows(self.output_dir / "label_quality.csv", before_epoch=engine.state.epoch)
         row = {"epoch": engine.state.epoch, "iteration": engine.state.iteration}
         for name in ("noisy_label", "refined_label"):
             if name in self._sums:
@@ -122,6 +125,28 @@ def plot_label_quality(rows: list[dict], path: Path) -> Path | None:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return path
+
+
+def _read_rows(path: Path, before_epoch: int) -> list[dict]:
+    """The rows of an earlier ``label_quality.csv`` for epochs before ``before_epoch`` (numbers parsed); [] when
+    the file is missing or unreadable (a resumed run then starts a new history)."""
+    import csv
+
+    try:
+        with open(path, newline="") as f:
+            raw = list(csv.DictReader(f))
+    except (OSError, csv.Error):
+        return []
+    rows = []
+    for item in raw:
+        try:
+            row = {"epoch": int(item["epoch"]), "iteration": int(item["iteration"])}
+            row.update({k: float(v) for k, v in item.items() if k not in row and v not in (None, "")})
+        except (KeyError, TypeError, ValueError):
+            return []
+        if row["epoch"] < before_epoch:
+            rows.append(row)
+    return rows
 
 
 def _is_rank0() -> bool:

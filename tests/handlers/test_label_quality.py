@@ -4,7 +4,7 @@ import csv
 
 import pytest
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 
 from custom.evaluation.metrics import foreground_dice_per_sample
 from custom.handlers.label_quality import LabelQualityHandler
@@ -42,3 +42,25 @@ def test_handler_writes_epoch_rows(tmp_path):
     assert float(rows[0]["refined_dice"]) == pytest.approx(1.0)
     pytest.importorskip("matplotlib")
     assert (tmp_path / "label_quality.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resumed_run_keeps_the_epochs_before_the_kill(tmp_path):
+    """Issue 19: a run resumed at epoch 3 keeps rows 1-2 of label_quality.csv (a stale row 3 is replaced)."""
+    clean = torch.zeros(2, 1, 4, 1, 1, dtype=torch.long)
+    clean[:, 0, :2] = 1
+    path = tmp_path / "label_quality.csv"
+    path.write_text("epoch,iteration,noisy_dice,refined_dice\n1,2,0.5,0.6\n2,4,0.55,0.65\n3,6,0.1,0.1\n")
+    outputs = iter([{"clean_label": clean, "noisy_label": clean, "refined_label": clean}] * 4)
+    engine = Engine(lambda e, b: next(outputs))
+    handler = LabelQualityHandler(str(tmp_path), num_classes=2, tensorboard=False)
+    handler.attach(engine)
+
+    @engine.on(Events.STARTED)
+    def resume(e):  # what CheckpointLoader does
+        e.state.epoch, e.state.iteration = 2, 4
+
+    engine.run(range(2), max_epochs=4)
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["epoch"], r["iteration"]) for r in rows] == [("1", "2"), ("2", "4"), ("3", "6"), ("4", "8")]
+    assert float(rows[1]["noisy_dice"]) == pytest.approx(0.55) and float(rows[2]["noisy_dice"]) == pytest.approx(1.0)
