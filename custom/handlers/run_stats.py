@@ -31,7 +31,8 @@ def peak_rss_mb() -> float:
 
 class RunStatsHandler:
     """Time each training iteration (data loading excluded, handlers on ITERATION_COMPLETED included only when
-    they were attached before this one) and write ``run_stats.json`` at completion: iterations, median and mean
+    they were attached before this one) and write ``run_stats.json`` at completion: iterations (of this process;
+    ``resumed_from_iteration`` and ``total_iterations`` tell a resumed run's place), median and mean
     seconds per iteration, total training-step seconds, wall seconds, peak RSS and, on CUDA, peak allocated memory.
     """
 
@@ -97,6 +98,9 @@ class RunStatsHandler:
         full_median = statistics.median(full) if full else None
         stats = {
             "iterations": len(d),
+            # a resumed run times only its own iterations; these say where it started and where the run stands
+            "resumed_from_iteration": max(int(engine.state.iteration) - len(d), 0),
+            "total_iterations": int(engine.state.iteration),
             "seconds_per_iteration_median": step_median,
             "seconds_per_iteration_mean": statistics.fmean(d) if d else None,
             "seconds_per_iteration_with_data_median": full_median,
