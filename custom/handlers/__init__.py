@@ -1,6 +1,12 @@
 """Ignite/MONAI handlers: bundle writing, label-quality monitoring, evaluation reports."""
 
-from custom.handlers.bundle_writer import BundleWriter, latest_checkpoint, plain_state_dict, write_bundle
+from custom.handlers.bundle_writer import (
+    BundleWriter,
+    best_metric_state,
+    latest_checkpoint,
+    plain_state_dict,
+    write_bundle,
+)
 from custom.handlers.label_quality import LabelQualityHandler, foreground_dice_per_sample
 from custom.handlers.run_stats import RunStatsHandler
 from custom.handlers.superpixel_stage import KeepRatioWarmup, LossGapHandler, SuperpixelRefinementStage
@@ -13,6 +19,7 @@ __all__ = [
     "LabelQualityHandler",
     "RunStatsHandler",
     "SegmentationReportHandler",
+    "best_metric_state",
     "foreground_dice_per_sample",
     "latest_checkpoint",
     "plain_state_dict",

@@ -35,6 +35,7 @@ __all__ = [
     "BUNDLE_ROOT_EXPRESSION",
     "BundleWriter",
     "EXTRA_MODELS_DIR",
+    "best_metric_state",
     "latest_checkpoint",
     "plain_state_dict",
     "validation_summary",
@@ -171,6 +172,28 @@ def latest_checkpoint(checkpoint_dir: str | Path) -> str | None:
             return str(path)
         problems.append(f"{path} is unreadable ({problem})")
     raise DataError(folder, f"no readable checkpoint to resume from: {'; '.join(problems)}")
+
+
+class _NoState:
+    """Stands in for a missing best-metric tracker in ``checkpoint_objects``: nothing to save or restore."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        return None
+
+
+def best_metric_state(handlers: Sequence[Any]) -> Any:
+    """The best-metric tracker of the validation handlers (the ``_key_metric_checkpoint`` of MONAI's key-metric
+    ``CheckpointSaver``: which ``model_best_val.pt`` is kept, with its score), for the training checkpoints, so that a
+    resumed run does not replace the best model with a worse one; an object with an empty state when there is none.
+    """
+    for handler in handlers:
+        tracker = getattr(handler, "_key_metric_checkpoint", None)
+        if tracker is not None and hasattr(tracker, "state_dict"):
+            return tracker
+    return _NoState()
 
 
 def plain_state_dict(network: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -86,7 +86,7 @@ def test_killed_and_resumed_run_ends_with_the_weights_of_the_unbroken_run(method
 
     def command(out: Path, *extra: str) -> list[str]:
         return [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
-                f"['configs/{method}.json','configs/quick.json']", "--device", "cpu", "--val_interval", "100",
+                f"['configs/{method}.json','configs/quick.json']", "--device", "cpu", "--val_interval", "1",
                 "--dataset_dir", str(demo_dataset.parent), "--datalist", str(demo_dataset), "--output_dir", str(out),
                 "--max_epochs", "3", "--epoch_length", "4", *extra]  # 4 iterations: not a whole pass over the data
 
@@ -113,3 +113,7 @@ def test_killed_and_resumed_run_ends_with_the_weights_of_the_unbroken_run(method
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    # the best-metric tracker came back with the checkpoint: the same best model and score
+    best_a = torch.load(unbroken / "checkpoints" / "model_best_val.pt", map_location="cpu", weights_only=True)
+    best_b = torch.load(broken / "checkpoints" / "model_best_val.pt", map_location="cpu", weights_only=True)
+    assert all(torch.equal(best_a[k], best_b[k]) for k in best_a)

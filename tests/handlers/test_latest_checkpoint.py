@@ -70,3 +70,21 @@ def test_resume_names_a_cut_short_checkpoint_and_uses_the_previous(demo_dataset,
     assert third.returncode == 1
     last = [line for line in third.stderr.splitlines() if line.strip()][-1]
     assert last.startswith(PREFIX) and "no readable checkpoint to resume from" in last, last
+
+
+def test_best_metric_tracker_goes_into_the_checkpoint(tmp_path):
+    """Issue 19: a resumed run remembers the best validation score (model_best_val.pt is not replaced by a worse)."""
+    from monai.handlers import CheckpointSaver, StatsHandler
+
+    from custom.handlers import best_metric_state
+
+    net = torch.nn.Linear(1, 1)
+    saver = CheckpointSaver(save_dir=str(tmp_path), save_dict={"network": net}, save_key_metric=True,
+                            key_metric_filename="model_best_val.pt")
+    tracker = best_metric_state([StatsHandler(), saver])
+    assert tracker is saver._key_metric_checkpoint
+    tracker.load_state_dict({"_saved": [(0.8, "model_best_val.pt")]})
+    assert [(item.priority, item.filename) for item in tracker._saved] == [(0.8, "model_best_val.pt")]
+    assert dict(tracker.state_dict())["_saved"] == [(0.8, "model_best_val.pt")]
+    empty = best_metric_state([StatsHandler()])
+    assert empty.state_dict() == {} and empty.load_state_dict({}) is None
