@@ -326,6 +326,43 @@ def prepare_setting(
     return out
 
 
+# methods whose training data do not depend on the noise: H-Sup trains on the HQ cases only (clean labels), and which
+# cases are HQ follows the seed and the HQ fraction, not the simulator
+SETTING_INDEPENDENT_METHODS = ("h_sup",)
+
+
+def _hq_fraction(setting: Setting) -> str | None:
+    args = setting.prepare_args
+    return args[args.index("--hq-fraction") + 1] if "--hq-fraction" in args else None
+
+
+def reusable_run(work: Path, setting: Setting, method: str, seed: int) -> Path | None:
+    """A finished run of ``method`` and ``seed`` in another setting that this setting's run would repeat bit for bit
+    (a :data:`SETTING_INDEPENDENT_METHODS` method and the same HQ fraction, hence the same split and HQ labels),
+    or None. Seed 0 of H-Sup was trained under both primary settings: identical weights and per-case metrics."""
+    if method not in SETTING_INDEPENDENT_METHODS:
+        return None
+    for other in SETTINGS.values():
+        if other.name == setting.name or _hq_fraction(other) != _hq_fraction(setting):
+            continue
+        candidate = work / other.name / f"{method}_s{seed}"
+        if (candidate / "eval" / "metrics_summary.json").is_file() and not (candidate / REUSED_FILE).is_file():
+            return candidate
+    return None
+
+
+REUSED_FILE = "reused_from.json"
+
+
+def copy_reused_run(source: Path, target: Path, work: Path) -> None:
+    """Copy a finished run folder and record where it came from (``reused_from.json``)."""
+    import shutil
+
+    shutil.copytree(source, target)
+    record = {"reused_from": str(source.relative_to(work)), "why": "setting-independent method"}
+    write_json(record, target / REUSED_FILE)
+
+
 def _bundle_cmd(run_id: str, configs: Sequence[str], overrides: Mapping[str, Any]) -> list[str]:
     cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", json.dumps(list(configs))]
     for key, value in overrides.items():
@@ -557,6 +594,10 @@ class _Benchmark:
 
     def run(self, task: _Task) -> None:
         n = len(self.tasks)
+        source = reusable_run(self.work, task.setting, task.method, task.seed)
+        if source is not None and not task.run_dir.exists():
+            copy_reused_run(source, task.run_dir, self.work)
+            _log(f"{self._name(task)}: reusing {source} (the method does not depend on the noise setting)")
         if (task.run_dir / "eval" / "metrics_summary.json").is_file():
             row = read_run(task.method, task.run_dir)
             self.finish(task, "skipped", None, row, f"already finished (dice {_fmt(row.get('dice_mean'))})")

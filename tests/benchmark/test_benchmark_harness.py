@@ -248,3 +248,22 @@ def test_sigterm_stops_the_benchmark_and_its_runs(tmp_path):
         assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
     (record,) = read_timing(work)
     assert record["status"] == "interrupted"
+
+
+def test_h_sup_is_reused_across_settings_with_the_same_hq_fraction(tmp_path):
+    from custom.benchmark.harness import SETTINGS, copy_reused_run, reusable_run
+
+    work = tmp_path / "work"
+    done = work / "mtcl_hq25" / "h_sup_s1"
+    (done / "eval").mkdir(parents=True)
+    (done / "eval" / "metrics_summary.json").write_text("{}")
+    sp = SETTINGS["sp_a0.7_b0.7"]
+    assert reusable_run(work, sp, "h_sup", 1) == done
+    assert reusable_run(work, sp, "h_sup", 0) is None  # no finished run of that seed
+    assert reusable_run(work, sp, "hl_sup", 1) is None  # the noisy labels matter
+    assert reusable_run(work, SETTINGS["mtcl_hq10"], "h_sup", 1) is None  # another HQ fraction: another split
+    copy_reused_run(done, work / "sp_a0.7_b0.7" / "h_sup_s1", work)
+    record = json.loads((work / "sp_a0.7_b0.7" / "h_sup_s1" / "reused_from.json").read_text())
+    assert record["reused_from"] == "mtcl_hq25/h_sup_s1"
+    # a copy is never the source of another copy
+    assert reusable_run(work, SETTINGS["sp_a0.5_b0.5"], "h_sup", 1) == done
