@@ -250,3 +250,15 @@ def test_inference_exits_non_zero_when_a_file_fails(demo_dataset, tmp_path):
     assert "b_2d.nii.gz: ValueError: expected a 3D image" in last
     assert f"segmented: 1 ok, 1 failed, 0 skipped (earlier outputs); report: {report}" in proc.stderr
     assert sorted(p.name for p in (out / "predictions").iterdir()) == ["a_good_seg.nii.gz", "inference_report.csv"]
+
+
+@pytest.mark.parametrize("run_id", ["evaluating", "inference"])
+def test_missing_model_names_the_file(run_id, demo_dataset, tmp_path):
+    out = tmp_path / "bundle"
+    proc = _bundle(run_id, "--dataset_dir", str(demo_dataset.parent), "--datalist", str(demo_dataset),
+                   "--output_dir", str(out))
+    assert proc.returncode == 1
+    last = _last_line(proc)
+    assert last.startswith(PREFIX + "FileNotFoundError") and str(out / "models" / "model.pt") in last, last
+    assert not (out / "predictions").exists() and not (out / "eval" / "metrics_summary.json").exists()
+    assert len(proc.stderr.splitlines()) < 20
