@@ -326,9 +326,9 @@ def prepare_setting(
     return out
 
 
-# methods whose training data do not depend on the noise: H-Sup trains on the HQ cases only (clean labels), and which
-# cases are HQ follows the seed and the HQ fraction, not the simulator
-SETTING_INDEPENDENT_METHODS = ("h_sup",)
+# methods whose training data do not depend on the noise: H-Sup trains on the HQ cases only, the clean upper bound on
+# every case's clean label, and which cases are HQ / validation follows the seed and the HQ fraction, not the simulator
+SETTING_INDEPENDENT_METHODS = ("h_sup", "clean")
 
 
 def _hq_fraction(setting: Setting) -> str | None:
@@ -339,7 +339,8 @@ def _hq_fraction(setting: Setting) -> str | None:
 def reusable_run(work: Path, setting: Setting, method: str, seed: int) -> Path | None:
     """A finished run of ``method`` and ``seed`` in another setting that this setting's run would repeat bit for bit
     (a :data:`SETTING_INDEPENDENT_METHODS` method and the same HQ fraction, hence the same split and HQ labels),
-    or None. Seed 0 of H-Sup was trained under both primary settings: identical weights and per-case metrics."""
+    or None. H-Sup seed 0 and clean seeds 0-2 were trained under both primary settings: identical weights (H-Sup)
+    and per-case metrics (both)."""
     if method not in SETTING_INDEPENDENT_METHODS:
         return None
     for other in SETTINGS.values():

@@ -250,7 +250,7 @@ def test_sigterm_stops_the_benchmark_and_its_runs(tmp_path):
     assert record["status"] == "interrupted"
 
 
-def test_h_sup_is_reused_across_settings_with_the_same_hq_fraction(tmp_path):
+def test_setting_independent_runs_are_reused_across_settings_with_the_same_hq_fraction(tmp_path):
     from custom.benchmark.harness import SETTINGS, copy_reused_run, reusable_run
 
     work = tmp_path / "work"
@@ -261,6 +261,7 @@ def test_h_sup_is_reused_across_settings_with_the_same_hq_fraction(tmp_path):
     assert reusable_run(work, sp, "h_sup", 1) == done
     assert reusable_run(work, sp, "h_sup", 0) is None  # no finished run of that seed
     assert reusable_run(work, sp, "hl_sup", 1) is None  # the noisy labels matter
+    assert reusable_run(work, sp, "clean", 1) is None  # no finished clean run yet
     assert reusable_run(work, SETTINGS["mtcl_hq10"], "h_sup", 1) is None  # another HQ fraction: another split
     copy_reused_run(done, work / "sp_a0.7_b0.7" / "h_sup_s1", work)
     record = json.loads((work / "sp_a0.7_b0.7" / "h_sup_s1" / "reused_from.json").read_text())
