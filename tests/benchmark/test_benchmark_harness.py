@@ -94,6 +94,7 @@ def test_tiny_benchmark_writes_results_report_and_resumes(tmp_path):
     assert "Since then" not in text  # a resume that had nothing left to do is not worth a sentence
 
 
+@pytest.mark.slow  # subprocess trainings: ~20-35 s; CI runs them with -m slow
 def test_two_jobs_run_concurrently_and_record_timing(tmp_path):
     h5 = _fake_la(tmp_path / "h5")
     work = tmp_path / "work"
@@ -211,6 +212,7 @@ def test_report_goes_to_the_work_folder_unless_docs_are_asked_for(tmp_path, monk
     assert (tmp_path / "docs" / "benchmarks.md").is_file() and (tmp_path / "docs" / "benchmark_results.json").is_file()
 
 
+@pytest.mark.slow  # subprocess trainings: ~20-35 s; CI runs them with -m slow
 def test_sigterm_stops_the_benchmark_and_its_runs(tmp_path):
     import os
     import signal

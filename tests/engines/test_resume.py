@@ -74,6 +74,7 @@ def _complete_zip(path: Path) -> bool:
         return False
 
 
+@pytest.mark.slow  # subprocess trainings: ~20-35 s; CI runs them with -m slow
 @pytest.mark.parametrize("method", ["supervised_la", "alc_la"])  # one DataLoader; a TwoStreamLoader + a teacher
 def test_killed_and_resumed_run_ends_with_the_weights_of_the_unbroken_run(method, demo_dataset, tmp_path):
     """Issue 19: SIGKILL after the first epoch checkpoint, then ``--resume true``: bit-identical final weights on CPU

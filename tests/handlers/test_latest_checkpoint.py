@@ -54,6 +54,7 @@ def _train(demo_dataset, out: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # subprocess trainings: ~20-35 s; CI runs them with -m slow
 def test_resume_names_a_cut_short_checkpoint_and_uses_the_previous(demo_dataset, tmp_path):
     out = tmp_path / "run"
     first = _train(demo_dataset, out, "--max_epochs", "1")
