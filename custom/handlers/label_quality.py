@@ -15,6 +15,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 
+from custom.distributed import is_main_process
 from custom.evaluation.metrics import foreground_dice_per_sample
 from custom.io import atomic_output, write_csv
 
@@ -75,7 +76,7 @@ class LabelQualityHandler:
                 row[name.replace("_label", "_dice")] = round(float(self._sums[name]) / count, 5)
         self.rows.append(row)
         self._reset()
-        if _is_rank0():
+        if is_main_process():
             write_csv(self.rows, self.output_dir / "label_quality.csv")
             if self.tensorboard:
                 self._log_tensorboard(row)
@@ -96,7 +97,7 @@ class LabelQualityHandler:
         self._writer.flush()
 
     def completed(self, engine: Engine) -> None:
-        if not self.rows or not _is_rank0():
+        if not self.rows or not is_main_process():
             return
         plot_label_quality(self.rows, self.output_dir / "label_quality.png")
 
@@ -147,10 +148,3 @@ def _read_rows(path: Path, before_epoch: int) -> list[dict]:
         if row["epoch"] < before_epoch:
             rows.append(row)
     return rows
-
-
-def _is_rank0() -> bool:
-    return (
-        not (torch.distributed.is_available() and torch.distributed.is_initialized())
-        or torch.distributed.get_rank() == 0
-    )

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from ignite.engine import Engine, Events
 
+from custom.distributed import is_main_process
 from custom.io import write_json
 
 __all__ = ["RunStatsHandler", "peak_rss_mb"]
@@ -69,15 +70,8 @@ class RunStatsHandler:
         self.durations.append(now - self._start)
         self.iteration_durations.append(now - self._batch_start)
 
-    def _is_main(self) -> bool:
-        return not (
-            torch.distributed.is_available()
-            and torch.distributed.is_initialized()
-            and torch.distributed.get_rank() > 0
-        )
-
     def _epoch_completed(self, engine: Engine) -> None:
-        if not self._is_main():
+        if not is_main_process():
             return
         state = engine.state
         write_json(
@@ -91,7 +85,7 @@ class RunStatsHandler:
         )
 
     def _completed(self, engine: Engine) -> None:
-        if not self._is_main():
+        if not is_main_process():
             return
         d, full = self.durations, self.iteration_durations
         step_median = statistics.median(d) if d else None

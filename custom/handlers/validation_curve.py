@@ -18,17 +18,12 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
+from custom.distributed import is_main_process
 from custom.io import write_csv
 
 __all__ = ["ValidationCurveHandler", "read_validation_curve", "plateau_delta"]
 
 CURVE_FILE = "validation_curve.csv"
-
-
-def _is_rank0() -> bool:
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
-        torch.distributed.get_rank() == 0
-    )
 
 
 def read_validation_curve(path: str | Path) -> list[dict[str, float]]:
@@ -120,6 +115,6 @@ class ValidationCurveHandler:
             elif isinstance(value, torch.Tensor) and value.numel() == 1:
                 row[name] = round(float(value), 6)
         self.rows = [r for r in self.rows if r["epoch"] != epoch] + [row]
-        if _is_rank0():
+        if is_main_process():
             fields = list(dict.fromkeys(k for r in self.rows for k in r))
             write_csv(self.rows, self.path, fieldnames=fields)
