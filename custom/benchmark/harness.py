@@ -16,7 +16,6 @@ to ``<work_dir>/benchmark_timing.json``; :func:`write_report` states the wall ti
 
 from __future__ import annotations
 
-import csv
 import datetime
 import hashlib
 import heapq
@@ -38,7 +37,7 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: the in-process lock still serialises this invocation's writes
     fcntl = None
 
-from custom.benchmark.results import refinement_volume_dice
+from custom.benchmark.results import label_quality, refinement_volume_dice
 from custom.io import write_csv, write_json
 
 __all__ = [
@@ -430,15 +429,8 @@ def read_run(method: str, run_dir: Path) -> dict[str, Any]:
         row["sec_per_iter"] = stats.get("seconds_per_iteration_median")
         row["iterations"] = stats.get("iterations")
         row["peak_rss_mb"] = stats.get("peak_rss_mb")
-    quality = run_dir / "label_quality.csv"
-    if quality.is_file():
-        with open(quality) as f:
-            rows = list(csv.DictReader(f))
-        # the last logged value of each (SP-guided logs the noisy column until refinement, the refined one after)
-        for key, column in (("noisy_label_dice", "noisy_dice"), ("refined_label_dice", "refined_dice")):
-            values = [v for v in (_float(r.get(column)) for r in rows) if v is not None]
-            if values:
-                row[key] = values[-1]
+    quality = label_quality(run_dir)
+    row.update({k: quality[k] for k in ("noisy_label_dice", "refined_label_dice") if k in quality})
     row.update(refinement_volume_dice(run_dir))  # SP-guided: LQ volumes' Dice before/after the latest round
     for run_id in ("training", "evaluating"):
         cmd_path = run_dir / f"{run_id}_command.json"
@@ -451,13 +443,6 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _float(value: Any) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
         return None
 
 

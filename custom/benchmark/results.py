@@ -35,6 +35,7 @@ __all__ = [
     "PLATEAU_TAIL",
     "read_case_dice",
     "refinement_volume_dice",
+    "label_quality",
     "plateau_change",
     "collect_runs",
     "build_results",
@@ -128,8 +129,11 @@ def refinement_volume_dice(run_dir: str | Path) -> dict[str, float]:
     return out
 
 
-def _label_quality(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "label_quality.csv"
+def label_quality(run_dir: str | Path) -> dict[str, Any]:
+    """A run's ``label_quality.csv``: its rows as numbers (``label_quality``) and the last logged value of each
+    column as ``noisy_label_dice`` / ``refined_label_dice`` (SP-guided logs the noisy column until refinement, the
+    refined one after); only ``label_quality: []`` when the run logs none."""
+    path = Path(run_dir) / "label_quality.csv"
     out: dict[str, Any] = {"label_quality": []}
     if not path.is_file():
         return out
@@ -181,7 +185,7 @@ def collect_runs(work_dir: str | Path, settings: Sequence[str], methods: Sequenc
             record["iteration_to_step_ratio"] = stats.get("iteration_to_step_ratio")
             record["training_wall_seconds"] = stats.get("wall_seconds")
             record["validation_curve"] = read_validation_curve(run_dir / "validation_curve.csv")
-            record.update(_label_quality(run_dir))
+            record.update(label_quality(run_dir))
             record.update(refinement_volume_dice(run_dir))
             runs.append(record)
     return runs
