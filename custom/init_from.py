@@ -1,0 +1,155 @@
+"""``--init_from``: start a training run from the weights of a trained bundle or a checkpoint file.
+
+Every method config builds its main network as ``$custom.init_from.init_network(@network_def, @init_from)``
+(``configs/base/common.json#network``) and sets ``"init_from": null``. With
+``python -m monai.bundle run training --config_file configs/<method>.json --init_from <path>`` the network's weights
+are replaced, before training starts, by those found at ``path``:
+
+* a trained bundle folder: its ``models/model.pt`` (a plain ``state_dict``, as :class:`custom.handlers.BundleWriter`
+  writes it);
+* a ``.pt`` / ``.pth`` file holding either a ``state_dict`` or a checkpoint dict with a ``"network"`` entry (the
+  ``checkpoints/checkpoint_*.pt`` of a training run, or any ``{"network": state_dict, ...}``).
+
+The state_dict must match the network exactly (same keys, same shapes); a mismatch stops the run with one line
+(an :class:`~custom.errors.OptionError`) that names the file and the first differing keys. A ``"module."`` prefix
+on every key (a ``DistributedDataParallel`` save) is stripped. Only the main network (``@network``) is
+initialised: peers, teachers, the JCAS transition matrices and the optimiser start as the config builds them, and
+the iteration count starts at 0. With ``--resume true`` and a checkpoint in ``checkpoints/``, the resumed
+checkpoint wins (it is loaded when the trainer starts, after this initialisation).
+
+Loading first tries ``torch.load(..., weights_only=True)``; a training checkpoint also holds random-generator
+states (NumPy arrays) that the restricted unpickler refuses, and is then loaded in full, the same trust as
+``--resume`` gives the run's own checkpoints: name only files you made or trust.
+
+Example::
+
+    network = init_network(PaperVNet(**kwargs), "bundles/supervised_la")  # loads bundles/supervised_la/models/model.pt
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from custom.errors import OptionError
+
+__all__ = ["BUNDLE_WEIGHTS", "resolve_init_path", "load_network_state", "init_network"]
+
+OPTION = "init_from"
+BUNDLE_WEIGHTS = os.path.join("models", "model.pt")
+# listed in a mismatch message before "... and N more"
+_SHOWN_KEYS = 3
+
+
+def resolve_init_path(init_from: str | os.PathLike) -> Path:
+    """The weights file that ``init_from`` names: ``<bundle>/models/model.pt`` for a folder, else the file itself.
+
+    Raises:
+        OptionError: the path does not exist, or is a folder without ``models/model.pt``.
+    """
+    path = Path(os.fspath(init_from)).expanduser()
+    if path.is_dir():
+        weights = path / BUNDLE_WEIGHTS
+        if not weights.is_file():
+            raise OptionError(OPTION, f"{path} is a folder without {BUNDLE_WEIGHTS} (not a trained bundle)")
+        return weights
+    if not path.is_file():
+        raise OptionError(OPTION, f"{path}: no such file or bundle folder")
+    return path
+
+
+def _load(path: Path) -> Any:
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        pass  # a training checkpoint (random states): full load, see the module docstring
+    except (RuntimeError, EOFError, OSError) as error:
+        raise OptionError(OPTION, f"{path}: not a readable PyTorch file ({type(error).__name__}: {error})") from error
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as error:  # any unpickling failure: the file is not a checkpoint we can use
+        raise OptionError(OPTION, f"{path}: not a readable PyTorch file ({type(error).__name__}: {error})") from error
+
+
+def load_network_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The network ``state_dict`` stored in ``path`` (a state_dict, or a checkpoint dict's ``"network"`` entry).
+
+    Args:
+        path: a weights file (use :func:`resolve_init_path` for bundle folders).
+
+    Returns:
+        ``{parameter or buffer name: tensor}`` on the CPU, without a common ``"module."`` prefix.
+
+    Raises:
+        OptionError: naming the file, when it cannot be read or holds neither a state_dict nor a ``"network"``
+            entry.
+    """
+    path = Path(path)
+    content = _load(path)
+    if isinstance(content, Mapping) and "network" in content and isinstance(content["network"], Mapping):
+        content = content["network"]
+    if not isinstance(content, Mapping) or not content or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in content.items()
+    ):
+        found = sorted(map(str, content))[:5] if isinstance(content, Mapping) else type(content).__name__
+        raise OptionError(
+            OPTION, f"{path} holds neither a network state_dict nor a checkpoint with a 'network' entry (found {found})"
+        )
+    state = dict(content)
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _listed(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_SHOWN_KEYS])
+    return shown + (f" and {len(keys) - _SHOWN_KEYS} more" if len(keys) > _SHOWN_KEYS else "")
+
+
+def init_network(network: nn.Module, init_from: str | os.PathLike | None) -> nn.Module:
+    """Load the weights named by ``init_from`` into ``network`` (in place); ``None`` or ``""`` leaves it as is.
+
+    Args:
+        network: the freshly built network (any device; the weights are copied onto its parameters' devices).
+        init_from: a trained bundle folder, a ``.pt`` state_dict / checkpoint file, or ``None``.
+
+    Returns:
+        ``network`` itself, so that a config can chain ``.to(@device)``.
+
+    Raises:
+        OptionError: one line naming the file: missing file, unreadable content, or a state_dict that does not
+            match the network (missing keys, unexpected keys, or shapes that differ).
+    """
+    if init_from is None or (isinstance(init_from, str) and not init_from.strip()):
+        return network
+    if not isinstance(network, nn.Module):
+        raise ValueError(f"network must be a torch.nn.Module, got {type(network).__name__}.")
+    path = resolve_init_path(init_from)
+    state = load_network_state(path)
+    expected = network.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_listed(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_listed(unexpected)}")
+    if wrong_shape:
+        problems.append(f"shape mismatch (file vs network) {_listed(wrong_shape)}")
+    if problems:
+        raise OptionError(
+            OPTION, f"{path} does not match the network {type(network).__name__}: {'; '.join(problems)}"
+        )
+    network.load_state_dict(state, strict=True)
+    return network
