@@ -12,6 +12,12 @@ time, each as its own subprocesses with ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`
 :func:`threads_per_job`). A setting's dataset is prepared once, by the first run that needs it, before any of its
 runs starts. Every invocation appends a record (start, end, wall seconds, jobs, threads per job, per-run seconds)
 to ``<work_dir>/benchmark_timing.json``; :func:`write_report` states the wall time of the latest full invocation.
+
+After evaluation, a run of a method with a label audit (:data:`AUDIT_SOURCES`) is audited on its LQ training cases
+(``scripts/audit_labels.py`` on the run's bundle and the setting's datalist): ``<run>/audit/`` and
+``<run>/audit_ranking.json`` (our score and cleanlab's, :mod:`custom.benchmark.audit_ranking`). A finished run
+without ``audit_ranking.json`` is audited when the harness meets it again; a failed audit is logged and leaves no
+ranking (the run itself counts as finished).
 """
 
 from __future__ import annotations
@@ -37,7 +43,8 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: the in-process lock still serialises this invocation's writes
     fcntl = None
 
-from custom.benchmark.results import label_quality, refinement_volume_dice
+from custom.benchmark.audit_ranking import AUDIT_RANKING_FILE
+from custom.benchmark.results import audit_ranking_figures, label_quality, refinement_volume_dice
 from custom.io import write_csv, write_json
 
 __all__ = [
@@ -370,6 +377,54 @@ def _bundle_cmd(run_id: str, configs: Sequence[str], overrides: Mapping[str, Any
     return cmd
 
 
+# methods whose run is audited, and the audit's source (scripts/audit_labels.py --source): the teacher's uncertainty
+# (ALC, MTCL), the refinement's changed fraction (SP-guided), a plain network's prediction disagreement (HL-Sup)
+AUDIT_SOURCES = {"alc": "alc", "mtcl": "alc", "spguided": "spguided", "hl_sup": "disagreement"}
+AUDIT_DIR = "audit"
+
+
+def _dataset_of(run_dir: Path) -> Path | None:
+    """The ``--dataset_dir`` a finished run was trained with (from ``training_command.json``), or None."""
+    command = (_read_json(run_dir / "training_command.json") or {}).get("command") or []
+    return Path(command[command.index("--dataset_dir") + 1]) if "--dataset_dir" in command[:-1] else None
+
+
+def audit_run(
+    method: str,
+    dataset_dir: Path | None,
+    run_dir: Path,
+    extra: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    log_file: Path | None = None,
+) -> bool:
+    """Audit a finished run of an :data:`AUDIT_SOURCES` method once (no-op when ``audit_ranking.json`` exists or
+    the method has no audit); returns whether the ranking exists afterwards. A failure is logged, not raised."""
+    if method not in AUDIT_SOURCES or (run_dir / AUDIT_RANKING_FILE).is_file():
+        return (run_dir / AUDIT_RANKING_FILE).is_file()
+    dataset_dir = dataset_dir or _dataset_of(run_dir)
+    if dataset_dir is None or not (dataset_dir / "datalist.json").is_file():
+        _log(f"{run_dir}: no audit (the run's dataset is unknown)")
+        return False
+    import shutil
+
+    shutil.rmtree(run_dir / AUDIT_DIR, ignore_errors=True)  # an audit cut short earlier
+    cmd = [
+        sys.executable, "scripts/audit_labels.py", "--bundle", str(run_dir), "--datalist",
+        str(dataset_dir / "datalist.json"), "--output_dir", str(run_dir / AUDIT_DIR), "--source",
+        AUDIT_SOURCES[method], "--ranking", str(run_dir / AUDIT_RANKING_FILE),
+    ]
+    if (extra or {}).get("device"):
+        cmd += ["--device", str(extra["device"])]
+    log_path = log_file or run_dir / "benchmark.log"
+    with open(log_path, "a") as log:
+        log.write(" ".join(cmd) + "\n")
+        log.flush()
+        code = _run_child(cmd, env, stdout=log)
+    if code != 0:
+        _log(f"{run_dir}: the label audit failed (exit {code}); see {log_path}")
+    return (run_dir / AUDIT_RANKING_FILE).is_file()
+
+
 def run_one(
     method: str,
     dataset_dir: Path,
@@ -412,6 +467,7 @@ def run_one(
                 if code != 0:
                     raise RuntimeError(f"{method}: `{run_id}` failed (exit {code}); see {log_path}")
                 write_json({"seconds": time.perf_counter() - start, "command": cmd}, run_dir / f"{run_id}_command.json")
+    audit_run(method, dataset_dir, run_dir, extra, env, log_file)
     return read_run(method, run_dir)
 
 
@@ -432,6 +488,7 @@ def read_run(method: str, run_dir: Path) -> dict[str, Any]:
     quality = label_quality(run_dir)
     row.update({k: quality[k] for k in ("noisy_label_dice", "refined_label_dice") if k in quality})
     row.update(refinement_volume_dice(run_dir))  # SP-guided: LQ volumes' Dice before/after the latest round
+    row.update(audit_ranking_figures(run_dir))  # the label audit's ranking figures, ours and cleanlab's
     for run_id in ("training", "evaluating"):
         cmd_path = run_dir / f"{run_id}_command.json"
         if cmd_path.is_file():
@@ -585,6 +642,7 @@ class _Benchmark:
             copy_reused_run(source, task.run_dir, self.work)
             _log(f"{self._name(task)}: reusing {source} (the method does not depend on the noise setting)")
         if (task.run_dir / "eval" / "metrics_summary.json").is_file():
+            audit_run(task.method, None, task.run_dir, self.extra, self.env)
             row = read_run(task.method, task.run_dir)
             self.finish(task, "skipped", None, row, f"already finished (dice {_fmt(row.get('dice_mean'))})")
             return

@@ -14,7 +14,7 @@ from typing import Any
 
 from custom.io import atomic_output
 
-__all__ = ["format_difference", "setting_tables", "write_markdown"]
+__all__ = ["format_difference", "audit_ranking_table", "setting_tables", "write_markdown"]
 
 PM = "\u00b1"
 
@@ -37,8 +37,43 @@ def format_difference(diff: Mapping[str, Any] | None) -> str:
     )
 
 
+def _mean_std(figure: Mapping[str, Any] | None) -> str:
+    if not figure or figure.get("mean") is None:
+        return "-"
+    std = f" {PM} {figure['std']:.3f}" if figure.get("std") is not None else ""
+    return f"{figure['mean']:.3f}{std}"
+
+
+def audit_ranking_table(rankings: Mapping[str, Any], labels: Mapping[str, str]) -> list[str]:
+    """Markdown lines of the label-audit ranking table (our score vs cleanlab's, mean +- std over seeds); no lines
+    when ``rankings`` is empty."""
+    if not rankings:
+        return []
+    lines = [
+        "Label audit ranking of the LQ training cases (ours vs cleanlab's label-quality score on the same "
+        "probabilities; mean " + PM + " std over seeds; AUC: corrupted vs untouched, top-k: precision of the k most "
+        "suspicious with k = number corrupted, Spearman: score vs 1 - noisy-label Dice, higher is better for all):",
+        "",
+        "| method | audit score | seeds | AUC ours | AUC cleanlab | top-k ours | top-k cleanlab | Spearman ours "
+        "| Spearman cleanlab |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method, r in rankings.items():
+        ours, cleanlab = r.get("audit") or {}, r.get("cleanlab") or {}
+        cells = [
+            f"{_mean_std(ours.get(metric))} | {_mean_std(cleanlab.get(metric))}"
+            for metric in ("auc", "top_k_precision", "spearman")
+        ]
+        lines.append(
+            f"| {labels.get(method, method)} | {r.get('score_name', '-')} | {r.get('n_seeds', '-')} | "
+            + " | ".join(cells) + " |"
+        )
+    return [*lines, ""]
+
+
 def setting_tables(name: str, setting: Mapping[str, Any], labels: Mapping[str, str]) -> list[str]:
-    """Markdown lines for one setting: the protocol checks, the results table and the other-baseline table."""
+    """Markdown lines for one setting: the protocol checks, the results table, the other-baseline table and, where
+    the runs have audit rankings, the label-audit ranking table."""
     lines = [f"### Setting `{name}` ({setting['n_test_cases']} test cases)", ""]
     gap = setting.get("noise_gap")
     if gap:
@@ -88,6 +123,7 @@ def setting_tables(name: str, setting: Mapping[str, Any], labels: Mapping[str, s
     if others:
         lines += ["Paired differences to the other baselines:", "", "| method | baseline | paired diff [95% CI] "
                   "(cases better) |", "|---|---|---|", *others, ""]
+    lines += audit_ranking_table(setting.get("audit_ranking") or {}, labels)
     return lines
 
 

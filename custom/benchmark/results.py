@@ -16,6 +16,17 @@
 ``clean_plateau_delta`` is the largest, over the clean runs' seeds, absolute change of the validation Dice over the
 last 25% of the iterations, read as the rise of the least-squares line through that window's validation rounds
 (:func:`plateau_change`, which also gives the first-to-last change and the max - min spread).
+
+Where runs hold an ``audit_ranking.json`` (written by the harness for the methods with a label audit,
+:mod:`custom.benchmark.audit_ranking`), a setting also gets ``"audit_ranking"``: per method the audit's score name
+and, for our score (``audit``) and cleanlab's (``cleanlab``), the mean and std over seeds of ``auc``,
+``top_k_precision`` and ``spearman``::
+
+    "audit_ranking": {"alc": {"score_name": "teacher_uncertainty", "n_seeds": 3, "seeds": [0, 1, 2],
+                              "audit": {"auc": {"mean": ..., "std": ...}, "top_k_precision": {...}, ...},
+                              "cleanlab": {...}}}
+
+A setting without any such file has no ``"audit_ranking"`` key (and the report no ranking table).
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from custom.benchmark.audit_ranking import AUDIT_RANKING_FILE
 from custom.benchmark.paired import compare_to_baseline, seed_mean_std
 from custom.handlers.validation_curve import plateau_delta, read_validation_curve
 
@@ -36,6 +48,9 @@ __all__ = [
     "read_case_dice",
     "refinement_volume_dice",
     "label_quality",
+    "AUDIT_SCORES",
+    "AUDIT_METRICS",
+    "audit_ranking_figures",
     "plateau_change",
     "collect_runs",
     "build_results",
@@ -50,6 +65,7 @@ DIFF_TO: dict[str, list[str]] = {
     "jocor": ["coteaching"],
     "alc": ["mean_teacher", "alc_no_lr", "alc_no_ls"],
     "alc_gated": ["mean_teacher", "alc"],
+    "alc_weak_noisy": ["mean_teacher", "alc"],
     "alc_no_lr": ["mean_teacher"],
     "alc_no_ls": ["mean_teacher"],
     "mtcl": ["mean_teacher"],
@@ -147,12 +163,57 @@ def label_quality(run_dir: str | Path) -> dict[str, Any]:
     return out
 
 
+#: the scores of ``audit_ranking.json``: ours, then cleanlab's on the same probabilities
+AUDIT_SCORES = ("audit", "cleanlab")
+AUDIT_METRICS = ("auc", "top_k_precision", "spearman")
+
+
+def audit_ranking_figures(run_dir: str | Path) -> dict[str, Any]:
+    """A run's ``audit_ranking.json`` as flat figures: ``audit_score_name`` and ``<score>_<metric>`` for the scores
+    of :data:`AUDIT_SCORES` and the metrics of :data:`AUDIT_METRICS` (None where undefined); empty when the run has
+    no such file or it is unreadable."""
+    import json
+
+    path = Path(run_dir) / AUDIT_RANKING_FILE
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(document, dict) or not isinstance(document.get("metrics"), dict):
+        return {}
+    out: dict[str, Any] = {"audit_score_name": document.get("score_name")}
+    for score in AUDIT_SCORES:
+        figures = document["metrics"].get(score) or {}
+        for metric in AUDIT_METRICS:
+            out[f"{score}_{metric}"] = _float(figures.get(metric))
+    return out
+
+
+def _audit_ranking_summary(group: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Mean and std over seeds of one method's audit figures (None when no seed has them)."""
+    ranked = [r for r in group if r.get("audit_score_name") is not None]
+    if not ranked:
+        return None
+    summary: dict[str, Any] = {
+        "score_name": ranked[0]["audit_score_name"],
+        "n_seeds": len(ranked),
+        "seeds": [r["seed"] for r in ranked],
+    }
+    for score in AUDIT_SCORES:
+        summary[score] = {}
+        for metric in AUDIT_METRICS:
+            mean, std = seed_mean_std([r.get(f"{score}_{metric}") for r in ranked])
+            summary[score][metric] = {"mean": mean, "std": std}
+    return summary
+
+
 def collect_runs(work_dir: str | Path, settings: Sequence[str], methods: Sequence[str]) -> list[dict[str, Any]]:
     """Every finished run (``eval/metrics_per_case.csv`` present) of the given settings and methods.
 
     Each record: ``setting``, ``method``, ``seed``, ``case_dice`` (:func:`read_case_dice`), the summary means of
     Dice / Jaccard / HD95 / ASD, ``run_stats.json`` figures, the validation curve, label quality rows and their
-    last values, and the SP-guided refinement's whole-volume LQ Dice before/after (where present).
+    last values, the SP-guided refinement's whole-volume LQ Dice before/after and the audit ranking figures
+    (:func:`audit_ranking_figures`; where present).
     """
     import json
 
@@ -187,6 +248,7 @@ def collect_runs(work_dir: str | Path, settings: Sequence[str], methods: Sequenc
             record["validation_curve"] = read_validation_curve(run_dir / "validation_curve.csv")
             record.update(label_quality(run_dir))
             record.update(refinement_volume_dice(run_dir))
+            record.update(audit_ranking_figures(run_dir))
             runs.append(record)
     return runs
 
@@ -288,6 +350,13 @@ def build_results(
                             entry["dice_mean"] - methods_out["hl_sup"]["dice_mean"]
                         ) / gap["clean_minus_hl_sup"]
         setting_out["noise_gap"] = gap
+        rankings = {
+            method: summary
+            for method in method_order
+            if (summary := _audit_ranking_summary(by_key.get((setting, method), []))) is not None
+        }
+        if rankings:
+            setting_out["audit_ranking"] = rankings
         settings_out[setting] = setting_out
     return {
         "primary_settings": dict(primary_settings or PRIMARY_SETTINGS),

@@ -1,14 +1,17 @@
 """Tests for custom/benchmark/audit_ranking.py: the ranking figures against hand-computed values, cleanlab's score
-of a 3D volume, and the ``audit_ranking.json`` document."""
+of a 3D volume, the ``audit_ranking.json`` document; and its way through the harness (which methods are audited),
+the results document and the report's ranking table (hand-made run folders)."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 
 from custom.benchmark.audit_ranking import (
+    AUDIT_RANKING_FILE,
     audit_ranking,
     cleanlab_label_quality,
     cleanlab_suspicion,
@@ -19,6 +22,9 @@ from custom.benchmark.audit_ranking import (
     spearman,
     top_k_precision,
 )
+from custom.benchmark.harness import read_run
+from custom.benchmark.report import write_markdown
+from custom.benchmark.results import audit_ranking_figures, build_results, collect_runs
 
 
 def test_midranks_share_the_mean_rank_of_a_tie():
@@ -144,3 +150,93 @@ def test_audit_ranking_document():
         audit_ranking([cases[0], {**cases[1], "scores": {"audit": 0.1}}], "x")
     with pytest.raises(ValueError, match="at least one"):
         audit_ranking([], "x")
+
+
+# ---- the harness's audit_ranking.json in the results document, the report and the harness's rows
+
+def _finished_run(work, setting, method, seed, ranking=None):
+    run = work / setting / f"{method}_s{seed}"
+    (run / "eval").mkdir(parents=True)
+    (run / "eval" / "metrics_per_case.csv").write_text("case_id,dice_1,dice_mean\nc1,0.8,0.8\nc2,0.6,0.6\n")
+    (run / "eval" / "metrics_summary.json").write_text(json.dumps({"dice_mean": {"mean": 0.7, "std": 0.1}}))
+    if ranking is not None:
+        auc, cleanlab_auc = ranking
+        metrics = {
+            "audit": {"auc": auc, "top_k_precision": 0.75, "spearman": None},
+            "cleanlab": {"auc": cleanlab_auc, "top_k_precision": 0.5, "spearman": 0.2},
+        }
+        document = {"score_name": "teacher_uncertainty", "n_cases": 4, "n_corrupted": 3, "metrics": metrics,
+                    "cases": []}
+        (run / AUDIT_RANKING_FILE).write_text(json.dumps(document))
+    return run
+
+
+def test_results_and_report_carry_the_ranking_table(tmp_path):
+    work = tmp_path / "work"
+    for seed, auc in ((0, 0.9), (1, 0.8)):
+        _finished_run(work, "sp_a0.7_b0.7", "alc", seed, ranking=(auc, 0.6))
+        _finished_run(work, "sp_a0.7_b0.7", "hl_sup", seed)
+    _finished_run(work, "mtcl_hq25", "alc", 0)  # no audit: no ranking for this setting
+    methods = ["hl_sup", "alc"]
+    results = build_results(collect_runs(work, ["sp_a0.7_b0.7", "mtcl_hq25"], methods), methods, n_boot=200)
+    ranking = results["settings"]["sp_a0.7_b0.7"]["audit_ranking"]
+    assert list(ranking) == ["alc"]  # HL-Sup has no audit_ranking.json here
+    alc = ranking["alc"]
+    assert alc["score_name"] == "teacher_uncertainty" and alc["n_seeds"] == 2 and alc["seeds"] == [0, 1]
+    # AUC 0.9 and 0.8: mean 0.85, sample std 0.1 / sqrt(2)
+    assert alc["audit"]["auc"]["mean"] == pytest.approx(0.85)
+    assert alc["audit"]["auc"]["std"] == pytest.approx(0.1 / math.sqrt(2))
+    assert alc["cleanlab"]["auc"] == {"mean": pytest.approx(0.6), "std": pytest.approx(0.0)}
+    assert alc["audit"]["spearman"] == {"mean": None, "std": None}  # undefined in every seed
+    assert "audit_ranking" not in results["settings"]["mtcl_hq25"]
+
+    report = write_markdown(results, tmp_path / "report.md", {"alc": "ALC", "hl_sup": "HL-Sup"}).read_text()
+    sp_part, mtcl_part = report.split("### Setting `mtcl_hq25`")
+    row = next(line for line in sp_part.splitlines() if line.startswith("| ALC | teacher_uncertainty"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells == ["ALC", "teacher_uncertainty", "2", "0.850 \u00b1 0.071", "0.600 \u00b1 0.000",
+                     "0.750 \u00b1 0.000", "0.500 \u00b1 0.000", "-", "0.200 \u00b1 0.000"]
+    assert "Label audit ranking" not in mtcl_part
+
+
+def test_audit_ranking_figures_of_a_run(tmp_path):
+    run = _finished_run(tmp_path, "sp_a0.7_b0.7", "alc", 0, ranking=(0.9, 0.6))
+    figures = audit_ranking_figures(run)
+    assert figures["audit_score_name"] == "teacher_uncertainty"
+    assert figures["audit_auc"] == 0.9 and figures["cleanlab_auc"] == 0.6 and figures["audit_spearman"] is None
+    assert read_run("alc", run)["audit_top_k_precision"] == 0.75  # the harness's per-invocation rows
+    (run / AUDIT_RANKING_FILE).write_text("not json")
+    assert audit_ranking_figures(run) == {}
+    assert audit_ranking_figures(tmp_path / "missing") == {}
+
+
+def test_harness_audits_only_the_methods_with_an_audit(tmp_path, monkeypatch):
+    from custom.benchmark import harness
+
+    commands = []
+
+    def fake_child(cmd, env=None, stdout=None):
+        commands.append(list(cmd))
+        return 0
+
+    monkeypatch.setattr(harness, "_run_child", fake_child)
+    dataset = tmp_path / "data"
+    dataset.mkdir()
+    (dataset / "datalist.json").write_text("{}")
+    run = _finished_run(tmp_path, "sp_a0.7_b0.7", "alc", 0)
+    assert not harness.audit_run("mean_teacher", dataset, run)  # no audit for this method: nothing started
+    assert commands == []
+    assert not harness.audit_run("alc", None, run)  # the run's dataset is unknown (no training_command.json)
+    assert commands == []
+    (run / "training_command.json").write_text(json.dumps({"command": ["python", "--dataset_dir", str(dataset)]}))
+    harness.audit_run("alc", None, run, extra={"device": "cpu"})
+    cmd = commands[-1]
+    assert cmd[1] == "scripts/audit_labels.py"
+    assert cmd[cmd.index("--datalist") + 1] == str(dataset / "datalist.json")
+    assert cmd[cmd.index("--source") + 1] == "alc" and cmd[cmd.index("--device") + 1] == "cpu"
+    assert cmd[cmd.index("--ranking") + 1] == str(run / AUDIT_RANKING_FILE)
+    harness.audit_run("hl_sup", dataset, run)
+    assert commands[-1][commands[-1].index("--source") + 1] == "disagreement"
+    (run / AUDIT_RANKING_FILE).write_text("{}")
+    n = len(commands)
+    assert harness.audit_run("alc", dataset, run) and len(commands) == n  # done once: not repeated
