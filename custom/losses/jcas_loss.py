@@ -10,14 +10,19 @@ Stage 2 (``stage="correction"``)::
 Stage 1 (``stage="warmup"``) is the same without transition matrices: ``L_C = CE(P, y) + CE(Q, y)``,
 ``L_A = BCE(A, Y')``, no volume and no consistency term.
 
+``class_loss="ce_dice"`` *(option, not in the paper)* adds a soft Dice to each class term, on the same
+probabilities the NLL sees: ``Dice(softmax(P), y)`` in stage 1, ``Dice(softmax(P) T_C, y)`` in stage 2 (the
+forward-corrected noisy-label probabilities, so the correction still applies). ``"ce"`` (default) is the
+reference's plain NLL.
+
 ``fine`` is level 2 (full resolution), ``coarse`` level 1. Coarse logits are up-sampled (trilinear) to the label
 resolution before the softmax, as the reference code does, rather than down-sampling the labels. The affinity
 labels ``Y'`` come from the noisy labels pooled onto each level's token grid
 (:func:`custom.networks.dar.token_class_labels`: majority class per token).
 
 The transition matrices are parameters of :class:`JcasTransitions`, a module separate from the network, so the
-trainer can give them their own optimiser (paper code: SGD, lr 1e-3, momentum 0.9) and the exported inference
-network never contains them.
+trainer can give them their own optimiser (SGD, momentum 0.9, the main learning rate by default, see
+:class:`custom.engines.jcas.JcasTrainer`) and the exported inference network never contains them.
 """
 
 from __future__ import annotations
@@ -26,22 +31,26 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from monai.losses import DiceLoss
 from torch import nn
 
 from custom.losses.transition import (
     TransitionMatrix,
     affinity_loss,
+    apply_transition,
     consistency_loss,
     corrected_nll,
+    derived_affinity_transition,
     pairwise_same_class,
     volume_penalty,
 )
 from custom.networks.dar import token_class_labels
 from custom.networks.deep_supervision import JcasLevelOutput, JcasOutput
 
-__all__ = ["STAGES", "JcasTransitions", "JcasLoss"]
+__all__ = ["STAGES", "CLASS_LOSSES", "JcasTransitions", "JcasLoss"]
 
 STAGES = ("warmup", "correction")
+CLASS_LOSSES = ("ce", "ce_dice")
 
 
 class JcasTransitions(nn.Module):
@@ -52,17 +61,31 @@ class JcasTransitions(nn.Module):
         class_frequencies: ``pi``, ``(C,)`` noisy-label class frequencies (use
             :func:`custom.losses.transition.noisy_class_frequencies`); stored as a buffer, so it follows
             ``.to(device)`` and is saved in the ``state_dict``.
-        init: initial weight of both matrices (``-2`` as in the paper code).
+        init: initial weight of both matrices (``-2`` as in the paper code), used for every matrix not given below.
+        class_transition: the initial ``T_C`` itself, ``(C, C)`` row-stochastic (e.g. an estimate of the noise,
+            :func:`custom.engines.jcas.build_transitions`), or ``None`` (weights ``init``). When given, ``T_A``
+            starts at the affinity transition it implies
+            (:func:`custom.losses.transition.derived_affinity_transition` with ``pi``), so the consistency term
+            starts at zero, unless ``affinity_transition`` is given too.
+        affinity_transition: the initial ``T_A`` (2 x 2, order dissimilar, similar), or ``None``.
 
     Attributes:
         class_transition: :class:`TransitionMatrix` of size ``C`` (``T_C``).
         affinity_transition: :class:`TransitionMatrix` of size 2 (``T_A``; 0 = dissimilar, 1 = similar).
 
     Raises:
-        ValueError: if ``class_frequencies`` is not ``(C,)``, negative, or has fewer than two non-zero entries.
+        ValueError: if ``class_frequencies`` is not ``(C,)``, negative, or has fewer than two non-zero entries, or
+            an initial matrix is not a transition matrix of the right size.
     """
 
-    def __init__(self, num_classes: int, class_frequencies: Sequence[float] | torch.Tensor, init: float = -2.0):
+    def __init__(
+        self,
+        num_classes: int,
+        class_frequencies: Sequence[float] | torch.Tensor,
+        init: float = -2.0,
+        class_transition: Sequence[Sequence[float]] | torch.Tensor | None = None,
+        affinity_transition: Sequence[Sequence[float]] | torch.Tensor | None = None,
+    ):
         super().__init__()
         frequencies = torch.as_tensor(class_frequencies, dtype=torch.float32).detach().cpu()
         if frequencies.shape != (num_classes,):
@@ -72,8 +95,17 @@ class JcasTransitions(nn.Module):
         if int((frequencies > 0).sum()) < 2:
             raise ValueError(f"at least two class frequencies must be positive, got {frequencies.tolist()}.")
         self.num_classes = int(num_classes)
-        self.class_transition = TransitionMatrix(num_classes, init=init)
-        self.affinity_transition = TransitionMatrix(2, init=init)
+        self.class_transition = TransitionMatrix(
+            num_classes, init=init if class_transition is None else class_transition
+        )
+        if affinity_transition is None and class_transition is not None:
+            with torch.no_grad():
+                affinity_transition = derived_affinity_transition(
+                    self.class_transition().double(), frequencies.double() / frequencies.double().sum()
+                )
+        self.affinity_transition = TransitionMatrix(
+            2, init=init if affinity_transition is None else affinity_transition
+        )
         self.register_buffer("class_frequencies", frequencies / frequencies.sum())
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,9 +140,11 @@ class JcasLoss(nn.Module):
         volume_weight: weight of ``log|det T_C| + log|det T_A|`` (0.5; stage 2 only).
         consistency_weight: weight of ``L_cacr`` (0.01; stage 2 only).
         eps: lower clamp of ``softmax(.) T_C`` before the log.
+        class_loss: ``"ce"`` (the reference: NLL only) or ``"ce_dice"`` (NLL + soft Dice on the same
+            probabilities, module docstring).
 
     Raises:
-        ValueError: on an unknown stage, ``num_classes < 2`` or a negative weight.
+        ValueError: on an unknown stage or class loss, ``num_classes < 2`` or a negative weight.
     """
 
     def __init__(
@@ -124,8 +158,11 @@ class JcasLoss(nn.Module):
         volume_weight: float = 0.5,
         consistency_weight: float = 0.01,
         eps: float = 1e-7,
+        class_loss: str = "ce",
     ):
         super().__init__()
+        if class_loss not in CLASS_LOSSES:
+            raise ValueError(f"class_loss must be one of {CLASS_LOSSES}, got {class_loss!r}.")
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
         weights = {
@@ -150,6 +187,10 @@ class JcasLoss(nn.Module):
         self.volume_weight = float(volume_weight)
         self.consistency_weight = float(consistency_weight)
         self.eps = float(eps)
+        self.class_loss_name = class_loss
+        # the project's Dice (custom.losses.segmentation_losses): squared denominators, background included,
+        # per sample; on probabilities given here (softmax or softmax x T_C), hence softmax=False
+        self.dice = DiceLoss(include_background=True, to_onehot_y=True, softmax=False, squared_pred=True)
 
     @property
     def stage(self) -> str:
@@ -167,10 +208,17 @@ class JcasLoss(nn.Module):
     ) -> torch.Tensor:
         """``L_C`` of one level: loss on ``softmax(P)`` plus loss on ``softmax(Q)``, at the label resolution.
 
+        Per term: plain cross-entropy (``class_transition`` None, warm-up) or the corrected NLL
+        ``NLL(log(softmax(.) T_C), y)``; with ``class_loss="ce_dice"`` plus the soft Dice of the same
+        probabilities (``softmax(.)``, resp. ``softmax(.) T_C``) against ``y``.
+
         Args:
-            level: the level's network outputs (``P``, ``Q`` are logits).
+            level: the level's network outputs (``P``, ``Q`` are logits, ``(B, C, *S_level)``).
             noisy_labels: ``(B, 1, H, W, D)`` or ``(B, H, W, D)`` noisy class indices.
-            class_transition: ``T_C`` (corrected NLL) or ``None`` (plain cross-entropy, warm-up).
+            class_transition: ``T_C``, ``(C, C)`` (corrected NLL) or ``None`` (plain cross-entropy, warm-up).
+
+        Returns:
+            scalar.
         """
         label_shape = _label_spatial_shape(noisy_labels)
         labels = noisy_labels[:, 0] if noisy_labels.dim() == 5 else noisy_labels
@@ -180,8 +228,13 @@ class JcasLoss(nn.Module):
             logits = _to_label_resolution(logits, label_shape)
             if class_transition is None:
                 total = total + F.cross_entropy(logits, labels)
+                probs = torch.softmax(logits, dim=1) if self.class_loss_name == "ce_dice" else None
             else:
-                total = total + corrected_nll(torch.softmax(logits, dim=1), class_transition, labels, self.eps)
+                clean_probs = torch.softmax(logits, dim=1)
+                total = total + corrected_nll(clean_probs, class_transition, labels, self.eps)
+                probs = apply_transition(clean_probs, class_transition) if self.class_loss_name == "ce_dice" else None
+            if probs is not None:
+                total = total + self.dice(probs, labels[:, None])
         return total
 
     def affinity_level_loss(
@@ -256,4 +309,4 @@ class JcasLoss(nn.Module):
         return total, {name: value.detach() for name, value in parts.items()}
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, stage={self.stage!r}"
+        return f"num_classes={self.num_classes}, stage={self.stage!r}, class_loss={self.class_loss_name!r}"

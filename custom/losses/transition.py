@@ -28,6 +28,7 @@ __all__ = [
     "DISSIMILAR",
     "SIMILAR",
     "transition_from_weights",
+    "weights_from_transition",
     "TransitionMatrix",
     "apply_transition",
     "corrected_nll",
@@ -37,6 +38,9 @@ __all__ = [
     "derived_affinity_transition",
     "consistency_loss",
     "noisy_class_frequencies",
+    "prior_class_transition",
+    "label_confusion",
+    "class_transition_from_confusion",
 ]
 
 DISSIMILAR = 0
@@ -70,26 +74,74 @@ def transition_from_weights(weights: torch.Tensor) -> torch.Tensor:
     return unnormalised / unnormalised.sum(dim=1, keepdim=True)
 
 
+def weights_from_transition(transition: Any, floor: float = 1e-3) -> torch.Tensor:
+    """Weights ``W`` for which :func:`transition_from_weights` gives ``transition`` (or the nearest it can give).
+
+    ``T = row_normalise(I + sigmoid(W) (1 - I))`` fixes ``T[i, j] / T[i, i] = sigmoid(W[i, j])``, so
+    ``W[i, j] = logit(T[i, j] / T[i, i])``. That ratio must lie in ``(0, 1)``: the parametrisation keeps every
+    entry positive and the clean class the most likely noisy class of its row. Ratios are clipped to
+    ``[floor, 1 - floor]``; a matrix with a zero entry or a row whose diagonal is not its largest entry is therefore
+    replaced by the nearest representable one (``transition_from_weights(W)`` shows which).
+
+    Args:
+        transition: ``(K, K)`` row-stochastic matrix (tensor or nested list), rows = clean, columns = noisy.
+        floor: clip margin of the ratios, in ``(0, 0.5)``.
+
+    Returns:
+        ``W``, ``(K, K)`` float32 (the diagonal is 0 and unused).
+
+    Raises:
+        ValueError: if ``transition`` is not square, has negative or non-finite entries, a row that does not sum
+            to 1 (tolerance 1e-4), or a zero diagonal; or ``floor`` is outside ``(0, 0.5)``.
+    """
+    if not 0 < floor < 0.5:
+        raise ValueError(f"floor must be in (0, 0.5), got {floor}.")
+    matrix = torch.as_tensor(transition, dtype=torch.float64).detach().cpu()
+    _check_square(matrix, "transition")
+    if not bool(torch.isfinite(matrix).all()) or bool((matrix < 0).any()):
+        raise ValueError(f"transition must have finite, non-negative entries, got {matrix.tolist()}.")
+    if not torch.allclose(matrix.sum(dim=1), torch.ones(matrix.shape[0], dtype=torch.float64), atol=1e-4):
+        raise ValueError(f"transition rows must sum to 1, got row sums {matrix.sum(dim=1).tolist()}.")
+    diagonal = torch.diagonal(matrix)
+    if bool((diagonal <= 0).any()):
+        raise ValueError(f"transition needs a positive diagonal, got {diagonal.tolist()}.")
+    ratio = (matrix / diagonal[:, None]).clamp(float(floor), 1.0 - float(floor))
+    weights = torch.logit(ratio)
+    weights.fill_diagonal_(0.0)
+    return weights.float()
+
+
 class TransitionMatrix(nn.Module):
     """Learnable row-stochastic ``K x K`` transition matrix (thin wrapper of :func:`transition_from_weights`).
 
     Args:
         num_states: ``K`` (``C`` for the class transition, 2 for the affinity transition).
-        init: initial value of every weight; ``-2`` (paper code) gives off-diagonal ``sigmoid(-2) ~ 0.12`` before
-            normalisation, i.e. a diagonal of ``1 / (1 + 0.12 (K - 1))``.
+        init: initial value of every weight (a float); ``-2`` (paper code) gives off-diagonal
+            ``sigmoid(-2) ~ 0.12`` before normalisation, i.e. a diagonal of ``1 / (1 + 0.12 (K - 1))``. Or the
+            initial ``T`` itself, ``(K, K)`` row-stochastic (tensor or nested list), converted by
+            :func:`weights_from_transition`.
 
     Raises:
-        ValueError: if ``num_states < 2`` or ``init`` is not finite.
+        ValueError: if ``num_states < 2``, a float ``init`` is not finite, or a matrix ``init`` is not a
+            ``(K, K)`` transition matrix.
     """
 
-    def __init__(self, num_states: int, init: float = -2.0):
+    def __init__(self, num_states: int, init: float | Any = -2.0):
         super().__init__()
         if int(num_states) != num_states or num_states < 2:
             raise ValueError(f"num_states must be an integer >= 2, got {num_states}.")
-        if not np.isfinite(init):
-            raise ValueError(f"init must be finite, got {init}.")
         self.num_states = int(num_states)
-        self.weights = nn.Parameter(torch.full((self.num_states, self.num_states), float(init)))
+        if isinstance(init, (int, float)) and not isinstance(init, bool):
+            if not np.isfinite(init):
+                raise ValueError(f"init must be finite, got {init}.")
+            weights = torch.full((self.num_states, self.num_states), float(init))
+        else:
+            weights = weights_from_transition(init)
+            if weights.shape != (self.num_states, self.num_states):
+                raise ValueError(
+                    f"init must be a ({self.num_states}, {self.num_states}) matrix, got {tuple(weights.shape)}."
+                )
+        self.weights = nn.Parameter(weights)
 
     def forward(self) -> torch.Tensor:
         """Return ``T``, ``(K, K)`` (rows = clean, columns = noisy)."""
@@ -341,3 +393,97 @@ def noisy_class_frequencies(
     if np.count_nonzero(totals) < 2:
         raise ValueError(f"at least two classes must occur in the noisy labels, got counts {totals}.")
     return torch.as_tensor(totals / totals.sum(), dtype=torch.float64)
+
+
+def prior_class_transition(class_frequencies: Any, rate: float = 0.2) -> torch.Tensor:
+    """A prior ``T_C`` that never puts more mass on a class than its share: ``T = (1 - rho) I + rho 1 pi^T``.
+
+    The noise model: with probability ``rho`` a voxel's label is redrawn from the class frequencies ``pi`` (which
+    may give back the clean class). Hence ``T[i, j] = rho pi_j <= pi_j`` for ``j != i``: the share of clean
+    background labelled foreground never exceeds the foreground share (a constant ``W = -2`` gives 0.106 for two
+    classes whatever the foreground share), while a minority class loses ``rho (1 - pi_i)`` of its voxels, the
+    direction that boundary noise and missed structures take. For binary LA (``pi_fg ~ 0.07``) and ``rho = 0.2``:
+    ``P(noisy fg | clean bg) = 0.014``, ``P(noisy bg | clean fg) = 0.186``.
+
+    Args:
+        class_frequencies: ``pi``, ``(C,)`` non-negative, summing to 1 (e.g. :func:`noisy_class_frequencies`).
+        rate: ``rho`` in ``(0, 0.5)``; below 0.5 every row keeps its clean class the most likely noisy class, as
+            :func:`transition_from_weights` requires.
+
+    Returns:
+        ``(C, C)`` float64 row-stochastic matrix, rows = clean, columns = noisy.
+
+    Raises:
+        ValueError: if ``rate`` is outside ``(0, 0.5)`` or ``class_frequencies`` is not a probability vector.
+    """
+    if not 0 < rate < 0.5:
+        raise ValueError(f"rate must be in (0, 0.5), got {rate}.")
+    pi = torch.as_tensor(class_frequencies, dtype=torch.float64).detach().cpu()
+    if pi.dim() != 1 or pi.shape[0] < 2:
+        raise ValueError(f"class_frequencies must be (C,) with C >= 2, got shape {tuple(pi.shape)}.")
+    if not bool(torch.isfinite(pi).all()) or bool((pi < 0).any()) or abs(float(pi.sum()) - 1.0) > 1e-6:
+        raise ValueError(f"class_frequencies must be non-negative and sum to 1, got {pi.tolist()}.")
+    identity = torch.eye(pi.shape[0], dtype=torch.float64)
+    return (1.0 - float(rate)) * identity + float(rate) * pi[None, :].expand_as(identity)
+
+
+def label_confusion(clean: Any, noisy: Any, num_classes: int) -> np.ndarray:
+    """Voxel counts ``N[i, j]`` of clean class ``i`` labelled ``j`` in a pair of label volumes of one shape.
+
+    Args:
+        clean: clean class indices, any shape (numpy or torch).
+        noisy: noisy class indices, same shape.
+        num_classes: ``C >= 2``.
+
+    Returns:
+        ``(C, C)`` int64 counts, rows = clean, columns = noisy.
+
+    Raises:
+        ValueError: on different shapes, or labels that are not integers in ``[0, C)``.
+    """
+    if int(num_classes) != num_classes or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes}.")
+    arrays = []
+    for labels in (clean, noisy):
+        if isinstance(labels, torch.Tensor):
+            labels = labels.detach().cpu().numpy()
+        arrays.append(np.asarray(labels))
+    if arrays[0].shape != arrays[1].shape:
+        raise ValueError(f"clean {arrays[0].shape} and noisy {arrays[1].shape} labels must have the same shape.")
+    flat = []
+    for array in arrays:
+        _class_counts_of(array, num_classes)  # validates integer values in [0, C)
+        flat.append(array.astype(np.int64).ravel())
+    classes = int(num_classes)
+    return np.bincount(flat[0] * classes + flat[1], minlength=classes * classes).reshape(classes, classes)
+
+
+def class_transition_from_confusion(confusion: Any, clean_share: float = 0.0) -> torch.Tensor:
+    """Row-normalised confusion counts, optionally mixed with clean cases: ``w I + (1 - w) row_normalise(N)``.
+
+    ``row_normalise(N)[i, j] = P(noisy = j | clean = i)`` over the counted voxels (e.g. the noise simulator applied
+    to clean labels). When only a fraction ``1 - w`` of the training cases carries that noise and the rest is
+    clean, a single transition for every training voxel is the mixture with the identity (exact when the cases have
+    the same class composition on average). A class that never occurs clean gets the identity row.
+
+    Args:
+        confusion: ``(C, C)`` non-negative counts (:func:`label_confusion`, summed over volumes), rows = clean.
+        clean_share: ``w`` in ``[0, 1]``, the share of training cases whose labels are clean.
+
+    Returns:
+        ``(C, C)`` float64 row-stochastic matrix, rows = clean, columns = noisy.
+
+    Raises:
+        ValueError: if ``confusion`` is not square with non-negative finite counts, or ``clean_share`` is outside
+            ``[0, 1]``.
+    """
+    if not 0.0 <= clean_share <= 1.0:
+        raise ValueError(f"clean_share must be in [0, 1], got {clean_share}.")
+    counts = torch.as_tensor(np.asarray(confusion, dtype=np.float64))
+    _check_square(counts, "confusion")
+    if not bool(torch.isfinite(counts).all()) or bool((counts < 0).any()):
+        raise ValueError(f"confusion counts must be finite and non-negative, got {counts.tolist()}.")
+    identity = torch.eye(counts.shape[0], dtype=torch.float64)
+    totals = counts.sum(dim=1, keepdim=True)
+    observed = torch.where(totals > 0, counts / totals.clamp_min(1e-12), identity)
+    return float(clean_share) * identity + (1.0 - float(clean_share)) * observed

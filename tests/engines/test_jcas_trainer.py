@@ -11,8 +11,17 @@ from ignite.engine import Events
 from torch.testing import assert_close
 
 from custom.engines import JcasTrainer
-from custom.engines.jcas import TRANSITION_MATRIX_FILE, jcas_stage, noisy_label_frequencies
+from custom.engines.jcas import (
+    TRANSITION_MATRIX_FILE,
+    build_transitions,
+    estimate_training_transition,
+    jcas_stage,
+    noisy_label_frequencies,
+    warmup_epochs_from_fraction,
+)
+from custom.errors import OptionError
 from custom.losses.jcas_loss import JcasLoss, JcasTransitions
+from custom.losses.transition import prior_class_transition
 from custom.networks.deep_supervision import JcasVNet
 
 NUM_CLASSES = 3
@@ -271,3 +280,138 @@ def test_noisy_label_frequencies_bad_input(tmp_path):
     out_of_range = _write_label(tmp_path / "c.nii.gz", np.full((2, 2, 2), 3))
     with pytest.raises(ValueError):
         noisy_label_frequencies([{"label": out_of_range}], NUM_CLASSES)
+
+
+# ---------------------------------------------------------------------- issue 17: warm-up, T_C init, T learning rate
+def test_transition_lr_main_follows_the_main_rate_every_step():
+    trainer = _trainer(warmup_epochs=0, max_epochs=2, transition_momentum=0.0)
+    assert trainer.follow_main_lr
+    seen = []
+
+    @trainer.on(Events.ITERATION_STARTED)
+    def _schedule(engine):  # a stand-in for the poly scheduler: a new main rate every iteration
+        for group in engine.optimizer.param_groups:
+            group["lr"] = 0.01 / engine.state.iteration
+        engine.state.t_c_before = engine.transitions.class_transition.weights.detach().clone()
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _check(engine):
+        lr = trainer.transition_optimizer.param_groups[0]["lr"]
+        seen.append(lr)
+        weights = engine.transitions.class_transition.weights
+        assert_close(weights.detach(), engine.state.t_c_before - lr * weights.grad)
+
+    trainer.run()
+    assert seen == pytest.approx([0.01 / i for i in range(1, 5)])
+
+
+def test_transition_lr_constant_and_bad_values():
+    trainer = _trainer(warmup_epochs=0, max_epochs=1, transition_lr=0.001)
+    assert not trainer.follow_main_lr and trainer.transition_optimizer.param_groups[0]["lr"] == 0.001
+    for bad in ("poly", True, -1.0):
+        with pytest.raises(ValueError, match="transition_lr"):
+            _trainer(0, 1, transition_lr=bad)
+
+
+@pytest.mark.parametrize(
+    "max_epochs, fraction, expected", [(20, 0.25, 5), (281, 0.25, 70), (10, 0.3, 3), (7, 1.0, 7), (7, 0.0, 0)]
+)
+def test_warmup_epochs_from_fraction(max_epochs, fraction, expected):
+    assert warmup_epochs_from_fraction(max_epochs, fraction) == expected
+    if fraction == 0.25:
+        assert expected == max_epochs // 4  # the earlier fixed warm-up
+
+
+@pytest.mark.parametrize(
+    "max_epochs, fraction, option",
+    [(10, 1.5, "warmup_fraction"), (10, "a", "warmup_fraction"), (0, 0.25, "max_epochs")],
+)
+def test_warmup_fraction_errors_name_the_option(max_epochs, fraction, option):
+    with pytest.raises(OptionError, match=f"--{option}"):
+        warmup_epochs_from_fraction(max_epochs, fraction)
+
+
+def test_config_warmup_epochs_comes_from_the_fraction():
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(Path(__file__).resolve().parents[2] / "configs" / "jcas_la.json"))
+    assert parser["warmup_fraction"] == 0.25 and parser["class_loss"] == "ce" and parser["transition_lr"] == "main"
+    parser["max_epochs"] = 40
+    assert parser.get_parsed_content("warmup_epochs") == 10
+
+
+def _hq_lq_datalist(tmp_path, n_lq: int = 1):
+    # one HQ case: 10^3 with a 200-voxel foreground block; n_lq LQ cases (their label differs from label_clean)
+    clean = np.zeros((10, 10, 10), dtype=np.uint8)
+    clean[:2] = 1
+    items = [{"case_id": "hq0", "quality": "hq", "label": _write_label(tmp_path / "hq0.nii.gz", clean)}]
+    items[0]["label_clean"] = items[0]["label"]
+    for k in range(n_lq):
+        noisy = _write_label(tmp_path / f"lq{k}.nii.gz", np.zeros_like(clean))
+        items.append({"case_id": f"lq{k}", "quality": "lq", "label": noisy, "label_clean": items[0]["label"]})
+    meta = {"noise": {"name": "fake", "params": {"fraction": 0.25}}, "seed": 0, "spacing": [1.0, 1.0, 1.0]}
+    return items, meta
+
+
+def _fake_simulator(name, label, *, seed, case_id, num_classes=None, spacing=None, fraction=0.0):
+    # flips the first `fraction` of the foreground voxels (raster order) to background, nothing else
+    from types import SimpleNamespace
+
+    flat = np.asarray(label).ravel().copy()  # NIfTI arrays are Fortran-ordered: work on a flat copy
+    foreground = np.flatnonzero(flat == 1)
+    flat[foreground[: int(round(fraction * foreground.size))]] = 0
+    return SimpleNamespace(noisy=flat.reshape(np.shape(label)))
+
+
+def test_estimate_from_hq_cases_matches_a_hand_made_flip(tmp_path, monkeypatch):
+    import custom.noise
+
+    monkeypatch.setattr(custom.noise, "simulate_noise", _fake_simulator)
+    items, meta = _hq_lq_datalist(tmp_path, n_lq=3)
+    # 3 noisy of 4 training cases: T = 0.25 I + 0.75 [[1, 0], [0.25, 0.75]]
+    estimate = estimate_training_transition(items, meta, 2, draws_per_case=2)
+    expected = 0.25 * torch.eye(2, dtype=torch.float64) + 0.75 * torch.tensor([[1.0, 0.0], [0.25, 0.75]]).double()
+    assert_close(estimate, expected)
+    # only the HQ cases (label_mode "hq"): every trained label is clean, T = I
+    assert_close(estimate_training_transition(items[:1], meta, 2), torch.eye(2, dtype=torch.float64))
+    # through the config's builder: T_C starts at the estimate (the zero entry clipped to ratio 1e-3)
+    transitions = build_transitions(2, [0.9, 0.1], "estimate", items=items, datalist_meta=meta, draws_per_case=1)
+    t_c = transitions()[0].detach().double()
+    assert_close(t_c[1], expected[1], atol=1e-6, rtol=0)
+    assert float(t_c[0, 1]) == pytest.approx(1e-3 / (1 + 1e-3), rel=1e-4)
+
+
+def test_estimate_at_native_resolution_with_the_real_simulator(tmp_path):
+    # the registry's symmetric flips (rate 0.3) on the HQ label: a proper, diagonally dominant T; with a downsample
+    # factor of 2 the noise is simulated on the 2x upsampled label and pooled back by majority vote
+    items, meta = _hq_lq_datalist(tmp_path, n_lq=1)
+    meta = {"noise": {"name": "symmetric", "params": {"rate": 0.3}}, "seed": 0, "spacing": [2.0, 2.0, 2.0]}
+    estimate = estimate_training_transition(items, meta, 2, draws_per_case=4)
+    assert_close(estimate.sum(dim=1), torch.ones(2, dtype=torch.float64))
+    assert 0.5 < float(estimate[0, 0]) < 1.0 and 0.5 < float(estimate[1, 1]) < 1.0
+    meta["downsample"] = 2
+    pooled = estimate_training_transition(items, meta, 2, draws_per_case=2)
+    assert float(pooled[0, 0]) > float(estimate[0, 0])  # majority votes of 8 flipped voxels undo most flips
+
+
+def test_build_transitions_float_prior_and_errors(tmp_path):
+    pi = [0.93, 0.07]
+    constant = build_transitions(2, pi, -2.0)
+    assert_close(constant.class_transition.weights.detach(), torch.full((2, 2), -2.0))
+    prior = build_transitions(2, pi, "prior", prior_rate=0.2)
+    t_c, t_a = prior()
+    assert_close(t_c.detach().double(), prior_class_transition(torch.tensor(pi).double(), 0.2), atol=1e-6, rtol=0)
+    assert float(t_c[0, 1].detach()) <= 0.07  # never above the foreground share (the constant gives 0.106)
+    assert float(constant()[0][0, 1].detach()) > 0.1
+    with pytest.raises(OptionError, match="--transition_init"):
+        build_transitions(2, pi, "uniform")
+    with pytest.raises(OptionError, match="--transition_prior_rate"):
+        build_transitions(2, pi, "prior", prior_rate=0.7)
+    with pytest.raises(ValueError, match="HQ cases"):
+        build_transitions(2, pi, "estimate", items=[{"quality": "lq", "label": "x"}], datalist_meta={})
+    items, _ = _hq_lq_datalist(tmp_path)
+    with pytest.raises(ValueError, match="no noise simulator"):
+        build_transitions(2, pi, "estimate", items=items, datalist_meta={"seed": 0})

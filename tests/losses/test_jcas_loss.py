@@ -9,8 +9,10 @@ from torch.testing import assert_close
 from custom.losses.jcas_loss import JcasLoss, JcasTransitions
 from custom.losses.transition import (
     affinity_loss,
+    apply_transition,
     consistency_loss,
     corrected_nll,
+    derived_affinity_transition,
     pairwise_same_class,
     volume_penalty,
 )
@@ -194,3 +196,57 @@ def test_bad_forward_inputs():
 def test_bad_transition_frequencies(frequencies):
     with pytest.raises(ValueError):
         JcasTransitions(2, frequencies)
+
+
+def _dice(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    # hand-written reference: squared denominators, smoothing 1e-5, mean over samples and all classes
+    onehot = F.one_hot(labels[:, 0].long(), probs.shape[1]).movedim(-1, 1).to(probs.dtype)
+    dims = tuple(range(2, probs.dim()))
+    intersection = (probs * onehot).sum(dims)
+    denominator = (probs**2).sum(dims) + (onehot**2).sum(dims)
+    return (1.0 - (2.0 * intersection + 1e-5) / (denominator + 1e-5)).mean()
+
+
+@pytest.mark.parametrize("stage", ["warmup", "correction"])
+def test_ce_dice_class_loss_adds_dice_on_the_supervised_probabilities(stage):
+    net, x, labels, transitions = _setup(3)
+    out = net(x)
+    t_c = transitions()[0]
+    plain = JcasLoss(3, stage=stage)
+    with_dice = JcasLoss(3, stage=stage, class_loss="ce_dice")
+    assert with_dice.class_loss_name == "ce_dice" and plain.class_loss_name == "ce"
+    expected_dice = torch.zeros(())
+    for logits in (out.fine.rectified_logits, out.fine.logits):
+        probs = torch.softmax(logits, 1)
+        expected_dice = expected_dice + _dice(probs if stage == "warmup" else apply_transition(probs, t_c), labels)
+    c_plain = plain.class_loss(out.fine, labels, None if stage == "warmup" else t_c)
+    c_dice = with_dice.class_loss(out.fine, labels, None if stage == "warmup" else t_c)
+    assert_close(c_dice, c_plain + expected_dice)
+    # the total changes only through the class terms
+    _, parts_plain = plain(out, labels, transitions)
+    _, parts_dice = with_dice(out, labels, transitions)
+    assert_close(parts_dice["affinity_fine"], parts_plain["affinity_fine"])
+    assert bool(parts_dice["class_coarse"] > parts_plain["class_coarse"])
+
+
+def test_ce_dice_gradients_and_bad_class_loss():
+    net, x, labels, transitions = _setup(2)
+    total, _ = JcasLoss(2, stage="correction", class_loss="ce_dice")(net(x), labels, transitions)
+    total.backward()
+    assert transitions.class_transition.weights.grad is not None
+    with pytest.raises(ValueError, match="class_loss"):
+        JcasLoss(2, class_loss="dice")
+
+
+def test_transitions_from_an_initial_matrix_derive_t_a():
+    target = torch.tensor([[0.95, 0.05], [0.25, 0.75]], dtype=torch.float64)
+    pi = torch.tensor([0.8, 0.2], dtype=torch.float64)
+    transitions = JcasTransitions(2, pi, class_transition=target)
+    t_c, t_a = transitions()
+    assert_close(t_c.double(), target, atol=1e-6, rtol=0)
+    assert_close(t_a.double(), derived_affinity_transition(target, pi), atol=1e-5, rtol=0)
+    assert float(consistency_loss(t_c, t_a, transitions.class_frequencies).detach()) < 1e-10
+    given_t_a = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+    assert_close(JcasTransitions(2, pi, class_transition=target, affinity_transition=given_t_a)()[1], given_t_a)
+    with pytest.raises(ValueError, match="matrix"):
+        JcasTransitions(3, [0.5, 0.3, 0.2], class_transition=target)

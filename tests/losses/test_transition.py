@@ -14,13 +14,17 @@ from custom.losses.transition import (
     TransitionMatrix,
     affinity_loss,
     apply_transition,
+    class_transition_from_confusion,
     consistency_loss,
     corrected_nll,
     derived_affinity_transition,
+    label_confusion,
     noisy_class_frequencies,
     pairwise_same_class,
+    prior_class_transition,
     transition_from_weights,
     volume_penalty,
+    weights_from_transition,
 )
 
 SIG_M2 = 1.0 / (1.0 + math.exp(2.0))  # sigmoid(-2)
@@ -230,3 +234,76 @@ def test_noisy_class_frequencies_from_arrays_and_counts():
 def test_noisy_class_frequencies_errors(kwargs):
     with pytest.raises(ValueError):
         noisy_class_frequencies(2, **kwargs)
+
+
+def test_weights_from_transition_round_trip():
+    generator = torch.Generator().manual_seed(3)
+    target = _random_transition(4, generator)
+    assert_close(transition_from_weights(weights_from_transition(target)).double(), target, atol=1e-6, rtol=0)
+    matrix = TransitionMatrix(4, init=target)
+    assert_close(matrix().double(), target, atol=1e-6, rtol=0)
+    # not representable (a zero entry, an off-diagonal entry above the diagonal): the ratio is clipped
+    clipped = transition_from_weights(weights_from_transition([[1.0, 0.0], [0.6, 0.4]]))
+    assert float(clipped[0, 1]) == pytest.approx(1e-3 / (1 + 1e-3), rel=1e-4)
+    assert float(clipped[1, 0]) < float(clipped[1, 1])
+
+
+@pytest.mark.parametrize(
+    "matrix, match",
+    [
+        ([[0.5, 0.4], [0.1, 0.9]], "sum to 1"),
+        ([[1.2, -0.2], [0.1, 0.9]], "non-negative"),
+        ([[0.0, 1.0], [0.5, 0.5]], "diagonal"),
+    ],
+)
+def test_weights_from_transition_errors(matrix, match):
+    with pytest.raises(ValueError, match=match):
+        weights_from_transition(matrix)
+    with pytest.raises(ValueError, match="2, 2"):
+        TransitionMatrix(2, init=torch.eye(3))
+
+
+@pytest.mark.parametrize("pi", [[0.93, 0.07], [0.75, 0.14, 0.11]])
+def test_prior_never_exceeds_a_class_share(pi):
+    prior = prior_class_transition(pi, rate=0.2)
+    pi_t = torch.tensor(pi, dtype=torch.float64)
+    assert_close(prior.sum(dim=1), torch.ones(len(pi), dtype=torch.float64))
+    off = ~torch.eye(len(pi), dtype=torch.bool)
+    assert bool((prior[off] <= pi_t[None, :].expand_as(prior)[off]).all())
+    assert bool((torch.diagonal(prior)[:, None] > prior).masked_select(off).all())
+    # binary LA-like: P(noisy fg | clean bg) = 0.2 * 0.07, P(noisy bg | clean fg) = 0.2 * 0.93
+    if len(pi) == 2:
+        assert_close(prior, torch.tensor([[1 - 0.014, 0.014], [0.186, 1 - 0.186]], dtype=torch.float64))
+    with pytest.raises(ValueError, match="rate"):
+        prior_class_transition(pi, rate=0.5)
+    with pytest.raises(ValueError, match="sum to 1"):
+        prior_class_transition([0.5, 0.6], rate=0.2)
+
+
+def test_confusion_of_a_hand_made_flip_gives_the_transition_rows():
+    # 10^3 volume, a 200-voxel foreground block; 50 foreground voxels (25%) flipped to background and
+    # 40 of the 800 background voxels (5%) flipped to foreground
+    clean = np.zeros((10, 10, 10), dtype=np.int64)
+    clean[:2] = 1
+    noisy = clean.copy()
+    noisy.reshape(-1)[:50] = 0
+    noisy.reshape(-1)[200:240] = 1
+    confusion = label_confusion(clean, noisy, 2)
+    np.testing.assert_array_equal(confusion, [[760, 40], [50, 150]])
+    expected = torch.tensor([[0.95, 0.05], [0.25, 0.75]], dtype=torch.float64)
+    assert_close(class_transition_from_confusion(confusion), expected)
+    # half the training cases clean: the mixture with the identity
+    mixed = class_transition_from_confusion(confusion, clean_share=0.5)
+    assert_close(mixed, 0.5 * torch.eye(2).double() + 0.5 * expected)
+    # a class absent from the clean labels gets the identity row
+    three = class_transition_from_confusion(np.pad(confusion, ((0, 1), (0, 1))))
+    assert_close(three[2], torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
+
+
+def test_confusion_errors():
+    with pytest.raises(ValueError, match="same shape"):
+        label_confusion(np.zeros((2, 2)), np.zeros((2, 3)), 2)
+    with pytest.raises(ValueError, match=r"\[0, 2\)"):
+        label_confusion(np.zeros(4), np.full(4, 2), 2)
+    with pytest.raises(ValueError, match="clean_share"):
+        class_transition_from_confusion(np.eye(2), clean_share=1.5)
