@@ -35,9 +35,10 @@ from custom.losses.segmentation_losses import ce_dice_loss, consistency_mse
 from custom.networks.ema import ema_update
 from custom.refinement import teacher_fusion as tf
 
-__all__ = ["CONSISTENCY_TARGETS", "MeanTeacherTrainer"]
+__all__ = ["CONSISTENCY_TARGETS", "LQ_LOSS_REDUCTIONS", "MeanTeacherTrainer"]
 
 CONSISTENCY_TARGETS = ("all_samples", "first_sample")
+LQ_LOSS_REDUCTIONS = ("batch", "group")
 
 
 class MeanTeacherTrainer(NoisyLabelTrainer):
@@ -61,6 +62,13 @@ class MeanTeacherTrainer(NoisyLabelTrainer):
             fused prediction exceeds the threshold *(decision)*.
         selection_ratio: ``rho``; ``k = ceil(rho * batch_lq)`` samples are kept.
         lambda_sel / lambda_noisy: LQ loss weights.
+        lq_loss_reduction: how the selected and unselected parts are averaged. ``"batch"``: each part is the sum
+            of its per-sample losses over the whole LQ batch size, so a lambda is a per-sample weight and means the
+            same with and without selection (Mean Teacher's ``lambda_noisy`` = ALC's ``lambda_sel`` =
+            ``lambda_noisy`` trains every LQ patch at the same weight). ``"group"``: each part is the mean over its
+            own samples (with 2 LQ patches and ``rho = 0.5`` the selected patch then weighs ``lambda_sel`` and the
+            other ``lambda_noisy``, while Mean Teacher's patches weigh ``lambda / 2`` each) *(decision: chosen on the
+            validation split, docs/methods/alc.md)*.
         teacher_batch_norm: BatchNorm of the teacher while it predicts: ``"batch"`` (batch statistics, as the
             UA-MT/MTCL reference whose EMA model stays in train mode) or ``"running"`` *(decision)*; see
             :func:`custom.refinement.teacher_fusion.teacher_sampling_mode`.
@@ -105,6 +113,7 @@ class MeanTeacherTrainer(NoisyLabelTrainer):
         teacher_batch_norm: str = "batch",
         refine_min_agreement: float | None = None,
         consistency_target: str = "all_samples",
+        lq_loss_reduction: str = "group",
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -118,6 +127,8 @@ class MeanTeacherTrainer(NoisyLabelTrainer):
             raise ValueError(f"refine_min_agreement must be None or in [0, 1], got {refine_min_agreement}.")
         if not 0.0 < selection_ratio <= 1.0:
             raise ValueError(f"selection_ratio must be in (0, 1], got {selection_ratio}.")
+        if lq_loss_reduction not in LQ_LOSS_REDUCTIONS:
+            raise ValueError(f"lq_loss_reduction must be one of {LQ_LOSS_REDUCTIONS}, got {lq_loss_reduction!r}.")
         if consistency_target not in CONSISTENCY_TARGETS:
             raise ValueError(f"consistency_target must be one of {CONSISTENCY_TARGETS}, got {consistency_target!r}.")
         self.teacher = teacher.to(self.state.device)
@@ -147,6 +158,7 @@ class MeanTeacherTrainer(NoisyLabelTrainer):
         self.teacher_batch_norm = teacher_batch_norm
         self.refine_min_agreement = refine_min_agreement
         self.consistency_target = consistency_target
+        self.lq_loss_reduction = lq_loss_reduction
 
     # ------------------------------------------------------------------ teacher side (no gradient)
     def teacher_targets(self, x_lq: torch.Tensor, noisy: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -219,7 +231,7 @@ class MeanTeacherTrainer(NoisyLabelTrainer):
         """Weighted LQ supervision term (inside the ramp) and its named parts (step 5 of methods.md section 1).
 
         Selected samples are trained against ``refined_label`` with ``lambda_sel``, the others against their noisy
-        labels with ``lambda_noisy``; each part is the mean over its own samples (0 for an empty set).
+        labels with ``lambda_noisy``; each part is averaged as ``lq_loss_reduction`` says (0 for an empty set).
 
         Args:
             logits_lq: student logits of the LQ samples ``(B_lq, C, *S)``.
@@ -238,9 +250,13 @@ class MeanTeacherTrainer(NoisyLabelTrainer):
             per_sample_noisy = ce_dice_loss(logits_lq, noisy, reduction="none")
         else:
             per_sample_noisy = torch.zeros_like(per_sample_sel)  # every sample is selected: no noisy term
-        # means over the selected / unselected samples without a host sync (empty sets contribute 0)
-        n_sel = selected.sum()
-        n_uns = selected.numel() - n_sel
+        # means without a host sync (empty sets contribute 0): over the whole LQ batch ("batch") or over each
+        # part's own samples ("group")
+        if self.lq_loss_reduction == "batch":
+            n_sel = n_uns = selected.new_tensor(float(selected.numel()))
+        else:
+            n_sel = selected.sum()
+            n_uns = selected.numel() - n_sel
         loss_sel = (per_sample_sel * selected).sum() / n_sel.clamp_min(1)
         loss_noisy = (per_sample_noisy * (1 - selected)).sum() / n_uns.clamp_min(1)
         weighted = self.lambda_sel * loss_sel + self.lambda_noisy * loss_noisy

@@ -373,3 +373,36 @@ def test_consistency_is_the_mean_over_the_t_teacher_samples(mode):
 def test_consistency_target_must_be_known():
     with pytest.raises(ValueError, match="consistency_target"):
         _trainer(2, _batches(1, 1, 1, 2), batch_hq=1, consistency_target="median")
+
+
+@pytest.mark.parametrize("reduction", ["batch", "group"])
+def test_lq_loss_reduction_batch_makes_lambda_a_per_sample_weight(reduction):
+    # 4 LQ patches, 2 selected: "batch" divides each part by 4, "group" by its own 2
+    batches = _batches(1, 1, 4, 2)
+    trainer = _trainer(2, batches, batch_hq=1, refine_labels=False, select_samples=True, lq_loss_reduction=reduction)
+    outputs = _record_outputs(trainer)
+    trainer.run()
+    out = outputs[0]
+    selected = out["selected"]
+    per_sample = _lq_per_sample(out, 1, batches[0]["label"][1:])
+    divisor = 4.0 if reduction == "batch" else 2.0
+    assert_close(out["loss_sel"], per_sample[selected].sum() / divisor)
+    assert_close(out["loss_noisy"], per_sample[~selected].sum() / divisor)
+    _check_loss_composition(trainer, out)
+
+
+def test_equal_lambdas_with_batch_reduction_weigh_every_lq_patch_as_mean_teacher():
+    # ALC w/o refinement at lambda_sel = lambda_noisy = 5 ("batch") is Mean Teacher's LQ term: 5 * mean over all
+    batches = _batches(1, 1, 4, 2)
+    trainer = _trainer(2, batches, batch_hq=1, refine_labels=False, select_samples=True, lambda_sel=5.0,
+                       lambda_noisy=5.0, lq_loss_reduction="batch")
+    outputs = _record_outputs(trainer)
+    trainer.run()
+    out = outputs[0]
+    per_sample = _lq_per_sample(out, 1, batches[0]["label"][1:])
+    assert_close(5.0 * out["loss_sel"] + 5.0 * out["loss_noisy"], 5.0 * per_sample.mean())
+
+
+def test_lq_loss_reduction_must_be_known():
+    with pytest.raises(ValueError, match="lq_loss_reduction"):
+        _trainer(2, _batches(1, 1, 1, 2), batch_hq=1, lq_loss_reduction="sum")
