@@ -31,6 +31,7 @@ from pathlib import Path
 
 from custom.benchmark.figures import plot_dice_vs_noise, plot_learning_curves, plot_paired_differences
 from custom.benchmark.harness import (
+    AUDIT_SOURCES,
     METHOD_LABELS,
     METHODS,
     PROTOCOL_PREPARE_ARGS,
@@ -150,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument(
+        "--audit-methods", nargs="*", default=None, choices=sorted(AUDIT_SOURCES),
+        help="methods whose runs get the label audit after evaluation (default: all of them; none when given empty)",
+    )
+    parser.add_argument(
         "--override",
         nargs="*",
         default=[],
@@ -190,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             threads=args.threads_per_job,
             record={"command": command, "profile_name": args.profile},
             prepare_args=PROTOCOL_PREPARE_ARGS if args.lists == "protocol" else (),
+            audit_methods=args.audit_methods,
         )
     results_path = Path(args.report).with_name("benchmark_results.json")
     figures_dir = Path(args.report).parent / "figures"

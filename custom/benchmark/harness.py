@@ -440,8 +440,10 @@ def run_one(
     extra: Mapping[str, Any] | None = None,
     log_file: Path | None = None,
     env: Mapping[str, str] | None = None,
+    audit: bool = True,
 ) -> dict[str, Any]:
-    """Train + evaluate one method (skipped when its evaluation summary already exists).
+    """Train + evaluate one method (skipped when its evaluation summary already exists), then audit it when
+    ``audit`` is True and the method has an audit (:func:`audit_run`).
 
     The commands run with environment ``env`` (default: this process's) and log to ``log_file`` (default
     ``<run_dir>/benchmark.log``).
@@ -473,7 +475,8 @@ def run_one(
                 if code != 0:
                     raise RuntimeError(f"{method}: `{run_id}` failed (exit {code}); see {log_path}")
                 write_json({"seconds": time.perf_counter() - start, "command": cmd}, run_dir / f"{run_id}_command.json")
-    audit_run(method, dataset_dir, run_dir, extra, env, log_file)
+    if audit:
+        audit_run(method, dataset_dir, run_dir, extra, env, log_file)
     return read_run(method, run_dir)
 
 
@@ -557,8 +560,10 @@ def _store_timing(work: Path, record: Mapping[str, Any]) -> None:
 class _Benchmark:
     """State of one invocation: the run queue (in launch order), the workers, results and timing (one lock)."""
 
-    def __init__(self, tasks, work, h5_dir, profile, downsample, extra, keep_going, jobs, env, record, prepare_args=()):
+    def __init__(self, tasks, work, h5_dir, profile, downsample, extra, keep_going, jobs, env, record, prepare_args=(),
+                 audit_methods=None):
         self.prepare_args = list(prepare_args)
+        self.audit_methods = set(AUDIT_SOURCES if audit_methods is None else audit_methods)
         self.tasks: list[_Task] = tasks
         self.work: Path = work
         self.h5_dir = h5_dir
@@ -648,7 +653,8 @@ class _Benchmark:
             copy_reused_run(source, task.run_dir, self.work)
             _log(f"{self._name(task)}: reusing {source} (the method does not depend on the noise setting)")
         if (task.run_dir / "eval" / "metrics_summary.json").is_file():
-            audit_run(task.method, None, task.run_dir, self.extra, self.env)
+            if task.method in self.audit_methods:
+                audit_run(task.method, None, task.run_dir, self.extra, self.env)
             row = read_run(task.method, task.run_dir)
             self.finish(task, "skipped", None, row, f"already finished (dice {_fmt(row.get('dice_mean'))})")
             return
@@ -665,7 +671,10 @@ class _Benchmark:
                 f"{self.env.get('OMP_NUM_THREADS')} thread(s) each)"
             )
         try:
-            row = run_one(task.method, data, task.run_dir, self.profile, task.seed, self.extra, env=self.env)
+            row = run_one(
+                task.method, data, task.run_dir, self.profile, task.seed, self.extra, env=self.env,
+                audit=task.method in self.audit_methods,
+            )
         except RuntimeError as exc:
             status = "interrupted" if self.stop.is_set() else "failed"
             self.finish(task, status, time.perf_counter() - start, None, f"{status.upper()}: {exc}", exc)
@@ -755,6 +764,7 @@ def run_benchmark(
     record: Mapping[str, Any] | None = None,
     prepare_args: Sequence[str] = (),
     progress_interval: float = 60.0,
+    audit_methods: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every (setting, method, seed) not yet done, up to ``jobs`` at a time; returns this invocation's rows.
 
@@ -780,6 +790,8 @@ def run_benchmark(
         prepare_args: more ``scripts/prepare_la.py`` arguments for every setting's dataset (the case lists).
         progress_interval: seconds between progress lines of the running runs (their epoch, from the run's
             ``progress.json``).
+        audit_methods: methods whose runs are audited after evaluation (default: every method of
+            :data:`AUDIT_SOURCES`; empty: none).
 
     Raises:
         ValueError: for an unknown setting, ``jobs`` < 1 or a bad thread count.
@@ -823,7 +835,8 @@ def run_benchmark(
         "runs": [],
     }
     bench = _Benchmark(
-        tasks, work, h5_dir, profile, downsample, extra_overrides, keep_going, int(jobs), env, timing, prepare_args
+        tasks, work, h5_dir, profile, downsample, extra_overrides, keep_going, int(jobs), env, timing, prepare_args,
+        audit_methods,
     )
     _log(
         f"{len(tasks)} run(s), {jobs} at a time, {n_threads} thread(s) each ({source}); "

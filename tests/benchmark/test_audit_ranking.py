@@ -240,3 +240,18 @@ def test_harness_audits_only_the_methods_with_an_audit(tmp_path, monkeypatch):
     (run / AUDIT_RANKING_FILE).write_text("{}")
     n = len(commands)
     assert harness.audit_run("alc", dataset, run) and len(commands) == n  # done once: not repeated
+
+
+def test_run_one_audits_only_when_asked(tmp_path, monkeypatch):
+    from custom.benchmark import harness
+
+    commands = []
+    monkeypatch.setattr(harness, "_run_child", lambda cmd, env=None, stdout=None: commands.append(list(cmd)) or 0)
+    dataset = tmp_path / "data"
+    dataset.mkdir()
+    (dataset / "datalist.json").write_text("{}")
+    run = _finished_run(tmp_path, "mtcl_hq25", "alc", 0)
+    harness.run_one("alc", dataset, run, [], 0, audit=False)  # finished: no training; audit off: nothing started
+    assert commands == []
+    harness.run_one("alc", dataset, run, [], 0)
+    assert [c[1] for c in commands] == ["scripts/audit_labels.py"]
