@@ -51,6 +51,7 @@ from torch import nn
 
 from custom.engines.base import NoisyLabelTrainer
 from custom.losses.joint_loss import class_balanced_mean, joint_loss_per_voxel
+from custom.noise.hq_draws import hq_noise_draws
 from custom.selection.peer_selection import TRINET_RULES, coteaching_masks, jocor_mask, trinet_masks
 from custom.selection.small_loss import as_class_ratios
 from custom.selection.superpixel import POOLING_MODES, superpixel_selection_mask
@@ -354,12 +355,6 @@ class TriNetworkTrainer(CoTeachingTrainer):
 
 
 # ---------------------------------------------------------------------- R at config time
-def _load_label(path: str) -> np.ndarray:
-    from custom.io import load_nifti
-
-    return np.rint(load_nifti(path)[0]).astype(np.int64)
-
-
 def estimate_training_keep_ratio(
     items: Sequence[Mapping[str, Any]],
     datalist_meta: Mapping[str, Any],
@@ -401,43 +396,18 @@ def estimate_training_keep_ratio(
     """
     if int(draws_per_case) < 1:
         raise ValueError(f"draws_per_case must be >= 1, got {draws_per_case}.")
-    from custom.data.prepare import downsample_label
-    from custom.noise import simulate_noise
-
     hq = [i for i in items if i.get("quality") == "hq"]
     if not hq:
         raise ValueError("keep_ratio_source='hq_estimate' needs HQ cases in the training set.")
-    noise = datalist_meta.get("noise") or {}
-    name = noise.get("name") if isinstance(noise, Mapping) else None
-    if not name:
-        raise ValueError("the datalist records no noise simulator ('noise': {'name': ...}) to estimate R from.")
-    factor = int(datalist_meta.get("downsample", 1) or 1)
-    if factor < 1:
-        raise ValueError(f"the datalist's downsample factor must be >= 1, got {factor}.")
-    params = dict(noise.get("params") or {})
-    seed = int(datalist_meta.get("seed", 0))
-    spacing = datalist_meta.get("spacing")
-    native_spacing = None if spacing is None else [float(v) / factor for v in spacing]
     classes = int(num_classes)
     clean_count = np.zeros(classes)
     noisy_total = np.zeros(classes)
     noisy_right = np.zeros(classes)
-    for item in hq:
-        clean = _load_label(item.get("label_clean", item["label"]))
-        native = clean
-        if factor > 1:  # where the preparation simulated: K times finer (the stored label is its majority vote)
-            native = np.repeat(np.repeat(np.repeat(clean, factor, 0), factor, 1), factor, 2)
-        for draw in range(int(draws_per_case)):
-            case_id = f"{item.get('case_id')}#hq_estimate{draw}"
-            noisy = simulate_noise(
-                name, native, seed=seed, case_id=case_id, num_classes=classes, spacing=native_spacing, **params
-            ).noisy.astype(np.int64)
-            if factor > 1:
-                noisy = downsample_label(noisy, factor, classes)
-            clean_count += np.bincount(clean.ravel(), minlength=classes)[:classes]
-            noisy_total += np.bincount(noisy.ravel(), minlength=classes)[:classes]
-            right = (noisy == clean).ravel().astype(np.float64)
-            noisy_right += np.bincount(noisy.ravel(), weights=right, minlength=classes)[:classes]
+    for clean, noisy in hq_noise_draws(hq, datalist_meta, classes, int(draws_per_case), estimate_of="R"):
+        clean_count += np.bincount(clean.ravel(), minlength=classes)[:classes]
+        noisy_total += np.bincount(noisy.ravel(), minlength=classes)[:classes]
+        right = (noisy == clean).ravel().astype(np.float64)
+        noisy_right += np.bincount(noisy.ravel(), weights=right, minlength=classes)[:classes]
     n_hq = len(hq) * int(draws_per_case)
     n_noisy = sum(1 for i in items if i.get("quality") != "hq" and i.get("label") != i.get("label_clean"))
     n_clean = len(items) - n_noisy

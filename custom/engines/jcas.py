@@ -54,6 +54,7 @@ from custom.losses.transition import (
     prior_class_transition,
 )
 from custom.networks.deep_supervision import JcasOutput
+from custom.noise.hq_draws import hq_noise_draws
 
 __all__ = [
     "JcasTrainer",
@@ -141,50 +142,6 @@ def noisy_label_frequencies(
     return noisy_class_frequencies(num_classes, label_arrays=_label_volumes(items, label_key))
 
 
-def _hq_noise_draws(
-    items: Sequence[Mapping[str, Any]], datalist_meta: Mapping[str, Any], num_classes: int, draws_per_case: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``(clean, simulated noisy)`` label pairs of the HQ items, the noise simulated where the LQ noise was.
-
-    Same conventions as :func:`custom.engines.coteaching.estimate_training_keep_ratio` (and the same draws: case ids
-    ``"<case_id>#hq_estimate<k>"``): the datalist's simulator (``meta["noise"]``, ``meta["seed"]``) applied to each
-    HQ clean label upsampled ``meta["downsample"]`` times (nearest) to the native resolution, the result pooled
-    back with the preparation's majority vote.
-    """
-    from custom.data.prepare import downsample_label
-    from custom.noise import simulate_noise
-
-    noise = datalist_meta.get("noise") or {}
-    name = noise.get("name") if isinstance(noise, Mapping) else None
-    if not name:
-        raise ValueError("the datalist records no noise simulator ('noise': {'name': ...}) to estimate T_C from.")
-    factor = int(datalist_meta.get("downsample", 1) or 1)
-    if factor < 1:
-        raise ValueError(f"the datalist's downsample factor must be >= 1, got {factor}.")
-    params = dict(noise.get("params") or {})
-    seed = int(datalist_meta.get("seed", 0))
-    spacing = datalist_meta.get("spacing")
-    native_spacing = None if spacing is None else [float(v) / factor for v in spacing]
-    for item in items:
-        clean = np.rint(load_nifti(item.get("label_clean", item["label"]))[0]).astype(np.int64)
-        native = clean
-        if factor > 1:
-            native = np.repeat(np.repeat(np.repeat(clean, factor, 0), factor, 1), factor, 2)
-        for draw in range(int(draws_per_case)):
-            noisy = simulate_noise(
-                name,
-                native,
-                seed=seed,
-                case_id=f"{item.get('case_id')}#hq_estimate{draw}",
-                num_classes=num_classes,
-                spacing=native_spacing,
-                **params,
-            ).noisy.astype(np.int64)
-            if factor > 1:
-                noisy = downsample_label(noisy, factor, num_classes)
-            yield clean, noisy
-
-
 def estimate_training_transition(
     items: Sequence[Mapping[str, Any]],
     datalist_meta: Mapping[str, Any],
@@ -194,9 +151,10 @@ def estimate_training_transition(
     """Estimate the ``T_C`` of a training set from its HQ cases *(decision, issue 17)*.
 
     The datalist's noise simulator is applied ``draws_per_case`` times to every HQ case's clean label (at native
-    resolution, see :func:`_hq_noise_draws`); the summed confusion counts give ``T_sim[i, j] = P(simulated noisy = j
-    | clean = i)`` over all voxels (:func:`custom.losses.transition.class_transition_from_confusion`). One ``T_C``
-    models every training voxel, and only the ``n_noisy`` training items whose ``label`` differs from their
+    resolution, see :func:`custom.noise.hq_draws.hq_noise_draws`); the summed confusion counts give
+    ``T_sim[i, j] = P(simulated noisy = j | clean = i)`` over all voxels
+    (:func:`custom.losses.transition.class_transition_from_confusion`). One ``T_C`` models every training voxel,
+    and only the ``n_noisy`` training items whose ``label`` differs from their
     ``label_clean`` carry noise, so the estimate is ``w I + (1 - w) T_sim`` with ``w = n_clean / n`` (the same
     case-count weighting as the co-teaching keep ratio; exact when the cases have the same class composition on
     average). With ``label_mode`` ``hq`` or ``clean`` every item is clean and the estimate is the identity.
@@ -223,7 +181,7 @@ def estimate_training_transition(
     if not hq:
         raise ValueError("transition_init='estimate' needs HQ cases (quality 'hq') in the training set.")
     confusion = np.zeros((int(num_classes), int(num_classes)), dtype=np.float64)
-    for clean, noisy in _hq_noise_draws(hq, datalist_meta, int(num_classes), int(draws_per_case)):
+    for clean, noisy in hq_noise_draws(hq, datalist_meta, int(num_classes), int(draws_per_case), estimate_of="T_C"):
         confusion += label_confusion(clean, noisy, num_classes)
     n_noisy = sum(1 for i in items if i.get("quality") != "hq" and i.get("label") != i.get("label_clean"))
     clean_share = (len(items) - n_noisy) / len(items)

@@ -15,16 +15,9 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -32,54 +25,18 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from tests.deploy.monailabel_helpers import clean_env as _clean_env
+from tests.deploy.monailabel_helpers import log_tail as _log_tail
+from tests.deploy.monailabel_helpers import multipart as _multipart
+from tests.deploy.monailabel_helpers import request as _request
+from tests.deploy.monailabel_helpers import running_server
+
 pytestmark = pytest.mark.deploy
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_NAME = "noisyseg_audit_deploy"
 AUDIT = "label_audit"  # the strategy's and the infer task's name
-SERVER_START_TIMEOUT_S = 180.0
-REQUEST_TIMEOUT_S = 120.0
 BUNDLE_PARTS = ("configs", "models", "scripts", "docs", "LICENSE")
-
-
-def _monailabel_venv() -> Path:
-    return Path(os.environ.get("NOISYSEG_MONAILABEL_VENV", REPO_ROOT / ".venv-monailabel"))
-
-
-def _clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(extra)
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _request(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None,
-             timeout: float = REQUEST_TIMEOUT_S) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def _multipart(field: str, filename: str, payload: bytes) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    body = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode() + payload + f"\r\n--{boundary}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={boundary}"
-
-
-def _log_tail(path: Path, lines: int = 60) -> str:
-    text = path.read_text(errors="replace") if path.is_file() else ""
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def _run(command: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -90,19 +47,6 @@ def _run(command: list[str], cwd: Path, timeout: float = 600) -> subprocess.Comp
 
 # ---------------------------------------------------------------------------------------------
 # fixtures
-
-
-@pytest.fixture(scope="module")
-def monailabel_python() -> Path:
-    python = _monailabel_venv() / "bin" / "python"
-    if not python.is_file():
-        pytest.skip(f"no MONAI Label environment at {python.parent.parent}: build it with "
-                    "scripts/setup_monailabel_env.sh (or set NOISYSEG_MONAILABEL_VENV)")
-    probe = subprocess.run([str(python), "-c", "import importlib.util as u, sys; "
-                            "sys.exit(u.find_spec('monailabel') is None)"], capture_output=True, timeout=60)
-    if probe.returncode != 0:
-        pytest.skip(f"{python} cannot import monailabel: rebuild with scripts/setup_monailabel_env.sh")
-    return python
 
 
 @pytest.fixture(scope="module")
@@ -148,44 +92,9 @@ def server(monailabel_python, trained_run):
     for item in trained_run["items"]:
         shutil.copyfile(trained_run["data_root"] / item["image"], studies / Path(item["image"]).name)
 
-    port = _free_port()
-    log_path = root / "server.log"
-    command = [
-        str(monailabel_python), "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies),
-        "--host", "127.0.0.1", "--port", str(port),
-        "--conf", "models", MODEL_NAME, "--conf", "zoo_source", "local", "--conf", "sam2", "false",
-        "--conf", "preload", "false", "--conf", AUDIT, str(trained_run["audit_dir"]),
-    ]
-    env = _clean_env(MONAI_LABEL_SESSION_PATH=str(root / "sessions"), MONAI_LABEL_AUTO_UPDATE_SCORING="false")
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        info: dict[str, Any] | None = None
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"MONAI Label server exited with {proc.returncode}:\n{_log_tail(log_path)}")
-            try:
-                status, body = _request("GET", f"{base_url}/info/", timeout=5)
-                if status == 200:
-                    info = json.loads(body)
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
-            time.sleep(1.0)
-        if info is None:
-            pytest.fail(f"MONAI Label server not ready after {SERVER_START_TIMEOUT_S} s:\n{_log_tail(log_path)}")
+    with running_server(monailabel_python, app, studies, root, MODEL_NAME,
+                        ["--conf", AUDIT, str(trained_run["audit_dir"])]) as (base_url, info, log_path):
         yield {"url": base_url, "info": info, "studies": studies, "log": log_path, **trained_run}
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)  # the group this fixture started (server + its task workers)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
 
 
 def _next_case(server) -> dict[str, Any]:

@@ -11,16 +11,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +23,17 @@ import numpy as np
 import pytest
 import torch
 
+from tests.deploy.monailabel_helpers import clean_env as _clean_env
+from tests.deploy.monailabel_helpers import log_tail as _log_tail
+from tests.deploy.monailabel_helpers import multipart as _multipart
+from tests.deploy.monailabel_helpers import request as _request
+from tests.deploy.monailabel_helpers import running_server
+
 pytestmark = pytest.mark.deploy
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_NAME = "noisyseg_deploy"
 CASE_ID = "case_pli"
-SERVER_START_TIMEOUT_S = 180.0
-REQUEST_TIMEOUT_S = 120.0
 TRAIN_TIMEOUT_S = 300.0
 CLASS_NAMES = ["background", "left_atrium"]
 NETWORK_KWARGS = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "base_filters": 4, "dropout": 0.5}
@@ -44,23 +42,6 @@ STUDY_AFFINE = np.array(
     [[0.0, -1.1, 0.0, 10.0], [-0.9, 0.0, 0.0, 20.0], [0.0, 0.0, -2.0, 30.0], [0.0, 0.0, 0.0, 1.0]]
 )
 STUDY_SHAPE = (28, 30, 14)
-
-
-def _monailabel_venv() -> Path:
-    return Path(os.environ.get("NOISYSEG_MONAILABEL_VENV", REPO_ROOT / ".venv-monailabel"))
-
-
-def _clean_env(**extra: str) -> dict[str, str]:
-    """The caller's environment without PYTHONPATH: neither process may see this repository's package."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(extra)
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _study_image() -> np.ndarray:
@@ -154,45 +135,8 @@ def finetune_train_config(inference_config: dict[str, Any]) -> dict[str, Any]:
 # HTTP helpers (standard library only; bounded by timeouts)
 
 
-def _request(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None,
-             timeout: float = REQUEST_TIMEOUT_S) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def _multipart(field: str, filename: str, payload: bytes) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    body = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode() + payload + f"\r\n--{boundary}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={boundary}"
-
-
-def _log_tail(path: Path, lines: int = 60) -> str:
-    text = path.read_text(errors="replace") if path.is_file() else ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
 # ---------------------------------------------------------------------------------------------
 # fixtures
-
-
-@pytest.fixture(scope="module")
-def monailabel_python() -> Path:
-    python = _monailabel_venv() / "bin" / "python"
-    if not python.is_file():
-        pytest.skip(f"no MONAI Label environment at {python.parent.parent}: build it with "
-                    "scripts/setup_monailabel_env.sh (or set NOISYSEG_MONAILABEL_VENV)")
-    probe = subprocess.run([str(python), "-c", "import importlib.util as u, sys; "
-                            "sys.exit(u.find_spec('monailabel') is None)"], capture_output=True, timeout=60)
-    if probe.returncode != 0:
-        pytest.skip(f"{python} cannot import monailabel: rebuild with scripts/setup_monailabel_env.sh")
-    return python
 
 
 @pytest.fixture(scope="module")
@@ -219,45 +163,9 @@ def deployment(monailabel_python, tmp_path_factory):
     label = (image > 1.0).astype(np.uint8)
     nib.save(nib.Nifti1Image(label, STUDY_AFFINE), str(studies / "labels" / "final" / f"{CASE_ID}.nii.gz"))
 
-    port = _free_port()
-    log_path = root / "server.log"
-    command = [
-        str(monailabel_python), "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies),
-        "--host", "127.0.0.1", "--port", str(port),
-        "--conf", "models", MODEL_NAME, "--conf", "zoo_source", "local", "--conf", "sam2", "false",
-        "--conf", "preload", "false",
-    ]
-    env = _clean_env(MONAI_LABEL_SESSION_PATH=str(root / "sessions"), MONAI_LABEL_AUTO_UPDATE_SCORING="false")
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        info: dict[str, Any] | None = None
-        while time.monotonic() < deadline:
-            if server.poll() is not None:
-                pytest.fail(f"MONAI Label server exited with {server.returncode}:\n{_log_tail(log_path)}")
-            try:
-                status, body = _request("GET", f"{base_url}/info/", timeout=5)
-                if status == 200:
-                    info = json.loads(body)
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
-            time.sleep(1.0)
-        if info is None:
-            pytest.fail(f"MONAI Label server not ready after {SERVER_START_TIMEOUT_S} s:\n{_log_tail(log_path)}")
+    with running_server(monailabel_python, app, studies, root, MODEL_NAME) as (base_url, info, log_path):
         yield {"url": base_url, "info": info, "bundle": bundle, "served": served, "studies": studies,
                "root": root, "log": log_path}
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)  # the group this fixture started (server + its task workers)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
