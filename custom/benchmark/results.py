@@ -65,7 +65,7 @@ DIFF_TO: dict[str, list[str]] = {
     "jocor": ["coteaching"],
     "alc": ["mean_teacher", "alc_no_lr", "alc_no_ls"],
     "alc_gated": ["mean_teacher", "alc"],
-    "alc_equal_weights": ["mean_teacher", "alc"],
+    "alc_group_weights": ["mean_teacher", "alc"],
     "alc_no_lr": ["mean_teacher"],
     "alc_no_ls": ["mean_teacher"],
     "mtcl": ["mean_teacher"],
