@@ -44,6 +44,7 @@ from custom.benchmark.harness import (
 )
 from custom.benchmark.report import write_markdown
 from custom.benchmark.results import PRIMARY_SETTINGS, build_results, collect_runs
+from custom.benchmark.run_archive import export_runs, import_runs
 from custom.io import write_json
 
 PROFILES = {"cpu": ["configs/cpu_la.json"], "gpu": ["configs/paper_la.json"], "quick": ["configs/quick.json"]}
@@ -96,6 +97,28 @@ def write_outputs(
     timing = describe_timing(read_timing(work_dir), str(Path(work_dir) / TIMING_FILE))
     report = write_markdown(results, report_path, METHOD_LABELS, header, timing, figures)
     return results, report
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None, jobs: int, extra: dict) -> None:
+    """Run (or resume) the benchmark invocation that the arguments describe."""
+    # SIGTERM ends the run like Ctrl-C: children stopped, the timing record marked "interrupted"
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    command = shlex.join(["python", "scripts/benchmark.py", *(sys.argv[1:] if argv is None else argv)])
+    run_benchmark(
+        args.h5_dir,
+        args.work_dir,
+        args.settings,
+        args.methods,
+        PROFILES[args.profile],
+        args.seeds,
+        args.downsample,
+        extra,
+        jobs=jobs,
+        threads=args.threads_per_job,
+        record={"command": command, "profile_name": args.profile},
+        prepare_args=PROTOCOL_PREPARE_ARGS if args.lists == "protocol" else (),
+        audit_methods=args.audit_methods,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,6 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument(
+        "--archive-dir",
+        default=None,
+        help="run archive (e.g. docs/benchmark_runs): its runs are imported into the work folder first (a finished "
+        "local run wins) and every finished local run is exported to it at the end, also after an interruption; "
+        "lets a fresh machine resume an invocation (custom/benchmark/run_archive.py)",
+    )
+    parser.add_argument(
         "--audit-methods", nargs="*", default=None, choices=sorted(AUDIT_SOURCES),
         help="methods whose runs get the label audit after evaluation (default: all of them; none when given empty)",
     )
@@ -177,26 +207,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--jobs must be >= 1, got {jobs}")
     if args.threads_per_job is not None and args.threads_per_job < 1:
         parser.error(f"--threads-per-job must be >= 1, got {args.threads_per_job}")
+    if args.archive_dir is not None and Path(args.archive_dir).exists() and not Path(args.archive_dir).is_dir():
+        parser.error(f"--archive-dir {args.archive_dir}: not a folder")
     start = time.perf_counter()
-    if not args.report_only:
-        # SIGTERM ends the run like Ctrl-C: children stopped, the timing record marked "interrupted"
-        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-        command = shlex.join(["python", "scripts/benchmark.py", *(sys.argv[1:] if argv is None else argv)])
-        run_benchmark(
-            args.h5_dir,
-            args.work_dir,
-            args.settings,
-            args.methods,
-            PROFILES[args.profile],
-            args.seeds,
-            args.downsample,
-            extra,
-            jobs=jobs,
-            threads=args.threads_per_job,
-            record={"command": command, "profile_name": args.profile},
-            prepare_args=PROTOCOL_PREPARE_ARGS if args.lists == "protocol" else (),
-            audit_methods=args.audit_methods,
-        )
+    if args.archive_dir is not None and Path(args.archive_dir).exists():
+        imported = import_runs(args.archive_dir, args.work_dir)
+        print(f"imported {len(imported)} run(s) from {args.archive_dir}")
+    try:
+        if not args.report_only:
+            _run(args, argv, jobs, extra)
+    finally:
+        if args.archive_dir is not None:
+            exported = export_runs(args.work_dir, args.archive_dir)
+            print(f"archived {len(exported)} run(s) in {args.archive_dir}")
     results_path = Path(args.report).with_name("benchmark_results.json")
     figures_dir = Path(args.report).parent / "figures"
     notes = Path(args.notes).read_text() if args.notes and Path(args.notes).is_file() else "# Benchmarks\n"

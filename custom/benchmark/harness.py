@@ -45,6 +45,7 @@ except ImportError:  # pragma: no cover - not POSIX: the in-process lock still s
 
 from custom.benchmark.audit_ranking import AUDIT_RANKING_FILE
 from custom.benchmark.results import audit_ranking_figures, label_quality, refinement_volume_dice
+from custom.benchmark.run_archive import IMPORTED_FILE
 from custom.io import write_csv, write_json
 
 __all__ = [
@@ -475,7 +476,7 @@ def run_one(
                 if code != 0:
                     raise RuntimeError(f"{method}: `{run_id}` failed (exit {code}); see {log_path}")
                 write_json({"seconds": time.perf_counter() - start, "command": cmd}, run_dir / f"{run_id}_command.json")
-    if audit:
+    if audit and not (run_dir / IMPORTED_FILE).is_file():  # an imported run has no checkpoint to audit
         audit_run(method, dataset_dir, run_dir, extra, env, log_file)
     return read_run(method, run_dir)
 
