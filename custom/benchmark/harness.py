@@ -45,7 +45,7 @@ except ImportError:  # pragma: no cover - not POSIX: the in-process lock still s
 
 from custom.benchmark.audit_ranking import AUDIT_RANKING_FILE
 from custom.benchmark.results import audit_ranking_figures, label_quality, refinement_volume_dice
-from custom.benchmark.run_archive import IMPORTED_FILE
+from custom.benchmark.run_archive import IMPORTED_FILE, read_timing_file
 from custom.io import write_csv, write_json
 
 __all__ = [
@@ -527,21 +527,8 @@ def _now() -> str:
 
 
 def read_timing(work_dir: str | Path) -> list[dict[str, Any]]:
-    """The invocation records of ``<work_dir>/benchmark_timing.json`` (empty when the file does not exist).
-
-    Raises:
-        ValueError: when the file is not a JSON list (move it away to start a new one).
-    """
-    path = Path(work_dir) / TIMING_FILE
-    if not path.is_file():
-        return []
-    try:
-        records = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc}); move it away to start a new timing file") from exc
-    if not isinstance(records, list):
-        raise ValueError(f"{path}: expected a JSON list of invocation records, got {type(records).__name__}")
-    return records
+    """The invocation records of ``<work_dir>/benchmark_timing.json`` (:func:`read_timing_file`)."""
+    return read_timing_file(Path(work_dir) / TIMING_FILE)
 
 
 def _store_timing(work: Path, record: Mapping[str, Any]) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 from custom.io import write_json
 
-__all__ = ["ARCHIVED_FILES", "IMPORTED_FILE", "export_runs", "import_runs", "merge_timing"]
+__all__ = ["ARCHIVED_FILES", "IMPORTED_FILE", "export_runs", "import_runs", "merge_timing", "read_timing_file"]
 
 # what the report and the resume need from a run folder (paths relative to it); absent files are skipped
 ARCHIVED_FILES = (
@@ -68,13 +68,19 @@ def _copy_run(source: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
-def _read_records(path: Path) -> list[dict[str, Any]]:
+def read_timing_file(path: str | Path) -> list[dict[str, Any]]:
+    """The invocation records of a ``benchmark_timing.json`` (empty when the file does not exist).
+
+    Raises:
+        ValueError: when the file is not a JSON list (move it away to start a new one).
+    """
+    path = Path(path)
     if not path.is_file():
         return []
     try:
         records = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        raise ValueError(f"{path}: not valid JSON ({exc}); move it away to start a new timing file") from exc
     if not isinstance(records, list):
         raise ValueError(f"{path}: expected a JSON list of invocation records, got {type(records).__name__}")
     return records
@@ -87,11 +93,11 @@ def merge_timing(source: Path, target: Path) -> int:
     Raises:
         ValueError: when either file is not a JSON list.
     """
-    incoming = _read_records(source)
+    incoming = read_timing_file(source)
     if not incoming:
         return 0
     ids = {r.get("id") for r in incoming}
-    kept = [r for r in _read_records(target) if r.get("id") not in ids]
+    kept = [r for r in read_timing_file(target) if r.get("id") not in ids]
     merged = sorted([*kept, *incoming], key=lambda r: str(r.get("start", "")))
     write_json(merged, target)
     return len(incoming)
