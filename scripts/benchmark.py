@@ -207,10 +207,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--jobs must be >= 1, got {jobs}")
     if args.threads_per_job is not None and args.threads_per_job < 1:
         parser.error(f"--threads-per-job must be >= 1, got {args.threads_per_job}")
-    if args.archive_dir is not None and Path(args.archive_dir).exists() and not Path(args.archive_dir).is_dir():
-        parser.error(f"--archive-dir {args.archive_dir}: not a folder")
+    archive = Path(args.archive_dir) if args.archive_dir is not None else None
+    if archive is not None and archive.exists() and not archive.is_dir():
+        parser.error(f"--archive-dir {archive}: not a folder")
     start = time.perf_counter()
-    if args.archive_dir is not None and Path(args.archive_dir).exists():
+    if archive is not None and archive.is_dir():  # a new archive is made by the export below
         imported = import_runs(args.archive_dir, args.work_dir)
         print(f"imported {len(imported)} run(s) from {args.archive_dir}")
     try:

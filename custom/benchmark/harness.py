@@ -45,7 +45,7 @@ except ImportError:  # pragma: no cover - not POSIX: the in-process lock still s
 
 from custom.benchmark.audit_ranking import AUDIT_RANKING_FILE
 from custom.benchmark.results import audit_ranking_figures, label_quality, refinement_volume_dice
-from custom.benchmark.run_archive import IMPORTED_FILE, read_timing_file
+from custom.benchmark.run_archive import IMPORTED_FILE, TIMING_FILE, read_timing_file
 from custom.io import write_csv, write_json
 
 __all__ = [
@@ -61,7 +61,6 @@ __all__ = [
     "describe_timing",
 ]
 
-TIMING_FILE = "benchmark_timing.json"
 
 # method name -> (config files before the profile overlay, CLI overrides)
 METHODS: dict[str, tuple[list[str], dict[str, Any]]] = {

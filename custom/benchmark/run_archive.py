@@ -22,7 +22,15 @@ from typing import Any
 
 from custom.io import write_json
 
-__all__ = ["ARCHIVED_FILES", "IMPORTED_FILE", "export_runs", "import_runs", "merge_timing", "read_timing_file"]
+__all__ = [
+    "ARCHIVED_FILES",
+    "IMPORTED_FILE",
+    "TIMING_FILE",
+    "export_runs",
+    "import_runs",
+    "merge_timing",
+    "read_timing_file",
+]
 
 # what the report and the resume need from a run folder (paths relative to it); absent files are skipped
 ARCHIVED_FILES = (
@@ -39,7 +47,8 @@ ARCHIVED_FILES = (
 )
 IMPORTED_FILE = "imported_from.json"
 _FINISHED = "eval/metrics_summary.json"
-_TIMING = "benchmark_timing.json"
+# the invocation records of a work folder (written by the harness, merged by the archive)
+TIMING_FILE = "benchmark_timing.json"
 
 
 def _run_dirs(root: Path) -> list[Path]:
@@ -114,7 +123,7 @@ def export_runs(work_dir: str | Path, archive_dir: str | Path) -> list[Path]:
         target = archive / run_dir.parent.name / run_dir.name
         _copy_run(run_dir, target)
         written.append(target)
-    merge_timing(work / _TIMING, archive / _TIMING)
+    merge_timing(work / TIMING_FILE, archive / TIMING_FILE)
     return written
 
 
@@ -138,5 +147,5 @@ def import_runs(archive_dir: str | Path, work_dir: str | Path) -> list[Path]:
         _copy_run(run_dir, target)
         write_json({"imported_from": str(run_dir)}, target / IMPORTED_FILE)
         imported.append(target)
-    merge_timing(archive / _TIMING, work / _TIMING)
+    merge_timing(archive / TIMING_FILE, work / TIMING_FILE)
     return imported
