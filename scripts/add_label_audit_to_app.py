@@ -19,6 +19,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout, also in the MONAI Label venv
+from custom.errors import PREFIX  # noqa: E402  (standard library only)
+
 SOURCE = Path(__file__).resolve().parents[1] / "custom" / "annotation"
 MARKER = "class NoisySegAuditApp("  # how a main.py written by this script is recognised
 BUNDLE_MAIN = "monaibundle_main.py"
@@ -55,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         app = add_label_audit(args.app)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{PREFIX}{exc}", file=sys.stderr)
         return 2
     print(f"label audit added to {app} (start the server with --conf label_audit <audit folder>)")
     return 0

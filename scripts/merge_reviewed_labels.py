@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from custom.annotation.reviewed_labels import merge_reviewed_labels  # noqa: E402
+from custom.errors import PREFIX  # noqa: E402
 from custom.io import DataError  # noqa: E402
 
 
@@ -31,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         out, merged = merge_reviewed_labels(args.datalist, args.reviewed, args.out)
     except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{PREFIX}{exc}", file=sys.stderr)
         return 1
     print(f"{out}: {len(merged)} training case(s) on reviewed labels (quality hq): {', '.join(merged) or '-'}")
     return 0

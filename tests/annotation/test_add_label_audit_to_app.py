@@ -34,6 +34,7 @@ def test_installs_the_app_and_keeps_the_bundle_app_once(tmp_path):
 def test_refuses_a_folder_that_is_not_a_monaibundle_app(tmp_path):
     proc = _add(tmp_path)
     assert proc.returncode == 2 and "no main.py" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("noisyseg: error: ")
     (tmp_path / "main.py").write_text("print('some other app')\n")
     proc = _add(tmp_path)
     assert proc.returncode == 2 and "not the main.py of MONAI Label's monaibundle app" in proc.stderr

@@ -106,4 +106,4 @@ def test_script(tmp_path, demo_dataset):
     proc = subprocess.run([sys.executable, str(script), "--datalist", str(demo_dataset), "--reviewed",
                            str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.json")], capture_output=True,
                           text=True, timeout=120)
-    assert proc.returncode == 1 and proc.stderr.startswith("error:")
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith("noisyseg: error: ")
