@@ -28,6 +28,7 @@ import heapq
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -369,8 +370,6 @@ REUSED_FILE = "reused_from.json"
 
 def copy_reused_run(source: Path, target: Path, work: Path) -> None:
     """Copy a finished run folder and record where it came from (``reused_from.json``)."""
-    import shutil
-
     shutil.copytree(source, target)
     record = {"reused_from": str(source.relative_to(work)), "why": "setting-independent method"}
     write_json(record, target / REUSED_FILE)
@@ -411,8 +410,6 @@ def audit_run(
     if dataset_dir is None or not (dataset_dir / "datalist.json").is_file():
         _log(f"{run_dir}: no audit (the run's dataset is unknown)")
         return False
-    import shutil
-
     shutil.rmtree(run_dir / AUDIT_DIR, ignore_errors=True)  # an audit cut short earlier
     cmd = [
         sys.executable, "scripts/audit_labels.py", "--bundle", str(run_dir), "--datalist",
