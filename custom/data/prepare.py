@@ -45,7 +45,8 @@ from typing import Any
 import numpy as np
 
 from custom.data.datalist import relative_path
-from custom.data.la_h5 import LA_LABELS, la_affine, read_h5_case, read_id_list
+from custom.data.la_h5 import la_affine, read_h5_case, read_id_list
+from custom.data.la_tasks import DEFAULT_BAND_MM, LA_TASKS, apply_task, task_labels
 from custom.io import DataError, load_nifti, save_nifti, write_csv, write_json
 from custom.noise import (
     DEFAULT_MAX_ATTEMPTS,
@@ -990,23 +991,44 @@ def prepare_la(
     out: str | os.PathLike,
     train_lists: Sequence[str] | None = None,
     test_lists: Sequence[str] | None = None,
+    task: str = "atrium",
+    band_mm: float = DEFAULT_BAND_MM,
     **options: Any,
 ) -> Path:
     """Prepare the LA HDF5 release (see :func:`la_sources` for the lists, :func:`prepare_dataset` for
-    ``options``); returns the datalist path."""
+    ``options``); returns the datalist path. ``task`` (:data:`custom.data.la_tasks.LA_TASKS`) is the released
+    binary atrium, or ``atrium_band``: 3 classes, the atrium split into core and a ``band_mm`` boundary band."""
     check_noise(options.get("noise", "mtcl"), options.get("noise_params"))
+    labels = task_labels(task)
+    task_params = {} if task == "atrium" else {"band_mm": float(band_mm)}
+    if task_params and not task_params["band_mm"] > 0:
+        raise ValueError(f"--band-mm must be > 0, got {band_mm}")
     _check_output_apart(h5_dir, out)
     train, test = la_sources(h5_dir, train_lists, test_lists)
+    if task != "atrium":
+        train, test = ([_with_task(s, task, task_params) for s in sources] for sources in (train, test))
     options["extra_meta"] = {
         **dict(options.get("extra_meta") or {}),
         "train_lists": list(train_lists or ["train.list"]),
         "test_lists": list(test_lists) if test_lists is not None else ["test.list"],
+        "task": task,
+        **({"task_params": task_params} if task_params else {}),
     }
     options.setdefault("name", "la2018_noisy")
     options.setdefault(
         "description", f"Left atrium LGE-MRI (2018 challenge, {Path(h5_dir).name}) with simulated label noise"
     )
-    return prepare_dataset(train, test, out, num_classes=2, labels=LA_LABELS, **options)
+    return prepare_dataset(train, test, out, num_classes=len(labels), labels=labels, **options)
+
+
+def _with_task(source: CaseSource, task: str, params: Mapping[str, Any]) -> CaseSource:
+    """``source`` with its clean label mapped to ``task`` (:func:`custom.data.la_tasks.apply_task`) on loading."""
+
+    def load() -> LoadedCase:
+        image, label, affine, header = source.load()
+        return image, apply_task(label, task, params), affine, header
+
+    return CaseSource(source.case_id, source.image_origin, source.label_origin, load)
 
 
 def prepare_nifti(
@@ -1050,6 +1072,19 @@ def _parser(kind: str) -> argparse.ArgumentParser:
             default=None,
             metavar="FILE[:START:STOP]",
             help="ID lists of the test cases (clean labels), e.g. test.list extra.list::14. Default: test.list",
+        )
+        parser.add_argument(
+            "--task",
+            choices=sorted(LA_TASKS),
+            default="atrium",
+            help="label task: atrium (the release's binary label) or atrium_band (3 classes: the atrium's core and "
+            "its boundary band, for multi-class methods; docs/methods/jcas.md)",
+        )
+        parser.add_argument(
+            "--band-mm",
+            type=float,
+            default=DEFAULT_BAND_MM,
+            help=f"atrium_band: band width in mm (default {DEFAULT_BAND_MM}, two voxels at --downsample 3)",
         )
     else:
         parser.add_argument("--root", required=True, help="MSD-layout folder (imagesTr/, labelsTr/, ...)")
@@ -1107,6 +1142,8 @@ def _run(kind: str, argv: Sequence[str] | None) -> int:
             downsample=args.downsample,
         )
         check_on_empty(args.on_empty, args.redraw_attempts)
+        if kind == "la" and not args.band_mm > 0:
+            raise ValueError(f"--band-mm must be > 0, got {args.band_mm}")
     except ValueError as exc:
         parser.error(str(exc))  # exit code 2
     options = dict(
@@ -1125,7 +1162,10 @@ def _run(kind: str, argv: Sequence[str] | None) -> int:
     log = lambda message: print(message, flush=True)  # noqa: E731
     try:
         if kind == "la":
-            prepare_la(args.h5_dir, args.out, args.train_list, args.test_list, log=log, **options)
+            prepare_la(
+                args.h5_dir, args.out, args.train_list, args.test_list, task=args.task, band_mm=args.band_mm,
+                log=log, **options,
+            )
         else:
             prepare_nifti(args.root, args.out, log=log, test_count=test_count, **options)
     except DataError as exc:

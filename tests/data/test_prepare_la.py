@@ -151,6 +151,28 @@ def test_downsampled_output(h5_dir, tmp_path):
     np.testing.assert_allclose(image[0, 0, 0], native[:2, :2, :2].mean(), rtol=1e-5)
 
 
+def test_atrium_band_task_gives_three_classes_split_by_distance(h5_dir, tmp_path):
+    out = tmp_path / "out"
+    assert main_la(_args(h5_dir, out, "--task", "atrium_band", "--band-mm", "1.25", "--seed", "0")) == 0
+    meta = read_datalist_meta(out / "datalist.json")
+    assert meta["num_classes"] == 3
+    assert meta["labels"] == {"0": "background", "1": "la_core", "2": "la_boundary_band"}
+    assert meta["task"] == "atrium_band" and meta["task_params"] == {"band_mm": 1.25}
+    item = load_datalist(out / "datalist.json", "test")[0]
+    label, _, _ = load_nifti(item["label"])
+    with h5py.File(h5_dir / "TEST_1.h5") as f:
+        released = f["label"][()]
+    # the 12 x 11 x 8 box at 0.625 mm: the band is its outer two voxel layers (1.25 mm), the core the rest
+    np.testing.assert_array_equal(label > 0, released > 0)
+    box = np.argwhere(released > 0)
+    lo, hi = box.min(axis=0), box.max(axis=0) + 1
+    core = np.zeros_like(released, dtype=bool)
+    core[lo[0] + 2 : hi[0] - 2, lo[1] + 2 : hi[1] - 2, lo[2] + 2 : hi[2] - 2] = True
+    np.testing.assert_array_equal(label == 1, core)
+    report = _report(out)
+    assert {"dice_1_la_core", "dice_2_la_boundary_band"} <= set(next(iter(report.values())))
+
+
 def test_alpha_corrupts_only_a_fraction_of_lq_cases(h5_dir, tmp_path):
     out = tmp_path / "out"
     noise = ("--noise", "symmetric", "--param", "rate=0.2", "--alpha", "0.5")
@@ -238,6 +260,8 @@ def test_bad_input_from_the_script_itself(h5_dir, tmp_path):
         (["--param", "3x=1"], "KEY=VALUE"),
         (["--alpha", "1.5"], "alpha must be in [0, 1]"),
         (["--downsample", "0"], "downsample must be an integer >= 1"),
+        (["--task", "atrium_band", "--band-mm", "0"], "--band-mm must be > 0"),
+        (["--task", "wall"], "invalid choice: 'wall'"),
     ],
 )
 def test_bad_options_are_refused_before_any_work(h5_dir, tmp_path, capsys, extra, problem):
