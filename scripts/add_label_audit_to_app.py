@@ -19,10 +19,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout, also in the MONAI Label venv
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # runs from a checkout, also in the MONAI Label venv
 from custom.errors import PREFIX  # noqa: E402  (standard library only)
 
-SOURCE = Path(__file__).resolve().parents[1] / "custom" / "annotation"
+SOURCE = REPO / "custom" / "annotation"
 MARKER = "class NoisySegAuditApp("  # how a main.py written by this script is recognised
 BUNDLE_MAIN = "monaibundle_main.py"
 QUEUE_MODULE = "noisyseg_audit_queue.py"

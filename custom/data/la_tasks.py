@@ -18,7 +18,7 @@ import numpy as np
 
 from custom.data.la_h5 import LA_LABELS, LA_SPACING_MM
 
-__all__ = ["LA_TASKS", "DEFAULT_BAND_MM", "task_labels", "boundary_band_label", "apply_task"]
+__all__ = ["LA_TASKS", "DEFAULT_BAND_MM", "task_labels", "task_params", "boundary_band_label", "apply_task"]
 
 DEFAULT_BAND_MM = 3.75  # two voxels at the CPU protocol's 1.875 mm
 LA_TASKS: dict[str, dict[str, str]] = {
@@ -36,6 +36,20 @@ def task_labels(task: str) -> dict[str, str]:
     if task not in LA_TASKS:
         raise ValueError(f"--task: unknown LA task {task!r}; choose from {sorted(LA_TASKS)}")
     return dict(LA_TASKS[task])
+
+
+def task_params(task: str, band_mm: float = DEFAULT_BAND_MM) -> dict[str, float]:
+    """The parameters of ``task`` as recorded in the datalist (``{}`` for ``atrium``), checked.
+
+    Raises:
+        ValueError: unknown task, or ``band_mm`` not positive for ``atrium_band``.
+    """
+    task_labels(task)
+    if task == "atrium":
+        return {}
+    if not band_mm > 0:
+        raise ValueError(f"--band-mm must be > 0, got {band_mm}")
+    return {"band_mm": float(band_mm)}
 
 
 def boundary_band_label(
@@ -68,8 +82,9 @@ def boundary_band_label(
         return out
     # the distance transform only over the foreground's bounding box plus a background margin: the volumes are
     # ~30 M voxels, the atrium a few percent of them
-    lo = np.maximum(np.argwhere(foreground).min(axis=0) - 1, 0)
-    hi = np.argwhere(foreground).max(axis=0) + 2
+    voxels = np.argwhere(foreground)
+    lo = np.maximum(voxels.min(axis=0) - 1, 0)
+    hi = voxels.max(axis=0) + 2
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
     fg_box = np.pad(foreground[box], 1, constant_values=False)  # background around the box too (volume edges)
     distance = distance_transform_edt(fg_box, sampling=spacing_mm)[1:-1, 1:-1, 1:-1]

@@ -46,7 +46,7 @@ import numpy as np
 
 from custom.data.datalist import relative_path
 from custom.data.la_h5 import la_affine, read_h5_case, read_id_list
-from custom.data.la_tasks import DEFAULT_BAND_MM, LA_TASKS, apply_task, task_labels
+from custom.data.la_tasks import DEFAULT_BAND_MM, LA_TASKS, apply_task, task_labels, task_params
 from custom.io import DataError, load_nifti, save_nifti, write_csv, write_json
 from custom.noise import (
     DEFAULT_MAX_ATTEMPTS,
@@ -1000,19 +1000,17 @@ def prepare_la(
     binary atrium, or ``atrium_band``: 3 classes, the atrium split into core and a ``band_mm`` boundary band."""
     check_noise(options.get("noise", "mtcl"), options.get("noise_params"))
     labels = task_labels(task)
-    task_params = {} if task == "atrium" else {"band_mm": float(band_mm)}
-    if task_params and not task_params["band_mm"] > 0:
-        raise ValueError(f"--band-mm must be > 0, got {band_mm}")
+    params = task_params(task, band_mm)
     _check_output_apart(h5_dir, out)
     train, test = la_sources(h5_dir, train_lists, test_lists)
     if task != "atrium":
-        train, test = ([_with_task(s, task, task_params) for s in sources] for sources in (train, test))
+        train, test = ([_with_task(s, task, params) for s in sources] for sources in (train, test))
     options["extra_meta"] = {
         **dict(options.get("extra_meta") or {}),
         "train_lists": list(train_lists or ["train.list"]),
         "test_lists": list(test_lists) if test_lists is not None else ["test.list"],
         "task": task,
-        **({"task_params": task_params} if task_params else {}),
+        **({"task_params": params} if params else {}),
     }
     options.setdefault("name", "la2018_noisy")
     options.setdefault(
@@ -1142,8 +1140,8 @@ def _run(kind: str, argv: Sequence[str] | None) -> int:
             downsample=args.downsample,
         )
         check_on_empty(args.on_empty, args.redraw_attempts)
-        if kind == "la" and not args.band_mm > 0:
-            raise ValueError(f"--band-mm must be > 0, got {args.band_mm}")
+        if kind == "la":
+            task_params(args.task, args.band_mm)
     except ValueError as exc:
         parser.error(str(exc))  # exit code 2
     options = dict(

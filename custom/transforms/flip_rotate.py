@@ -118,14 +118,13 @@ class RandFlipRotate90d(RandomizableTransform, MapTransform):
         self.flip_axes = tuple(int(a) for a in flip_axes)
         self.flip_prob = float(flip_prob)
         self.rot_prob = float(rot_prob)
-        self.rot_axes = tuple(int(a) for a in rot_axes)
-        self._flips: tuple[int, ...] = ()
-        self._k = 0
+        # the drawn geometry lives in the deterministic transform that applies it
+        self.geometry = FlipRotate90d(keys, (), 0, rot_axes, allow_missing_keys)
 
     def randomize(self, data: Any = None) -> None:
-        self._flips = tuple(a for a in self.flip_axes if self.R.random() < self.flip_prob)
-        self._k = int(self.R.randint(1, 4)) if self.R.random() < self.rot_prob else 0
+        self.geometry.flip_axes = tuple(a for a in self.flip_axes if self.R.random() < self.flip_prob)
+        self.geometry.k = int(self.R.randint(1, 4)) if self.R.random() < self.rot_prob else 0
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         self.randomize()
-        return FlipRotate90d(self.keys, self._flips, self._k, self.rot_axes, self.allow_missing_keys)(data)
+        return self.geometry(data)

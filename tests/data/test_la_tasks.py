@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from custom.data.la_tasks import LA_TASKS, apply_task, boundary_band_label, task_labels
+from custom.data.la_tasks import LA_TASKS, apply_task, boundary_band_label, task_labels, task_params
 
 
 def test_band_of_a_sphere_is_the_shell_within_band_mm():
@@ -40,3 +40,6 @@ def test_errors_and_task_lookup():
     assert task_labels("atrium") == LA_TASKS["atrium"] == {"0": "background", "1": "left_atrium"}
     label = np.zeros((3, 3, 3), dtype=np.uint8)
     assert apply_task(label, "atrium") is label
+    assert task_params("atrium", band_mm=0) == {} and task_params("atrium_band", 2) == {"band_mm": 2.0}
+    with pytest.raises(ValueError, match="--band-mm must be > 0, got 0"):
+        task_params("atrium_band", 0)

@@ -78,8 +78,8 @@ def test_draw_frequencies_follow_probabilities():
     flips, turns = 0, []
     for _ in range(2000):
         t.randomize()
-        flips += bool(t._flips)
-        turns.append(t._k)
+        flips += bool(t.geometry.flip_axes)
+        turns.append(t.geometry.k)
     assert abs(flips / 2000 - 0.5) < 0.05
     assert abs(np.mean(np.array(turns) > 0) - 0.25) < 0.04
     assert set(turns) == {0, 1, 2, 3}
