@@ -62,6 +62,7 @@ PLATEAU_TAIL = 0.25
 DIFF_TO: dict[str, list[str]] = {
     "spguided": ["coteaching"],
     "spguided_voxel": ["coteaching"],
+    "spguided_lam03": ["coteaching", "spguided"],
     "jocor": ["coteaching"],
     "alc": ["mean_teacher", "alc_no_lr", "alc_no_ls"],
     "alc_gated": ["mean_teacher", "alc"],
