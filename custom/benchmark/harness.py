@@ -86,6 +86,12 @@ METHODS: dict[str, tuple[list[str], dict[str, Any]]] = {
     # SP-guided with the joint loss's agreement weight lowered (issue 15: lam is tuned on the validation split)
     "spguided_lam03": (["configs/spguided_la.json"], {"lam": 0.3}),
     "jcas_warmup_only": (["configs/jcas_la.json", "configs/ablations/jcas_warmup_only.json"], {}),
+    # the control with CE + soft Dice as class loss (issue 17: plain CE, the reference's, or CE + Dice is decided on
+    # the validation split)
+    "jcas_warmup_only_dice": (
+        ["configs/jcas_la.json", "configs/ablations/jcas_warmup_only.json"],
+        {"class_loss": "ce_dice"},
+    ),
     "jcas_no_dar": (["configs/jcas_la.json", "configs/ablations/jcas_no_dar.json"], {}),
     "jcas": (["configs/jcas_la.json"], {}),
 }
@@ -107,6 +113,7 @@ METHOD_LABELS = {
     "spguided": "SP-guided",
     "spguided_lam03": "SP-guided, lam 0.3 (validation tuning)",
     "jcas_warmup_only": "JCAS warm-up only (deep-supervised network)",
+    "jcas_warmup_only_dice": "JCAS warm-up only, CE + Dice (validation tuning)",
     "jcas_no_dar": "JCAS w/o DAR",
     "jcas": "JCAS",
 }
@@ -156,6 +163,7 @@ _MTCL_METHODS = [
     "spguided",
     "spguided_lam03",
     "jcas_warmup_only",
+    "jcas_warmup_only_dice",
     "jcas_no_dar",
     "jcas",
 ]

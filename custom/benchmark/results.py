@@ -72,6 +72,7 @@ DIFF_TO: dict[str, list[str]] = {
     "mtcl": ["mean_teacher"],
     "jcas": ["jcas_warmup_only", "jcas_no_dar"],
     "jcas_no_dar": ["jcas_warmup_only"],
+    "jcas_warmup_only_dice": ["jcas_warmup_only"],
     "clean": [],
 }
 _METRICS = ("dice", "jaccard", "hd95_mm", "asd_mm")
