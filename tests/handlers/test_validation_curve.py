@@ -8,7 +8,7 @@ from monai.engines import SupervisedEvaluator
 from monai.handlers import MeanDice, from_engine
 from monai.transforms import AsDiscreted
 
-from custom.handlers.validation_curve import ValidationCurveHandler, plateau_delta, read_validation_curve
+from custom.handlers.validation_curve import ValidationCurveHandler, plateau_delta, read_validation_curve, tail_mean
 
 
 class _Logits(torch.nn.Module):
@@ -68,3 +68,13 @@ def test_plateau_delta_is_the_spread_in_the_last_quarter():
         plateau_delta(curve, 100, tail=0)
     with pytest.raises(ValueError):
         ValidationCurveHandler("x", epoch_length=0)
+
+
+def test_tail_mean_averages_the_last_quarter_and_skips_nan_rounds():
+    rows = [(10, 0.2), (80, 0.70), (90, float("nan")), (100, 0.74)]
+    curve = [{"iteration": i, "val_mean_dice": v} for i, v in rows]
+    assert tail_mean(curve, 100) == pytest.approx(0.72)  # rounds at 80 and 100; the NaN round at 90 left out
+    assert tail_mean(curve, 100, tail=1.0) == pytest.approx((0.2 + 0.70 + 0.74) / 3)
+    assert tail_mean(curve, 1000, tail=0.05) is None  # no round at iteration >= 950
+    with pytest.raises(ValueError):
+        tail_mean(curve, 0)
