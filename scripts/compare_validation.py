@@ -1,7 +1,7 @@
 """Compare benchmark runs on the validation split, for a hyperparameter choice (never on test Dice).
 
     python scripts/compare_validation.py --work-dir ~/noisyseg-runs/protocol --setting sp_a0.7_b0.7 \
-        --methods spguided spguided_lam03 --seeds 0
+        --methods spguided spguided_lam065 --seeds 0
 
 Prints, per method and seed, the mean validation Dice over the last quarter of the run's iterations (the score the
 choice uses) and the best round, then the method ranked first (``custom.benchmark.validation_choice``). A missing

@@ -62,7 +62,7 @@ PLATEAU_TAIL = 0.25
 DIFF_TO: dict[str, list[str]] = {
     "spguided": ["coteaching"],
     "spguided_voxel": ["coteaching"],
-    "spguided_lam03": ["coteaching", "spguided"],
+    "spguided_lam065": ["coteaching", "spguided"],
     "jocor": ["coteaching"],
     "alc": ["mean_teacher", "alc_no_lr", "alc_no_ls"],
     "alc_gated": ["mean_teacher", "alc"],
@@ -72,7 +72,9 @@ DIFF_TO: dict[str, list[str]] = {
     "mtcl": ["mean_teacher"],
     "jcas": ["jcas_warmup_only", "jcas_no_dar"],
     "jcas_no_dar": ["jcas_warmup_only"],
-    "jcas_warmup_only_dice": ["jcas_warmup_only"],
+    "jcas_warmup_only_ce": ["jcas_warmup_only"],
+    "jcas_init_prior": ["jcas_warmup_only", "jcas"],
+    "jcas_init_estimate": ["jcas_warmup_only", "jcas"],
     "clean": [],
 }
 _METRICS = ("dice", "jaccard", "hd95_mm", "asd_mm")
