@@ -90,6 +90,16 @@ METHODS: dict[str, tuple[list[str], dict[str, Any]]] = {
     # the control with the reference's plain CE as class loss, the alternative the validation split decided against
     # (issue 17; docs/methods/jcas.md, "Class loss")
     "jcas_warmup_only_ce": (["configs/jcas_la.json", "configs/ablations/jcas_warmup_only.json"], {"class_loss": "ce"}),
+    # diagnostics of the warm-up network (issue 17): without DAR, and without DAR and the affinity losses (the plain
+    # two-level deep-supervised V-Net)
+    "jcas_warmup_only_no_dar": (
+        ["configs/jcas_la.json", "configs/ablations/jcas_warmup_only.json"],
+        {"use_dar": False},
+    ),
+    "jcas_warmup_only_no_affinity": (
+        ["configs/jcas_la.json", "configs/ablations/jcas_warmup_only.json"],
+        {"use_dar": False, "coarse_affinity_weight": 0.0, "fine_affinity_weight": 0.0},
+    ),
     "jcas_no_dar": (["configs/jcas_la.json", "configs/ablations/jcas_no_dar.json"], {}),
     "jcas": (["configs/jcas_la.json"], {}),
     # the alternatives to the paper's constant initial transition W = -2 (issue 17: the initial T_C is chosen on the
@@ -116,6 +126,8 @@ METHOD_LABELS = {
     "spguided_lam065": "SP-guided, lam 0.65 (validation tuning)",
     "jcas_warmup_only": "JCAS warm-up only (deep-supervised network)",
     "jcas_warmup_only_ce": "JCAS warm-up only, plain CE (validation tuning)",
+    "jcas_warmup_only_no_dar": "JCAS warm-up only, without DAR (diagnostic)",
+    "jcas_warmup_only_no_affinity": "JCAS warm-up only, without DAR and affinity losses (diagnostic)",
     "jcas_no_dar": "JCAS w/o DAR",
     "jcas": "JCAS",
     "jcas_init_prior": "JCAS, initial T_C from the class prior (validation tuning)",
@@ -168,6 +180,8 @@ _MTCL_METHODS = [
     "spguided_lam065",
     "jcas_warmup_only",
     "jcas_warmup_only_ce",
+    "jcas_warmup_only_no_dar",
+    "jcas_warmup_only_no_affinity",
     "jcas_no_dar",
     "jcas",
     "jcas_init_prior",
@@ -393,10 +407,20 @@ def copy_reused_run(source: Path, target: Path, work: Path) -> None:
     write_json(record, target / REUSED_FILE)
 
 
+def _cli_value(value: Any) -> str:
+    """An override as ``monai.bundle run`` reads it back: its argument parser (python-fire) evaluates Python
+    literals, so booleans and None go as ``True``/``False``/``None`` (JSON's ``false`` would arrive as a string)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    return json.dumps(value)
+
+
 def _bundle_cmd(run_id: str, configs: Sequence[str], overrides: Mapping[str, Any]) -> list[str]:
     cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", json.dumps(list(configs))]
     for key, value in overrides.items():
-        cmd += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+        cmd += [f"--{key}", _cli_value(value)]
     return cmd
 
 

@@ -73,6 +73,8 @@ DIFF_TO: dict[str, list[str]] = {
     "jcas": ["jcas_warmup_only", "jcas_no_dar"],
     "jcas_no_dar": ["jcas_warmup_only"],
     "jcas_warmup_only_ce": ["jcas_warmup_only"],
+    "jcas_warmup_only_no_dar": ["jcas_warmup_only"],
+    "jcas_warmup_only_no_affinity": ["jcas_warmup_only"],
     "jcas_init_prior": ["jcas_warmup_only", "jcas"],
     "jcas_init_estimate": ["jcas_warmup_only", "jcas"],
     "clean": [],

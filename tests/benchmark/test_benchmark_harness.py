@@ -13,6 +13,7 @@ import pytest
 
 from custom.benchmark.harness import (
     TIMING_FILE,
+    _bundle_cmd,
     describe_timing,
     estimate_eta,
     read_timing,
@@ -270,3 +271,14 @@ def test_setting_independent_runs_are_reused_across_settings_with_the_same_hq_fr
     assert record["reused_from"] == "mtcl_hq25/h_sup_s1"
     # a copy is never the source of another copy
     assert reusable_run(work, SETTINGS["sp_a0.5_b0.5"], "h_sup", 1) == done
+
+
+def test_bundle_overrides_reach_the_bundle_as_python_literals():
+    """python-fire (``monai.bundle run``) reads ``false`` as a string: booleans must go as ``False``."""
+    import fire
+
+    cmd = _bundle_cmd("training", ["a.json"], {"use_dar": False, "lam": 0.3, "token_grid": [8, 8, 8], "x": None})
+    args = cmd[cmd.index("--use_dar") :]
+    parsed = fire.Fire(lambda **kw: kw, command=args)
+    assert parsed == {"use_dar": False, "lam": 0.3, "token_grid": [8, 8, 8], "x": None}
+    assert parsed["use_dar"] is False
