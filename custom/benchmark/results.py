@@ -63,6 +63,8 @@ DIFF_TO: dict[str, list[str]] = {
     "spguided": ["coteaching"],
     "spguided_voxel": ["coteaching"],
     "spguided_lam065": ["coteaching", "spguided"],
+    "spguided_conf08": ["coteaching", "spguided"],
+    "spguided_conf095": ["coteaching", "spguided"],
     "jocor": ["coteaching"],
     "alc": ["mean_teacher", "alc_no_lr", "alc_no_ls"],
     "alc_gated": ["mean_teacher", "alc"],

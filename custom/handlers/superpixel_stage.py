@@ -276,13 +276,16 @@ def score_case(
     return ScoredCase(item, data["label"], scores)
 
 
-def finish_case(case: ScoredCase, unreliable: torch.Tensor, load_transform: Callable[[dict], dict]) -> RefinedCase:
-    """Eq. 8 on a scored case and the result in the geometry of its source label file.
+def finish_case(
+    case: ScoredCase, unreliable: torch.Tensor, load_transform: Callable[[dict], dict], min_confidence: float = 0.0
+) -> RefinedCase:
+    """Eq. 8 on a scored case (flips gated by ``min_confidence``, :func:`apply_refinement`) and the result in the
+    geometry of its source label file.
 
     Raises:
         custom.io.DataError: a geometry that cannot be mapped back.
     """
-    refined, _ = apply_refinement(case.scores, unreliable)
+    refined, _ = apply_refinement(case.scores, unreliable, min_confidence)
     item = case.item
     source, affine, header = load_nifti(item["label"])
     refined_source = to_source_geometry(refined[0], case.label_data, load_transform)
@@ -304,6 +307,7 @@ def refine_case(
     use_superpixels: bool = True,
     pool: str = "superpixel",
     superpixel_key: str = "superpixel",
+    min_confidence: float = 0.0,
 ) -> RefinedCase:
     """Eqs. 6-8 of SP-guided on one whole training volume, with the budget of that case alone.
 
@@ -319,6 +323,7 @@ def refine_case(
         use_superpixels: False = voxel pieces (ablation).
         pool: ``"superpixel"`` or ``"piece"`` (see ``refine_labels_by_superpixel``).
         superpixel_key: item key of the supervoxel map.
+        min_confidence: a piece flips only where the pooled probability of its prediction reaches it.
 
     Returns:
         :class:`RefinedCase` in the source label's geometry.
@@ -329,7 +334,7 @@ def refine_case(
     case = score_case(networks, item, load_transform, inferer, device, use_superpixels, pool, superpixel_key)
     s = case.scores
     unreliable = refinement_piece_mask(s.loss, s.piece_class, s.piece_size, keep_ratio, per_sample=True)
-    return finish_case(case, unreliable, load_transform)
+    return finish_case(case, unreliable, load_transform, min_confidence)
 
 
 def _case_id(item: Mapping[str, Any]) -> str:
@@ -365,6 +370,8 @@ class SuperpixelRefinementStage:
         refine_budget: ``"pooled"`` (default, the authors' ``label_update``): one budget ``(1 - R_c) N_c`` over all
             refined cases, spent on the globally least reliable pieces (:func:`pooled_refinement_masks`); or
             ``"per_case"``: every case spends its own ``(1 - R_c) N_c`` (uncorrupted cases lose correct labels).
+        refine_min_confidence: a taken piece is relabelled only where the two networks' pooled probability of the
+            new class reaches this (0 = the paper; :func:`custom.refinement.superpixel_refinement.apply_refinement`).
         terminate_when_done: end training when refinement stops (default False: train on to ``max_epochs``).
         superpixel_key: item key of the supervoxel map.
     """
@@ -387,7 +394,10 @@ class SuperpixelRefinementStage:
         superpixel_key: str = "superpixel",
         refine_by_epoch: int | None = None,
         refine_budget: str = "pooled",
+        refine_min_confidence: float = 0.0,
     ) -> None:
+        if not 0.0 <= float(refine_min_confidence) <= 1.0:
+            raise ValueError(f"refine_min_confidence must be in [0, 1], got {refine_min_confidence}.")
         if refine_budget not in REFINE_BUDGETS:
             raise ValueError(f"refine_budget must be one of {REFINE_BUDGETS}, got {refine_budget!r}.")
         if refine_by_epoch is not None and int(refine_by_epoch) < 1:
@@ -416,6 +426,7 @@ class SuperpixelRefinementStage:
         self.superpixel_key = superpixel_key
         self.refine_by_epoch = None if refine_by_epoch is None else int(refine_by_epoch)
         self.refine_budget = refine_budget
+        self.refine_min_confidence = float(refine_min_confidence)
         self.trigger = ""  # what triggered the last round: "loss_gap" or "deadline"
         self.round = 0
         self.done = self.max_rounds == 0
@@ -472,12 +483,14 @@ class SuperpixelRefinementStage:
             ]
             masks = pooled_refinement_masks([c.scores for c in scored], keep_ratio)
             for i, case, mask in zip(chosen, scored, masks):
-                refined[i] = finish_case(case, mask.to(case.scores.loss.device), self.load_transform)
+                refined[i] = finish_case(
+                    case, mask.to(case.scores.loss.device), self.load_transform, self.refine_min_confidence
+                )
         else:
             for i in chosen:
                 refined[i] = refine_case(
                     networks, items[i], self.load_transform, keep_ratio, self.inferer, device,
-                    self.use_superpixels, self.pool, self.superpixel_key,
+                    self.use_superpixels, self.pool, self.superpixel_key, self.refine_min_confidence,
                 )
         new_items, rows = [], []
         for index, item in enumerate(items):
@@ -491,7 +504,7 @@ class SuperpixelRefinementStage:
                 save_nifti(case.label, case.affine, path, header=case.header, dtype=_label_dtype(self.num_classes))
             row = {
                 "round": self.round, "epoch": engine.state.epoch, "trigger": self.trigger or "manual",
-                "case_id": case_id, "budget": self.refine_budget,
+                "case_id": case_id, "budget": self.refine_budget, "min_confidence": self.refine_min_confidence,
                 "changed_fraction": round(case.changed_fraction, 6), "label": str(path),
             }
             clean_path = item.get("label_clean")

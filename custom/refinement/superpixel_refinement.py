@@ -13,7 +13,10 @@ With both networks in eval mode and ``p = (p1 + p2) / 2``:
    authors' ``label_update`` does: one budget over the training set, spent on the globally least reliable pieces,
    so that an uncorrupted case whose pieces the networks fit well keeps its labels;
 4. Eq. 8: relabel the taken pieces to the pooled argmax (Eq. 7) where it differs from c; all other voxels keep
-   their label.
+   their label. Optionally *(decision, not in the paper)* only where the pooled probability of the argmax reaches
+   ``min_confidence``: the budget ``(1 - R_c) N_c`` of the background class is a few percent of a whole volume,
+   often more than the foreground itself, so without a gate it relabels every background piece the networks merely
+   lean towards foreground, in clean cases as much as in corrupted ones.
 
 After refinement ``R <- max(R, min(gamma * R, R_max))`` (:func:`update_keep_ratio`, gamma = 1.1).
 """
@@ -56,6 +59,7 @@ class PieceScores(NamedTuple):
         piece_class: ``(B, P)`` int64 noisy class.
         piece_size: ``(B, P)`` voxels.
         predicted: ``(B, P)`` int64 pooled argmax (Eq. 7).
+        confidence: ``(B, P)`` pooled probability of ``predicted``.
     """
 
     pieces: Pieces
@@ -63,6 +67,7 @@ class PieceScores(NamedTuple):
     piece_class: torch.Tensor
     piece_size: torch.Tensor
     predicted: torch.Tensor
+    confidence: torch.Tensor
 
 
 def refinement_piece_mask(
@@ -136,8 +141,8 @@ def piece_scores(
         piece_class = pieces.piece_class.long()
         own_class_prob = pooled.gather(1, piece_class.unsqueeze(1)).squeeze(1)
         loss = -own_class_prob.clamp_min(eps).log()
-        predicted = pooled.argmax(dim=1)  # Eq. 7
-    return PieceScores(pieces, loss, piece_class, pieces.piece_size, predicted)
+        confidence, predicted = pooled.max(dim=1)  # Eq. 7
+    return PieceScores(pieces, loss, piece_class, pieces.piece_size, predicted, confidence)
 
 
 def pooled_refinement_masks(
@@ -165,13 +170,28 @@ def pooled_refinement_masks(
     return list(torch.split(taken, [s.loss.shape[1] for s in scores], dim=1))
 
 
-def apply_refinement(scores: PieceScores, unreliable: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def apply_refinement(
+    scores: PieceScores, unreliable: torch.Tensor, min_confidence: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 8: the unreliable pieces whose pooled prediction differs from their noisy class take the prediction.
+
+    Args:
+        scores: :func:`piece_scores` of the case(s).
+        unreliable: ``(B, P)`` bool, the pieces Eq. 6 took.
+        min_confidence: a piece flips only where the pooled probability of its prediction is at least this
+            (0 = the paper: every disagreeing unreliable piece flips).
 
     Returns:
         ``(new_labels, changed)``: int64 ``(B, 1, *S)`` and bool ``(B, 1, *S)``.
+
+    Raises:
+        ValueError: ``min_confidence`` outside [0, 1].
     """
+    if not 0.0 <= float(min_confidence) <= 1.0:
+        raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}.")
     flip = unreliable & (scores.predicted != scores.piece_class)
+    if min_confidence > 0.0:
+        flip = flip & (scores.confidence >= min_confidence)
     new_piece_class = torch.where(flip, scores.predicted, scores.piece_class)
     new_labels = pieces_to_voxels(new_piece_class, scores.pieces.ids).unsqueeze(1)
     changed = pieces_to_voxels(flip, scores.pieces.ids).unsqueeze(1)
@@ -187,6 +207,7 @@ def refine_labels_by_superpixel(
     pool: str = "superpixel",
     per_sample: bool = True,
     eps: float = 1e-8,
+    min_confidence: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eqs. 6-8 of SP-guided: relabel the least reliable pieces of each noisy class to the pooled prediction.
 
@@ -201,6 +222,7 @@ def refine_labels_by_superpixel(
             when the batch holds the whole training set; :func:`pooled_refinement_masks` for cases refined one at
             a time).
         eps: clamp inside the log.
+        min_confidence: see :func:`apply_refinement`.
 
     Returns:
         ``(new_labels, changed)``: int64 ``(B, 1, *S)`` and bool ``(B, 1, *S)`` (True where the label changed).
@@ -211,7 +233,7 @@ def refine_labels_by_superpixel(
     with torch.no_grad():
         scores = piece_scores(probs, labels, superpixels, num_superpixels, pool, eps)
         unreliable = refinement_piece_mask(scores.loss, scores.piece_class, scores.piece_size, keep_ratio, per_sample)
-        return apply_refinement(scores, unreliable)
+        return apply_refinement(scores, unreliable, min_confidence)
 
 
 def update_keep_ratio(

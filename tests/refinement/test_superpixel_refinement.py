@@ -198,3 +198,21 @@ def test_per_case_budget_spends_every_case_quota():
         changed.append(apply_refinement(scores, mask)[1].flatten().tolist())
     assert changed[0] == [True] + [False] * 15
     assert changed[1] == [True] + [False] * 15
+
+
+def test_confidence_gate_keeps_a_clean_case_that_the_budget_reaches():
+    from custom.refinement.superpixel_refinement import apply_refinement, pooled_refinement_masks
+
+    (_, scores_a), (labels_b, scores_b) = _two_cases()
+    # R = 0.8: pooled budget 4 voxels, enough to reach the clean case's doubted voxel (p_bg 0.55)
+    mask_a, mask_b = pooled_refinement_masks([scores_a, scores_b], [0.8, 0.8])
+    assert apply_refinement(scores_b, mask_b)[1].flatten().tolist() == [True] + [False] * 15
+    torch.testing.assert_close(scores_b.confidence.flatten()[0], torch.tensor(0.55))
+    # gate 0.9: the clean case keeps its labels, the corrupted case's confident errors (p_bg 0.98, 0.95) still flip
+    new_b, changed_b = apply_refinement(scores_b, mask_b, min_confidence=0.9)
+    assert not changed_b.any() and torch.equal(new_b, labels_b)
+    assert apply_refinement(scores_a, mask_a, min_confidence=0.9)[1].flatten().tolist() == [True, True] + [False] * 14
+    # a gate above the corrupted case's second error leaves only the first
+    assert apply_refinement(scores_a, mask_a, min_confidence=0.97)[1].flatten().tolist() == [True] + [False] * 15
+    with pytest.raises(ValueError, match="min_confidence"):
+        apply_refinement(scores_a, mask_a, min_confidence=1.5)
