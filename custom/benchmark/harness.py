@@ -106,10 +106,15 @@ METHODS: dict[str, tuple[list[str], dict[str, Any]]] = {
     ),
     "jcas_no_dar": (["configs/jcas_la.json", "configs/ablations/jcas_no_dar.json"], {}),
     "jcas": (["configs/jcas_la.json"], {}),
-    # the alternatives to the paper's constant initial transition W = -2 (issue 17: the initial T_C is chosen on the
-    # validation split; docs/methods/jcas.md, "Initial T_C")
-    "jcas_init_prior": (["configs/jcas_la.json"], {"transition_init": "prior"}),
-    "jcas_init_estimate": (["configs/jcas_la.json"], {"transition_init": "estimate"}),
+    # validation choices of issue 17 (docs/methods/jcas.md, "Validation choices"): the coarse affinity weight (the
+    # reference's 1.0 or 0.1, as the fine level's) and the initial T_C (estimated on the HQ cases or the class prior;
+    # the paper's constant W = -2 exceeds LA's foreground share)
+    "jcas_warmup_only_aff01": (
+        ["configs/jcas_la.json", "configs/ablations/jcas_warmup_only.json"],
+        {"coarse_affinity_weight": 0.1},
+    ),
+    "jcas_aff01_estimate": (["configs/jcas_la.json"], {"coarse_affinity_weight": 0.1, "transition_init": "estimate"}),
+    "jcas_aff01_prior": (["configs/jcas_la.json"], {"coarse_affinity_weight": 0.1, "transition_init": "prior"}),
 }
 METHOD_LABELS = {
     "h_sup": "H-Sup",
@@ -136,8 +141,9 @@ METHOD_LABELS = {
     "jcas_warmup_only_no_affinity": "JCAS warm-up only, without DAR and affinity losses (diagnostic)",
     "jcas_no_dar": "JCAS w/o DAR",
     "jcas": "JCAS",
-    "jcas_init_prior": "JCAS, initial T_C from the class prior (validation tuning)",
-    "jcas_init_estimate": "JCAS, initial T_C estimated on the HQ cases (validation tuning)",
+    "jcas_warmup_only_aff01": "JCAS warm-up only, coarse affinity weight 0.1 (validation tuning)",
+    "jcas_aff01_estimate": "JCAS, coarse affinity weight 0.1, T_C estimated on the HQ cases (validation tuning)",
+    "jcas_aff01_prior": "JCAS, coarse affinity weight 0.1, T_C from the class prior (validation tuning)",
 }
 
 
@@ -192,8 +198,9 @@ _MTCL_METHODS = [
     "jcas_warmup_only_no_affinity",
     "jcas_no_dar",
     "jcas",
-    "jcas_init_prior",
-    "jcas_init_estimate",
+    "jcas_warmup_only_aff01",
+    "jcas_aff01_estimate",
+    "jcas_aff01_prior",
 ]
 # the SP setting: the baselines, both families' main methods and the JCAS controls (not the MTCL-only ablations)
 _MTCL_ONLY = ("alc_no_ls", "alc_no_lr", "alc_gated", "alc_group_weights", "mtcl", "jcas_no_dar")

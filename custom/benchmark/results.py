@@ -77,8 +77,9 @@ DIFF_TO: dict[str, list[str]] = {
     "jcas_warmup_only_ce": ["jcas_warmup_only"],
     "jcas_warmup_only_no_dar": ["jcas_warmup_only"],
     "jcas_warmup_only_no_affinity": ["jcas_warmup_only"],
-    "jcas_init_prior": ["jcas_warmup_only", "jcas"],
-    "jcas_init_estimate": ["jcas_warmup_only", "jcas"],
+    "jcas_warmup_only_aff01": ["jcas_warmup_only"],
+    "jcas_aff01_estimate": ["jcas_warmup_only", "jcas_warmup_only_aff01"],
+    "jcas_aff01_prior": ["jcas_warmup_only", "jcas_warmup_only_aff01"],
     "clean": [],
 }
 _METRICS = ("dice", "jaccard", "hd95_mm", "asd_mm")

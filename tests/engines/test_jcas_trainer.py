@@ -338,7 +338,7 @@ def test_config_warmup_epochs_comes_from_the_fraction():
 
     parser = ConfigParser()
     parser.read_config(str(Path(__file__).resolve().parents[2] / "configs" / "jcas_la.json"))
-    assert parser["warmup_fraction"] == 0.25 and parser["class_loss"] == "ce" and parser["transition_lr"] == "main"
+    assert parser["warmup_fraction"] == 0.25 and parser["class_loss"] == "ce_dice" and parser["transition_lr"] == "main"
     parser["max_epochs"] = 40
     assert parser.get_parsed_content("warmup_epochs") == 10
 
