@@ -63,7 +63,7 @@ DIFF_TO: dict[str, list[str]] = {
     "spguided": ["coteaching"],
     "spguided_voxel": ["coteaching"],
     "spguided_lam065": ["coteaching", "spguided"],
-    "spguided_conf08": ["coteaching", "spguided"],
+    "spguided_conf0": ["coteaching", "spguided"],
     "spguided_conf095": ["coteaching", "spguided"],
     "jocor": ["coteaching"],
     "alc": ["mean_teacher", "alc_no_lr", "alc_no_ls"],
