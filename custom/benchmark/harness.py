@@ -84,7 +84,7 @@ METHODS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "spguided_voxel": (["configs/spguided_voxel_la.json"], {}),
     "spguided": (["configs/spguided_la.json"], {}),
     # SP-guided with the authors' joint-loss weight (co_lambda 0.65), the alternative the validation split decided
-    # against (issue 15; docs/methods/spguided.md, "Joint-loss weight")
+    # against (issue 15; docs/methods/spguided.md, "Validation choices")
     "spguided_lam065": (["configs/spguided_la.json"], {"lam": 0.65}),
     # the refinement's confidence gate (issue 15: ungated, uncorrupted LQ cases lost 0.14-0.25 Dice; the default 0.8
     # is the validation split's choice among 0, 0.8 and 0.95)
@@ -92,7 +92,7 @@ METHODS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "spguided_conf095": (["configs/spguided_la.json"], {"refine_min_confidence": 0.95}),
     "jcas_warmup_only": (["configs/jcas_la.json", "configs/ablations/jcas_warmup_only.json"], {}),
     # the control with the reference's plain CE as class loss, the alternative the validation split decided against
-    # (issue 17; docs/methods/jcas.md, "Class loss")
+    # (issue 17; docs/methods/jcas.md, "Validation choices on the protocol")
     "jcas_warmup_only_ce": (["configs/jcas_la.json", "configs/ablations/jcas_warmup_only.json"], {"class_loss": "ce"}),
     # diagnostics of the warm-up network (issue 17): without DAR, and without DAR and the affinity losses (the plain
     # two-level deep-supervised V-Net)
@@ -106,9 +106,9 @@ METHODS: dict[str, tuple[list[str], dict[str, Any]]] = {
     ),
     "jcas_no_dar": (["configs/jcas_la.json", "configs/ablations/jcas_no_dar.json"], {}),
     "jcas": (["configs/jcas_la.json"], {}),
-    # validation choices of issue 17 (docs/methods/jcas.md, "Validation choices"): the coarse affinity weight (the
-    # reference's 1.0 or 0.1, as the fine level's) and the initial T_C (estimated on the HQ cases or the class prior;
-    # the paper's constant W = -2 exceeds LA's foreground share)
+    # validation choices of issue 17 (docs/methods/jcas.md, "Validation choices on the protocol"): the coarse
+    # affinity weight (the reference's 1.0 or 0.1, as the fine level's) and the initial T_C (estimated on the HQ
+    # cases or the class prior; the paper's constant W = -2 exceeds LA's foreground share)
     "jcas_warmup_only_aff01": (
         ["configs/jcas_la.json", "configs/ablations/jcas_warmup_only.json"],
         {"coarse_affinity_weight": 0.1},

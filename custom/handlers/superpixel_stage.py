@@ -45,6 +45,7 @@ from custom.refinement.label_audit import REFINED_LABEL_DIR, to_source_geometry
 from custom.refinement.superpixel_refinement import (
     PieceScores,
     apply_refinement,
+    check_min_confidence,
     piece_scores,
     pooled_refinement_masks,
     refinement_piece_mask,
@@ -396,8 +397,7 @@ class SuperpixelRefinementStage:
         refine_budget: str = "pooled",
         refine_min_confidence: float = 0.0,
     ) -> None:
-        if not 0.0 <= float(refine_min_confidence) <= 1.0:
-            raise ValueError(f"refine_min_confidence must be in [0, 1], got {refine_min_confidence}.")
+        check_min_confidence(refine_min_confidence, "refine_min_confidence")  # at build time, not at the first round
         if refine_budget not in REFINE_BUDGETS:
             raise ValueError(f"refine_budget must be one of {REFINE_BUDGETS}, got {refine_budget!r}.")
         if refine_by_epoch is not None and int(refine_by_epoch) < 1:

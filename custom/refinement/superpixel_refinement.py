@@ -44,6 +44,7 @@ __all__ = [
     "piece_scores",
     "refinement_piece_mask",
     "pooled_refinement_masks",
+    "check_min_confidence",
     "apply_refinement",
     "refine_labels_by_superpixel",
     "update_keep_ratio",
@@ -170,6 +171,12 @@ def pooled_refinement_masks(
     return list(torch.split(taken, [s.loss.shape[1] for s in scores], dim=1))
 
 
+def check_min_confidence(min_confidence: float, name: str = "min_confidence") -> None:
+    """Raise ``ValueError`` (naming ``name``) unless the refinement gate lies in ``[0, 1]``."""
+    if not 0.0 <= float(min_confidence) <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {min_confidence}.")
+
+
 def apply_refinement(
     scores: PieceScores, unreliable: torch.Tensor, min_confidence: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,8 +194,7 @@ def apply_refinement(
     Raises:
         ValueError: ``min_confidence`` outside [0, 1].
     """
-    if not 0.0 <= float(min_confidence) <= 1.0:
-        raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}.")
+    check_min_confidence(min_confidence)
     flip = unreliable & (scores.predicted != scores.piece_class)
     if min_confidence > 0.0:
         flip = flip & (scores.confidence >= min_confidence)

@@ -367,7 +367,8 @@ def test_state_dict_round_trip_restores_labels_and_ratio(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"max_rounds": -1}, {"gamma": 0.9}, {"num_classes": 1}, {"refine_by_epoch": 0}]
+    "kwargs",
+    [{"max_rounds": -1}, {"gamma": 0.9}, {"num_classes": 1}, {"refine_by_epoch": 0}, {"refine_min_confidence": 1.5}],
 )
 def test_stage_bad_arguments(tmp_path, kwargs):
     items, _, _ = _dataset_items(tmp_path, cases=("a",), hq=())
