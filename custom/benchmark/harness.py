@@ -90,6 +90,9 @@ METHODS: dict[str, tuple[list[str], dict[str, Any]]] = {
     # is the validation split's choice among 0, 0.8 and 0.95)
     "spguided_conf0": (["configs/spguided_la.json"], {"refine_min_confidence": 0.0}),
     "spguided_conf095": (["configs/spguided_la.json"], {"refine_min_confidence": 0.95}),
+    # the gate chosen every round on the HQ cases as a dry run (issue 15: the fixed gate 0.8 still cost uncorrupted
+    # LQ cases 0.05-0.13 Dice; docs/methods/spguided.md, "HQ-calibrated gate")
+    "spguided_hqgate": (["configs/spguided_la.json"], {"refine_gate": "hq_calibrated", "refine_min_confidence": 0.0}),
     "jcas_warmup_only": (["configs/jcas_la.json", "configs/ablations/jcas_warmup_only.json"], {}),
     # the control with the reference's plain CE as class loss, the alternative the validation split decided against
     # (issue 17; docs/methods/jcas.md, "Validation choices on the protocol")
@@ -135,6 +138,7 @@ METHOD_LABELS = {
     "spguided_lam065": "SP-guided, lam 0.65 (validation tuning)",
     "spguided_conf0": "SP-guided, ungated refinement (the paper; validation tuning)",
     "spguided_conf095": "SP-guided, refinement confidence >= 0.95 (validation tuning)",
+    "spguided_hqgate": "SP-guided, refinement gate calibrated on the HQ cases (validation tuning)",
     "jcas_warmup_only": "JCAS warm-up only (deep-supervised network)",
     "jcas_warmup_only_ce": "JCAS warm-up only, plain CE (validation tuning)",
     "jcas_warmup_only_no_dar": "JCAS warm-up only, without DAR (diagnostic)",
@@ -173,35 +177,7 @@ class Setting:
     methods: list[str] = field(default_factory=list)
 
 
-_MTCL_METHODS = [
-    "h_sup",
-    "hl_sup",
-    "clean",
-    "mean_teacher",
-    "alc_no_ls",
-    "alc_no_lr",
-    "alc",
-    "alc_gated",
-    "alc_group_weights",
-    "mtcl",
-    "coteaching",
-    "jocor",
-    "trinet",
-    "spguided_voxel",
-    "spguided",
-    "spguided_lam065",
-    "spguided_conf0",
-    "spguided_conf095",
-    "jcas_warmup_only",
-    "jcas_warmup_only_ce",
-    "jcas_warmup_only_no_dar",
-    "jcas_warmup_only_no_affinity",
-    "jcas_no_dar",
-    "jcas",
-    "jcas_warmup_only_aff01",
-    "jcas_aff01_estimate",
-    "jcas_aff01_prior",
-]
+_MTCL_METHODS = list(METHODS)  # every method runs under MTCL noise
 # the SP setting: the baselines, both families' main methods and the JCAS controls (not the MTCL-only ablations)
 _MTCL_ONLY = ("alc_no_ls", "alc_no_lr", "alc_gated", "alc_group_weights", "mtcl", "jcas_no_dar")
 _SP_METHODS = [m for m in _MTCL_METHODS if m not in _MTCL_ONLY]

@@ -32,24 +32,30 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from torch import nn
 
 from custom.distributed import barrier, is_main_process, mean_over_ranks
-from custom.io import DataError, load_nifti, save_nifti, write_csv
-from custom.refinement.label_audit import REFINED_LABEL_DIR, to_source_geometry
+from custom.io import load_nifti, save_nifti, write_csv
+from custom.refinement.gate_calibration import calibrate_min_confidence
+from custom.refinement.label_audit import REFINED_LABEL_DIR
 from custom.refinement.superpixel_refinement import (
     PieceScores,
-    apply_refinement,
     check_min_confidence,
-    piece_scores,
     pooled_refinement_masks,
     refinement_piece_mask,
     update_keep_ratio,
+)
+from custom.refinement.volume_refinement import (  # noqa: F401  (re-exported: the stage's functional core)
+    RefinedCase,
+    ScoredCase,
+    averaged_probabilities,
+    finish_case,
+    refine_case,
+    score_case,
 )
 from custom.selection.small_loss import LossGapTracker, forget_rate_schedule
 
@@ -66,11 +72,14 @@ __all__ = [
     "finish_case",
     "refine_case",
     "REFINE_BUDGETS",
+    "REFINE_GATES",
     "SuperpixelRefinementStage",
 ]
 
 REFINEMENT_LOG = "refinement_log.csv"
 REFINE_BUDGETS = ("pooled", "per_case")
+REFINE_GATES = ("fixed", "hq_calibrated")
+GATE_LOG = "gate_calibration.csv"
 
 
 def warmup_keep_ratio(
@@ -177,167 +186,6 @@ class LossGapHandler:
         self.rows = list(state.get("rows", []))
 
 
-# ---------------------------------------------------------------------- functional core of one case's refinement
-def averaged_probabilities(
-    networks: Sequence[nn.Module], image: torch.Tensor, inferer: Callable[..., torch.Tensor] | None = None
-) -> torch.Tensor:
-    """``(1/n) sum_i softmax(f_i(image))`` with every network in eval mode and no gradient (Eq. 7 input).
-
-    Args:
-        networks: f1, f2 (, ...); their train/eval modes are restored afterwards.
-        image: ``(B, C_in, *S)``.
-        inferer: e.g. a ``SlidingWindowInferer`` called as ``inferer(image, predictor)``; ``None`` = one forward.
-            Averaging softmaxes inside the window predictor is exact: the window fusion is linear.
-
-    Returns:
-        float32 probabilities ``(B, C, *S)``.
-    """
-    if not networks:
-        raise ValueError("at least one network is needed.")
-    modes = [net.training for net in networks]
-
-    def predictor(x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([torch.softmax(net(x).float(), dim=1) for net in networks]).mean(dim=0)
-
-    try:
-        for net in networks:
-            net.eval()
-        with torch.no_grad():
-            probs = predictor(image) if inferer is None else inferer(image, predictor)
-    finally:
-        for net, mode in zip(networks, modes):
-            net.train(mode)
-    return probs.as_tensor() if hasattr(probs, "as_tensor") else probs
-
-
-class RefinedCase(NamedTuple):
-    """One refined training case, in the geometry of its source label file.
-
-    Attributes:
-        label: refined labels ``(H, W, D)`` int64.
-        affine: the source label's affine.
-        header: the source label's NIfTI header.
-        changed_fraction: fraction of voxels whose label changed.
-    """
-
-    label: np.ndarray
-    affine: np.ndarray
-    header: Any
-    changed_fraction: float
-
-
-class ScoredCase(NamedTuple):
-    """A training case loaded and scored for refinement, before any piece is chosen (:func:`score_case`).
-
-    Attributes:
-        item: its datalist item.
-        label_data: the label as loaded by the evaluation transform (its metadata maps the result back).
-        scores: per-piece loss, class, size and prediction (:func:`piece_scores`).
-    """
-
-    item: Mapping[str, Any]
-    label_data: Any
-    scores: PieceScores
-
-
-def score_case(
-    networks: Sequence[nn.Module],
-    item: Mapping[str, Any],
-    load_transform: Callable[[dict], dict],
-    inferer: Callable[..., torch.Tensor] | None = None,
-    device: torch.device | str | None = None,
-    use_superpixels: bool = True,
-    pool: str = "superpixel",
-    superpixel_key: str = "superpixel",
-) -> ScoredCase:
-    """Steps 1-2 of SP-guided's refinement on one whole training volume: the two networks' mean probabilities,
-    pooled per piece, and each piece's loss against its noisy class.
-
-    Args: see :func:`refine_case`.
-
-    Raises:
-        custom.io.DataError: a missing supervoxel map.
-    """
-    from custom.transforms.supervoxel import relabel_contiguous
-
-    keys = ["image", "label"] + ([superpixel_key] if use_superpixels else [])
-    if use_superpixels and not item.get(superpixel_key):
-        raise DataError(item.get("image"), f"no {superpixel_key!r} map for this case: run ensure_supervoxels first")
-    data = load_transform({key: item[key] for key in keys})
-    if device is None:
-        device = next(iter(networks[0].parameters())).device
-    image = torch.as_tensor(data["image"]).unsqueeze(0).to(device)
-    probs = averaged_probabilities(networks, image, inferer)
-    labels = torch.as_tensor(data["label"]).as_subclass(torch.Tensor).round().long().unsqueeze(0).to(probs.device)
-    superpixels, count = None, None
-    if use_superpixels:
-        ids, count = relabel_contiguous(torch.as_tensor(data[superpixel_key]).as_subclass(torch.Tensor))
-        superpixels = ids.unsqueeze(0).to(probs.device)
-    scores = piece_scores(probs, labels, superpixels, num_superpixels=count, pool=pool)
-    return ScoredCase(item, data["label"], scores)
-
-
-def finish_case(
-    case: ScoredCase, unreliable: torch.Tensor, load_transform: Callable[[dict], dict], min_confidence: float = 0.0
-) -> RefinedCase:
-    """Eq. 8 on a scored case (flips gated by ``min_confidence``, :func:`apply_refinement`) and the result in the
-    geometry of its source label file.
-
-    Raises:
-        custom.io.DataError: a geometry that cannot be mapped back.
-    """
-    refined, _ = apply_refinement(case.scores, unreliable, min_confidence)
-    item = case.item
-    source, affine, header = load_nifti(item["label"])
-    refined_source = to_source_geometry(refined[0], case.label_data, load_transform)
-    if refined_source.shape != source.shape:
-        raise DataError(
-            item["label"], f"refined label shape {refined_source.shape} cannot be mapped back to {source.shape}"
-        )
-    changed_fraction = float(np.mean(refined_source != np.rint(source)))
-    return RefinedCase(refined_source, affine, header, changed_fraction)
-
-
-def refine_case(
-    networks: Sequence[nn.Module],
-    item: Mapping[str, Any],
-    load_transform: Callable[[dict], dict],
-    keep_ratio: Sequence[float] | torch.Tensor,
-    inferer: Callable[..., torch.Tensor] | None = None,
-    device: torch.device | str | None = None,
-    use_superpixels: bool = True,
-    pool: str = "superpixel",
-    superpixel_key: str = "superpixel",
-    min_confidence: float = 0.0,
-) -> RefinedCase:
-    """Eqs. 6-8 of SP-guided on one whole training volume, with the budget of that case alone.
-
-    Args:
-        networks: the trained networks (f1, f2).
-        item: datalist item with absolute ``image``, ``label`` (current labels) and, with superpixels,
-            ``superpixel`` paths.
-        load_transform: the evaluation load transform (e.g. ``@transforms::eval``: load, channel first, RAS,
-            spacing with nearest for label/superpixel, z-score); its spatial steps are inverted for writing.
-        keep_ratio: current ``R_c`` ``(C,)``: at most ``(1 - R_c)`` of the class-c voxels are relabelled.
-        inferer: sliding-window inferer over the volume (``None``: one forward pass).
-        device: where the networks run (default: the first network's parameters' device).
-        use_superpixels: False = voxel pieces (ablation).
-        pool: ``"superpixel"`` or ``"piece"`` (see ``refine_labels_by_superpixel``).
-        superpixel_key: item key of the supervoxel map.
-        min_confidence: a piece flips only where the pooled probability of its prediction reaches it.
-
-    Returns:
-        :class:`RefinedCase` in the source label's geometry.
-
-    Raises:
-        custom.io.DataError: a missing supervoxel map, or a geometry that cannot be mapped back.
-    """
-    case = score_case(networks, item, load_transform, inferer, device, use_superpixels, pool, superpixel_key)
-    s = case.scores
-    unreliable = refinement_piece_mask(s.loss, s.piece_class, s.piece_size, keep_ratio, per_sample=True)
-    return finish_case(case, unreliable, load_transform, min_confidence)
-
-
 def _case_id(item: Mapping[str, Any]) -> str:
     return str(item.get("case_id") or Path(str(item["image"])).name.split(".")[0])
 
@@ -373,6 +221,12 @@ class SuperpixelRefinementStage:
             ``"per_case"``: every case spends its own ``(1 - R_c) N_c`` (uncorrupted cases lose correct labels).
         refine_min_confidence: a taken piece is relabelled only where the two networks' pooled probability of the
             new class reaches this (0 = the paper; :func:`custom.refinement.superpixel_refinement.apply_refinement`).
+        refine_gate: ``"fixed"`` (default): the gate is ``refine_min_confidence``; ``"hq_calibrated"``: every round
+            first refines the HQ cases as a dry run (scored among the refined cases, their labels never changed) and
+            uses the smallest gate, at least ``refine_min_confidence``, at which none of them loses more than
+            ``refine_gate_tolerance`` Dice (:mod:`custom.refinement.gate_calibration`; logged in
+            ``refined_labels/gate_calibration.csv``).
+        refine_gate_tolerance: the Dice an HQ case may lose in that dry run (0.02).
         terminate_when_done: end training when refinement stops (default False: train on to ``max_epochs``).
         superpixel_key: item key of the supervoxel map.
     """
@@ -396,8 +250,14 @@ class SuperpixelRefinementStage:
         refine_by_epoch: int | None = None,
         refine_budget: str = "pooled",
         refine_min_confidence: float = 0.0,
+        refine_gate: str = "fixed",
+        refine_gate_tolerance: float = 0.02,
     ) -> None:
         check_min_confidence(refine_min_confidence, "refine_min_confidence")  # at build time, not at the first round
+        if refine_gate not in REFINE_GATES:
+            raise ValueError(f"refine_gate must be one of {REFINE_GATES}, got {refine_gate!r}.")
+        if not 0.0 <= float(refine_gate_tolerance) <= 1.0:
+            raise ValueError(f"refine_gate_tolerance must be in [0, 1], got {refine_gate_tolerance}.")
         if refine_budget not in REFINE_BUDGETS:
             raise ValueError(f"refine_budget must be one of {REFINE_BUDGETS}, got {refine_budget!r}.")
         if refine_by_epoch is not None and int(refine_by_epoch) < 1:
@@ -427,6 +287,9 @@ class SuperpixelRefinementStage:
         self.refine_by_epoch = None if refine_by_epoch is None else int(refine_by_epoch)
         self.refine_budget = refine_budget
         self.refine_min_confidence = float(refine_min_confidence)
+        self.refine_gate = refine_gate
+        self.refine_gate_tolerance = float(refine_gate_tolerance)
+        self.gate_rows: list[dict[str, Any]] = []
         self.trigger = ""  # what triggered the last round: "loss_gap" or "deadline"
         self.round = 0
         self.done = self.max_rounds == 0
@@ -475,23 +338,22 @@ class SuperpixelRefinementStage:
         chosen = [i for i, item in enumerate(items) if self.refine_hq or item.get("quality") != "hq"]
         device = getattr(engine.state, "device", None)
         refined: dict[int, RefinedCase] = {}
+
+        def score(i: int) -> ScoredCase:
+            return score_case(networks, items[i], self.load_transform, self.inferer, device, self.use_superpixels,
+                              self.pool, self.superpixel_key)
+
+        scored = {i: score(i) for i in chosen}
         if self.refine_budget == "pooled":
-            scored = [
-                score_case(networks, items[i], self.load_transform, self.inferer, device, self.use_superpixels,
-                           self.pool, self.superpixel_key)
-                for i in chosen
-            ]
-            masks = pooled_refinement_masks([c.scores for c in scored], keep_ratio)
-            for i, case, mask in zip(chosen, scored, masks):
-                refined[i] = finish_case(
-                    case, mask.to(case.scores.loss.device), self.load_transform, self.refine_min_confidence
-                )
+            masks = dict(zip(chosen, pooled_refinement_masks([scored[i].scores for i in chosen], keep_ratio)))
         else:
-            for i in chosen:
-                refined[i] = refine_case(
-                    networks, items[i], self.load_transform, keep_ratio, self.inferer, device,
-                    self.use_superpixels, self.pool, self.superpixel_key, self.refine_min_confidence,
-                )
+            masks = {i: _per_case_mask(scored[i].scores, keep_ratio) for i in chosen}
+        gate = self.refine_min_confidence
+        if self.refine_gate == "hq_calibrated":
+            gate = self._calibrate_gate(engine, items, chosen, scored, keep_ratio, score)
+        for i in chosen:
+            case = scored[i]
+            refined[i] = finish_case(case, masks[i].to(case.scores.loss.device), self.load_transform, gate)
         new_items, rows = [], []
         for index, item in enumerate(items):
             if index not in refined:
@@ -504,7 +366,7 @@ class SuperpixelRefinementStage:
                 save_nifti(case.label, case.affine, path, header=case.header, dtype=_label_dtype(self.num_classes))
             row = {
                 "round": self.round, "epoch": engine.state.epoch, "trigger": self.trigger or "manual",
-                "case_id": case_id, "budget": self.refine_budget, "min_confidence": self.refine_min_confidence,
+                "case_id": case_id, "budget": self.refine_budget, "min_confidence": gate,
                 "changed_fraction": round(case.changed_fraction, 6), "label": str(path),
             }
             clean_path = item.get("label_clean")
@@ -533,6 +395,40 @@ class SuperpixelRefinementStage:
         engine.logger.info(f"SP-guided label refinement: {summary}")
         return rows
 
+    def _calibrate_gate(
+        self,
+        engine: Engine,
+        items: list[dict[str, Any]],
+        chosen: list[int],
+        scored: dict[int, ScoredCase],
+        keep_ratio: torch.Tensor,
+        score: Callable[[int], ScoredCase],
+    ) -> float:
+        """The HQ dry run of ``refine_gate="hq_calibrated"``: the gate for this round, logged per round."""
+        hq = [i for i, item in enumerate(items) if item.get("quality") == "hq" and i not in scored]
+        if not hq:
+            engine.logger.warning("refine_gate='hq_calibrated' found no HQ case: the gate stays refine_min_confidence.")
+            return self.refine_min_confidence
+        hq_scores = [score(i).scores for i in hq]
+        if self.refine_budget == "pooled":  # HQ cases compete for the budget as uncorrupted refined cases would
+            hq_masks = pooled_refinement_masks([scored[i].scores for i in chosen] + hq_scores, keep_ratio)[len(chosen):]
+        else:
+            hq_masks = [_per_case_mask(s, keep_ratio) for s in hq_scores]
+        result = calibrate_min_confidence(hq_scores, hq_masks, self.refine_gate_tolerance, self.refine_min_confidence)
+        for i, dice in zip(hq, result.dice):
+            self.gate_rows.append({
+                "round": self.round, "epoch": engine.state.epoch, "case_id": _case_id(items[i]),
+                "min_confidence": result.min_confidence, "tolerance": self.refine_gate_tolerance,
+                "dry_run_dice": dice,
+            })
+        if is_main_process():
+            write_csv(self.gate_rows, self.output_dir / REFINED_LABEL_DIR / GATE_LOG)
+        engine.logger.info(
+            f"SP-guided refinement gate from {len(hq)} HQ cases: {result.min_confidence:.2f} "
+            f"(worst HQ Dice loss {result.worst_dice_loss:.4f}, tolerance {self.refine_gate_tolerance})"
+        )
+        return result.min_confidence
+
     def _swap(self, items: list[dict[str, Any]]) -> None:
         if hasattr(self.dataset, "set_data"):
             self.dataset.set_data(items)  # CacheDataset: re-runs the cached (deterministic) transforms
@@ -552,6 +448,7 @@ class SuperpixelRefinementStage:
             "target_keep_ratio": None if engine is None else [float(r) for r in engine.target_keep_ratio],
             "loss_gap": self.loss_gap.state_dict(),
             "rows": list(self.rows),
+            "gate_rows": list(self.gate_rows),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -561,6 +458,7 @@ class SuperpixelRefinementStage:
         self.stop_reason = str(state.get("stop_reason", ""))
         self.previous_best = float(state["previous_best"])
         self.rows = list(state.get("rows", []))
+        self.gate_rows = list(state.get("gate_rows", []))
         self.loss_gap.load_state_dict(state["loss_gap"])
         labels = state.get("labels", {})
         items = [{**item, "label": labels.get(_case_id(item), item["label"])} for item in self.dataset.data]
@@ -570,6 +468,10 @@ class SuperpixelRefinementStage:
             if state.get("target_keep_ratio") is not None:
                 self._engine.target_keep_ratio = torch.as_tensor(state["target_keep_ratio"], dtype=torch.float64)
             self._engine.labels_refined = self.round > 0
+
+
+def _per_case_mask(scores: PieceScores, keep_ratio: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    return refinement_piece_mask(scores.loss, scores.piece_class, scores.piece_size, keep_ratio, per_sample=True)
 
 
 def _mean(values: Any) -> float | None:

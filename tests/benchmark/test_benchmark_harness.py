@@ -282,3 +282,16 @@ def test_bundle_overrides_reach_the_bundle_as_python_literals():
     parsed = fire.Fire(lambda **kw: kw, command=args)
     assert parsed == {"use_dar": False, "lam": 0.3, "token_grid": [8, 8, 8], "x": None}
     assert parsed["use_dar"] is False
+
+
+def test_every_method_has_a_label_existing_configs_and_known_baselines():
+    from custom.benchmark.harness import METHOD_LABELS, METHODS, SETTINGS
+    from custom.benchmark.results import DIFF_TO
+
+    assert set(METHOD_LABELS) == set(METHODS)
+    for method, (configs, _) in METHODS.items():
+        assert all((REPO_ROOT / config).is_file() for config in configs), method
+    for method, baselines in DIFF_TO.items():
+        assert method in METHODS and set(baselines) <= set(METHODS), method
+    assert SETTINGS["mtcl_hq25"].methods == list(METHODS)
+    assert "spguided_hqgate" in SETTINGS["sp_a0.7_b0.7"].methods and "mtcl" not in SETTINGS["sp_a0.7_b0.7"].methods

@@ -26,7 +26,8 @@ from scipy import ndimage
 from torch import nn
 
 from custom.handlers import KeepRatioWarmup, LossGapHandler, SuperpixelRefinementStage
-from custom.handlers.superpixel_stage import averaged_probabilities, refine_case, warmup_keep_ratio
+from custom.handlers.superpixel_stage import warmup_keep_ratio
+from custom.refinement.volume_refinement import averaged_probabilities, refine_case
 
 SIDE = 16
 SPACING = 1.25
@@ -368,9 +369,50 @@ def test_state_dict_round_trip_restores_labels_and_ratio(tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"max_rounds": -1}, {"gamma": 0.9}, {"num_classes": 1}, {"refine_by_epoch": 0}, {"refine_min_confidence": 1.5}],
+    [{"max_rounds": -1}, {"gamma": 0.9}, {"num_classes": 1}, {"refine_by_epoch": 0}, {"refine_min_confidence": 1.5},
+     {"refine_gate": "auto"}, {"refine_gate_tolerance": -0.1}],
 )
 def test_stage_bad_arguments(tmp_path, kwargs):
     items, _, _ = _dataset_items(tmp_path, cases=("a",), hq=())
     with pytest.raises(ValueError):
         _stage(tmp_path, items, **kwargs)
+
+
+def test_hq_calibrated_gate_keeps_the_networks_doubtful_errors_out_of_the_labels(tmp_path):
+    items, clean, _ = _dataset_items(tmp_path)
+    # a dim blob outside the sphere: SignNet predicts foreground there at (sigmoid(1.6) + sigmoid(0.8)) / 2 = 0.761,
+    # a wrong label; the noisy ring is background at 0.991
+    blob = np.zeros_like(clean)
+    blob[12:15, 2:5, 2:5] = 1
+    image = np.where(clean > 0, 1.0, np.where(blob > 0, 0.2, -1.0)).astype(np.float32)
+    for item in items:
+        _save(image, item["image"], np.diag([SPACING, SPACING, SPACING, 1.0]))
+    refined = {}
+    for gate in ("fixed", "hq_calibrated"):
+        stage, dataset = _stage(tmp_path / gate, items, refine_gate=gate)
+        engine, data = _stage_engine([1.0, 0.9, 0.8])
+        stage.attach(engine)
+        engine.run(data, max_epochs=3)
+        assert stage.round == 1
+        refined[gate] = [np.asarray(nib.load(item["label"]).dataobj) for item in dataset.data]
+        assert dataset.data[2]["label"] == items[2]["label"]  # the HQ case is only a dry run
+    # the paper's rule copies the blob into both LQ cases; the gate learnt from the HQ case keeps it out
+    np.testing.assert_array_equal(refined["fixed"][0], np.maximum(clean, blob))
+    for label in refined["hq_calibrated"][:2]:
+        np.testing.assert_array_equal(label, clean)
+    with open(tmp_path / "hq_calibrated" / "run" / "refined_labels" / "gate_calibration.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["case_id"] for r in rows] == ["h"] and float(rows[0]["dry_run_dice"]) == pytest.approx(1.0)
+    assert 0.761 < float(rows[0]["min_confidence"]) <= 0.78
+    with open(tmp_path / "hq_calibrated" / "run" / "refined_labels" / "refinement_log.csv") as f:
+        assert {r["min_confidence"] for r in csv.DictReader(f)} == {rows[0]["min_confidence"]}
+
+
+def test_hq_calibrated_gate_without_hq_cases_keeps_the_configured_gate(tmp_path):
+    items, clean, _ = _dataset_items(tmp_path, cases=("a",), hq=())
+    stage, dataset = _stage(tmp_path, items, refine_gate="hq_calibrated", refine_min_confidence=0.5)
+    engine, data = _stage_engine([1.0, 0.9, 0.8])
+    stage.attach(engine)
+    engine.run(data, max_epochs=3)
+    np.testing.assert_array_equal(np.asarray(nib.load(dataset.data[0]["label"]).dataobj), clean)
+    assert not (tmp_path / "run" / "refined_labels" / "gate_calibration.csv").exists()
