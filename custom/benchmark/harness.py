@@ -107,6 +107,12 @@ METHODS: dict[str, tuple[list[str], dict[str, Any]]] = {
         ["configs/jcas_la.json", "configs/ablations/jcas_warmup_only.json"],
         {"use_dar": False, "coarse_affinity_weight": 0.0, "fine_affinity_weight": 0.0},
     ),
+    # the feature heads on detached decoder maps: the affinity loss no longer trains the shared backbone (issue 17,
+    # session 10; docs/methods/jcas.md, "Diagnosis")
+    "jcas_warmup_only_detached": (
+        ["configs/jcas_la.json", "configs/ablations/jcas_warmup_only.json"],
+        {"detach_feature_heads": True},
+    ),
     "jcas_no_dar": (["configs/jcas_la.json", "configs/ablations/jcas_no_dar.json"], {}),
     "jcas": (["configs/jcas_la.json"], {}),
     # validation choices of issue 17 (docs/methods/jcas.md, "Validation choices on the protocol"): the coarse
@@ -143,6 +149,7 @@ METHOD_LABELS = {
     "jcas_warmup_only_ce": "JCAS warm-up only, plain CE (validation tuning)",
     "jcas_warmup_only_no_dar": "JCAS warm-up only, without DAR (diagnostic)",
     "jcas_warmup_only_no_affinity": "JCAS warm-up only, without DAR and affinity losses (diagnostic)",
+    "jcas_warmup_only_detached": "JCAS warm-up only, feature heads on detached decoder maps (validation tuning)",
     "jcas_no_dar": "JCAS w/o DAR",
     "jcas": "JCAS",
     "jcas_warmup_only_aff01": "JCAS warm-up only, coarse affinity weight 0.1 (validation tuning)",

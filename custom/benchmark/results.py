@@ -78,6 +78,7 @@ DIFF_TO: dict[str, list[str]] = {
     "jcas_warmup_only_ce": ["jcas_warmup_only"],
     "jcas_warmup_only_no_dar": ["jcas_warmup_only"],
     "jcas_warmup_only_no_affinity": ["jcas_warmup_only"],
+    "jcas_warmup_only_detached": ["jcas_warmup_only"],
     "jcas_warmup_only_aff01": ["jcas_warmup_only"],
     "jcas_aff01_estimate": ["jcas_warmup_only", "jcas_warmup_only_aff01"],
     "jcas_aff01_prior": ["jcas_warmup_only", "jcas_warmup_only_aff01"],

@@ -148,6 +148,10 @@ class DeepSupervisionNet(nn.Module):
         token_grid: requested DAR token grid ``(h, w, d)`` for both levels (clipped per axis to the level's
             size); the affinity costs ``O(B (h w d)^2)`` memory per level.
         use_dar: if False (ablation), ``P = Q``; the affinity is still computed for the affinity loss.
+        detach_feature_heads: if True *(decision, not in the paper)*, the feature heads read a detached copy of
+            the decoder maps in training: the affinity loss (and DAR's use of ``f``) trains the heads, not the
+            backbone. The reference trains the backbone through them too; at width 8 that costs the segmentation
+            its accuracy (docs/methods/jcas.md, "Diagnosis"). Inference is unchanged.
 
     Shapes:
         input ``(B, in_channels, H, W, D)``; ``train()``: :class:`JcasOutput`; ``eval()``:
@@ -164,6 +168,7 @@ class DeepSupervisionNet(nn.Module):
         feature_dim: int = 16,
         token_grid: tuple[int, int, int] = (16, 16, 16),
         use_dar: bool = True,
+        detach_feature_heads: bool = False,
     ):
         super().__init__()
         coarse_channels, fine_channels = _check_backbone(backbone)
@@ -178,6 +183,7 @@ class DeepSupervisionNet(nn.Module):
         self.feature_dim = int(feature_dim)
         self.token_grid = tuple(int(g) for g in token_grid)
         self.use_dar = bool(use_dar)
+        self.detach_feature_heads = bool(detach_feature_heads)
         self.coarse_classifier = nn.Conv3d(coarse_channels, num_classes, kernel_size=1)
         self.coarse_feature_head = nn.Conv3d(coarse_channels, feature_dim, kernel_size=1)
         self.fine_classifier = nn.Conv3d(fine_channels, num_classes, kernel_size=1)
@@ -185,7 +191,7 @@ class DeepSupervisionNet(nn.Module):
 
     def _level(self, decoder_map: torch.Tensor, classifier: nn.Module, feature_head: nn.Module) -> JcasLevelOutput:
         logits = classifier(decoder_map)
-        features = feature_head(decoder_map)
+        features = feature_head(decoder_map.detach() if self.detach_feature_heads else decoder_map)
         grid = effective_token_grid([int(s) for s in logits.shape[2:]], list(self.token_grid))
         if self.use_dar:
             rectified, affinity = differentiated_affinity_rectify(features, logits, list(self.token_grid))
@@ -244,6 +250,7 @@ class JcasVNet(DeepSupervisionNet):
         feature_dim: ``d``, channels of the feature heads used by the affinity.
         token_grid: requested DAR token grid ``(h, w, d)`` (clipped per level to the level's size).
         use_dar: if False (ablation), ``P = Q``.
+        detach_feature_heads: see :class:`DeepSupervisionNet`.
 
     Shapes:
         input ``(B, in_channels, H, W, D)`` with ``H, W, D`` divisible by 16. ``train()``: :class:`JcasOutput`
@@ -271,6 +278,7 @@ class JcasVNet(DeepSupervisionNet):
         feature_dim: int = 16,
         token_grid: tuple[int, int, int] | list[int] = (16, 16, 16),
         use_dar: bool = True,
+        detach_feature_heads: bool = False,
     ):
         backbone = PaperVNet(
             spatial_dims=spatial_dims,
@@ -281,7 +289,10 @@ class JcasVNet(DeepSupervisionNet):
             normalization=normalization,
         )
         backbone.out_conv = nn.Identity()
-        super().__init__(backbone, out_channels, feature_dim=feature_dim, token_grid=tuple(token_grid), use_dar=use_dar)
+        super().__init__(
+            backbone, out_channels, feature_dim=feature_dim, token_grid=tuple(token_grid), use_dar=use_dar,
+            detach_feature_heads=detach_feature_heads,
+        )
 
     # no return annotation on purpose: TorchScript then infers Tensor for the compiled (inference) path, whereas an
     # annotation naming JcasOutput would make it try to compile the training NamedTuples too

@@ -97,3 +97,21 @@ def test_shipped_files_run_without_the_repository(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_detached_feature_heads_keep_the_affinity_gradient_out_of_the_backbone(detach):
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():  # inference does not depend on the option (same weights, eval mode)
+        assert_close(_net(detach_feature_heads=detach).eval()(x), _net().eval()(x))
+    net = _net(detach_feature_heads=detach).train()
+    out = net(torch.randn(2, 1, 16, 16, 16))
+    (out.fine.affinity.sum() + out.coarse.affinity.sum()).backward()  # what the affinity loss differentiates
+    backbone_grad = sum(float(p.grad.abs().sum()) for p in net.backbone.parameters() if p.grad is not None)
+    head_grad = float(net.fine_feature_head.weight.grad.abs().sum())
+    assert head_grad > 0.0
+    assert (backbone_grad == 0.0) == detach
+    # the class loss still trains the backbone
+    net.zero_grad()
+    net(torch.randn(2, 1, 16, 16, 16)).fine.logits.sum().backward()
+    assert sum(float(p.grad.abs().sum()) for p in net.backbone.parameters() if p.grad is not None) > 0.0
