@@ -63,6 +63,8 @@ __all__ = [
 ]
 
 
+_JCAS_WARMUP = ["configs/jcas_la.json", "configs/ablations/jcas_warmup_only.json"]
+_ATTACHED = {"detach_feature_heads": False}
 # method name -> (config files before the profile overlay, CLI overrides)
 METHODS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "h_sup": (["configs/supervised_la.json"], {"label_mode": "hq"}),
@@ -93,37 +95,28 @@ METHODS: dict[str, tuple[list[str], dict[str, Any]]] = {
     # the gate chosen every round on the HQ cases as a dry run (issue 15: the fixed gate 0.8 still cost uncorrupted
     # LQ cases 0.05-0.13 Dice; docs/methods/spguided.md, "HQ-calibrated gate")
     "spguided_hqgate": (["configs/spguided_la.json"], {"refine_gate": "hq_calibrated", "refine_min_confidence": 0.0}),
-    "jcas_warmup_only": (["configs/jcas_la.json", "configs/ablations/jcas_warmup_only.json"], {}),
-    # the control with the reference's plain CE as class loss, the alternative the validation split decided against
-    # (issue 17; docs/methods/jcas.md, "Validation choices on the protocol")
-    "jcas_warmup_only_ce": (["configs/jcas_la.json", "configs/ablations/jcas_warmup_only.json"], {"class_loss": "ce"}),
-    # diagnostics of the warm-up network (issue 17): without DAR, and without DAR and the affinity losses (the plain
-    # two-level deep-supervised V-Net)
-    "jcas_warmup_only_no_dar": (
-        ["configs/jcas_la.json", "configs/ablations/jcas_warmup_only.json"],
-        {"use_dar": False},
-    ),
-    "jcas_warmup_only_no_affinity": (
-        ["configs/jcas_la.json", "configs/ablations/jcas_warmup_only.json"],
-        {"use_dar": False, "coarse_affinity_weight": 0.0, "fine_affinity_weight": 0.0},
-    ),
-    # the feature heads on detached decoder maps: the affinity loss no longer trains the shared backbone (issue 17,
-    # session 10; docs/methods/jcas.md, "Diagnosis")
-    "jcas_warmup_only_detached": (
-        ["configs/jcas_la.json", "configs/ablations/jcas_warmup_only.json"],
-        {"detach_feature_heads": True},
-    ),
+    "jcas_warmup_only": (_JCAS_WARMUP, {}),
     "jcas_no_dar": (["configs/jcas_la.json", "configs/ablations/jcas_no_dar.json"], {}),
     "jcas": (["configs/jcas_la.json"], {}),
-    # validation choices of issue 17 (docs/methods/jcas.md, "Validation choices on the protocol"): the coarse
-    # affinity weight (the reference's 1.0 or 0.1, as the fine level's) and the initial T_C (estimated on the HQ
-    # cases or the class prior; the paper's constant W = -2 exceeds LA's foreground share)
-    "jcas_warmup_only_aff01": (
-        ["configs/jcas_la.json", "configs/ablations/jcas_warmup_only.json"],
-        {"coarse_affinity_weight": 0.1},
+    # JCAS as the reference wires it: the feature heads, and so the affinity loss, train the shared backbone. The
+    # runs of issue 17 up to session 9 and every JCAS variant below (validation choices and diagnostics made before
+    # detach_feature_heads became the default; docs/methods/jcas.md, "Validation choices on the protocol")
+    "jcas_warmup_only_attached_heads": (_JCAS_WARMUP, {"detach_feature_heads": False}),
+    "jcas_no_dar_attached_heads": (["configs/jcas_la.json", "configs/ablations/jcas_no_dar.json"], _ATTACHED),
+    "jcas_attached_heads": (["configs/jcas_la.json"], _ATTACHED),
+    "jcas_warmup_only_ce": (_JCAS_WARMUP, {**_ATTACHED, "class_loss": "ce"}),
+    "jcas_warmup_only_no_dar": (_JCAS_WARMUP, {**_ATTACHED, "use_dar": False}),
+    "jcas_warmup_only_no_affinity": (
+        _JCAS_WARMUP,
+        {**_ATTACHED, "use_dar": False, "coarse_affinity_weight": 0.0, "fine_affinity_weight": 0.0},
     ),
-    "jcas_aff01_estimate": (["configs/jcas_la.json"], {"coarse_affinity_weight": 0.1, "transition_init": "estimate"}),
-    "jcas_aff01_prior": (["configs/jcas_la.json"], {"coarse_affinity_weight": 0.1, "transition_init": "prior"}),
+    "jcas_warmup_only_aff01": (_JCAS_WARMUP, {**_ATTACHED, "coarse_affinity_weight": 0.1}),
+    "jcas_aff01_estimate": (
+        ["configs/jcas_la.json"], {**_ATTACHED, "coarse_affinity_weight": 0.1, "transition_init": "estimate"}
+    ),
+    "jcas_aff01_prior": (
+        ["configs/jcas_la.json"], {**_ATTACHED, "coarse_affinity_weight": 0.1, "transition_init": "prior"}
+    ),
 }
 METHOD_LABELS = {
     "h_sup": "H-Sup",
@@ -146,15 +139,17 @@ METHOD_LABELS = {
     "spguided_conf095": "SP-guided, refinement confidence >= 0.95 (validation tuning)",
     "spguided_hqgate": "SP-guided, refinement gate calibrated on the HQ cases (validation tuning)",
     "jcas_warmup_only": "JCAS warm-up only (deep-supervised network)",
-    "jcas_warmup_only_ce": "JCAS warm-up only, plain CE (validation tuning)",
-    "jcas_warmup_only_no_dar": "JCAS warm-up only, without DAR (diagnostic)",
-    "jcas_warmup_only_no_affinity": "JCAS warm-up only, without DAR and affinity losses (diagnostic)",
-    "jcas_warmup_only_detached": "JCAS warm-up only, feature heads on detached decoder maps (validation tuning)",
     "jcas_no_dar": "JCAS w/o DAR",
     "jcas": "JCAS",
-    "jcas_warmup_only_aff01": "JCAS warm-up only, coarse affinity weight 0.1 (validation tuning)",
-    "jcas_aff01_estimate": "JCAS, coarse affinity weight 0.1, T_C estimated on the HQ cases (validation tuning)",
-    "jcas_aff01_prior": "JCAS, coarse affinity weight 0.1, T_C from the class prior (validation tuning)",
+    "jcas_warmup_only_attached_heads": "JCAS warm-up only, affinity trains the backbone (the reference)",
+    "jcas_no_dar_attached_heads": "JCAS w/o DAR, affinity trains the backbone (the reference)",
+    "jcas_attached_heads": "JCAS, affinity trains the backbone (the reference; defaults up to session 9)",
+    "jcas_warmup_only_ce": "JCAS warm-up only, plain CE (validation tuning; affinity trains the backbone)",
+    "jcas_warmup_only_no_dar": "JCAS warm-up only, without DAR (diagnostic; affinity trains the backbone)",
+    "jcas_warmup_only_no_affinity": "JCAS warm-up only, without DAR and affinity losses (diagnostic)",
+    "jcas_warmup_only_aff01": "JCAS warm-up only, coarse affinity weight 0.1 (validation tuning; attached heads)",
+    "jcas_aff01_estimate": "JCAS, coarse affinity 0.1, T_C estimated on HQ cases (validation tuning; attached heads)",
+    "jcas_aff01_prior": "JCAS, coarse affinity 0.1, T_C from the class prior (validation tuning; attached heads)",
 }
 
 
@@ -186,7 +181,9 @@ class Setting:
 
 _MTCL_METHODS = list(METHODS)  # every method runs under MTCL noise
 # the SP setting: the baselines, both families' main methods and the JCAS controls (not the MTCL-only ablations)
-_MTCL_ONLY = ("alc_no_ls", "alc_no_lr", "alc_gated", "alc_group_weights", "mtcl", "jcas_no_dar")
+_MTCL_ONLY = (
+    "alc_no_ls", "alc_no_lr", "alc_gated", "alc_group_weights", "mtcl", "jcas_no_dar", "jcas_no_dar_attached_heads"
+)
 _SP_METHODS = [m for m in _MTCL_METHODS if m not in _MTCL_ONLY]
 SETTINGS: dict[str, Setting] = {
     "mtcl_hq25": Setting("mtcl_hq25", ["--noise", "mtcl", "--hq-fraction", "0.25"], 0.75, "mtcl", _MTCL_METHODS),
