@@ -101,7 +101,7 @@ METHODS: dict[str, tuple[list[str], dict[str, Any]]] = {
     # JCAS as the reference wires it: the feature heads, and so the affinity loss, train the shared backbone. The
     # runs of issue 17 up to session 9 and every JCAS variant below (validation choices and diagnostics made before
     # detach_feature_heads became the default; docs/methods/jcas.md, "Validation choices on the protocol")
-    "jcas_warmup_only_attached_heads": (_JCAS_WARMUP, {"detach_feature_heads": False}),
+    "jcas_warmup_only_attached_heads": (_JCAS_WARMUP, _ATTACHED),
     "jcas_no_dar_attached_heads": (["configs/jcas_la.json", "configs/ablations/jcas_no_dar.json"], _ATTACHED),
     "jcas_attached_heads": (["configs/jcas_la.json"], _ATTACHED),
     "jcas_warmup_only_ce": (_JCAS_WARMUP, {**_ATTACHED, "class_loss": "ce"}),

@@ -43,16 +43,15 @@ from custom.io import load_nifti, save_nifti, write_csv
 from custom.refinement.gate_calibration import calibrate_min_confidence
 from custom.refinement.label_audit import REFINED_LABEL_DIR
 from custom.refinement.superpixel_refinement import (
-    PieceScores,
     check_min_confidence,
     pooled_refinement_masks,
-    refinement_piece_mask,
     update_keep_ratio,
 )
 from custom.refinement.volume_refinement import (  # noqa: F401  (re-exported: the stage's functional core)
     RefinedCase,
     ScoredCase,
     averaged_probabilities,
+    case_refinement_mask,
     finish_case,
     refine_case,
     score_case,
@@ -347,7 +346,7 @@ class SuperpixelRefinementStage:
         if self.refine_budget == "pooled":
             masks = dict(zip(chosen, pooled_refinement_masks([scored[i].scores for i in chosen], keep_ratio)))
         else:
-            masks = {i: _per_case_mask(scored[i].scores, keep_ratio) for i in chosen}
+            masks = {i: case_refinement_mask(scored[i].scores, keep_ratio) for i in chosen}
         gate = self.refine_min_confidence
         if self.refine_gate == "hq_calibrated":
             gate = self._calibrate_gate(engine, items, chosen, scored, keep_ratio, score)
@@ -413,7 +412,7 @@ class SuperpixelRefinementStage:
         if self.refine_budget == "pooled":  # HQ cases compete for the budget as uncorrupted refined cases would
             hq_masks = pooled_refinement_masks([scored[i].scores for i in chosen] + hq_scores, keep_ratio)[len(chosen):]
         else:
-            hq_masks = [_per_case_mask(s, keep_ratio) for s in hq_scores]
+            hq_masks = [case_refinement_mask(s, keep_ratio) for s in hq_scores]
         result = calibrate_min_confidence(hq_scores, hq_masks, self.refine_gate_tolerance, self.refine_min_confidence)
         for i, dice in zip(hq, result.dice):
             self.gate_rows.append({
@@ -468,10 +467,6 @@ class SuperpixelRefinementStage:
             if state.get("target_keep_ratio") is not None:
                 self._engine.target_keep_ratio = torch.as_tensor(state["target_keep_ratio"], dtype=torch.float64)
             self._engine.labels_refined = self.round > 0
-
-
-def _per_case_mask(scores: PieceScores, keep_ratio: Sequence[float] | torch.Tensor) -> torch.Tensor:
-    return refinement_piece_mask(scores.loss, scores.piece_class, scores.piece_size, keep_ratio, per_sample=True)
 
 
 def _mean(values: Any) -> float | None:

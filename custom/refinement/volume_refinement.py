@@ -23,7 +23,15 @@ from custom.refinement.superpixel_refinement import (
     refinement_piece_mask,
 )
 
-__all__ = ["averaged_probabilities", "RefinedCase", "ScoredCase", "score_case", "finish_case", "refine_case"]
+__all__ = [
+    "averaged_probabilities",
+    "RefinedCase",
+    "ScoredCase",
+    "score_case",
+    "case_refinement_mask",
+    "finish_case",
+    "refine_case",
+]
 
 
 def averaged_probabilities(
@@ -125,6 +133,11 @@ def score_case(
     return ScoredCase(item, data["label"], scores)
 
 
+def case_refinement_mask(scores: PieceScores, keep_ratio: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """Eq. 6 with the budget ``(1 - R_c) N_c`` of each case alone: bool ``(B, P)``, True = unreliable piece."""
+    return refinement_piece_mask(scores.loss, scores.piece_class, scores.piece_size, keep_ratio, per_sample=True)
+
+
 def finish_case(
     case: ScoredCase, unreliable: torch.Tensor, load_transform: Callable[[dict], dict], min_confidence: float = 0.0
 ) -> RefinedCase:
@@ -181,6 +194,4 @@ def refine_case(
         custom.io.DataError: a missing supervoxel map, or a geometry that cannot be mapped back.
     """
     case = score_case(networks, item, load_transform, inferer, device, use_superpixels, pool, superpixel_key)
-    s = case.scores
-    unreliable = refinement_piece_mask(s.loss, s.piece_class, s.piece_size, keep_ratio, per_sample=True)
-    return finish_case(case, unreliable, load_transform, min_confidence)
+    return finish_case(case, case_refinement_mask(case.scores, keep_ratio), load_transform, min_confidence)
