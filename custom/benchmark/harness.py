@@ -95,6 +95,9 @@ METHODS: dict[str, tuple[list[str], dict[str, Any]]] = {
     # the gate chosen every round on the HQ cases as a dry run (issue 15: the fixed gate 0.8 still cost uncorrupted
     # LQ cases 0.05-0.13 Dice; docs/methods/spguided.md, "HQ-calibrated gate")
     "spguided_hqgate": (["configs/spguided_la.json"], {"refine_gate": "hq_calibrated", "refine_min_confidence": 0.0}),
+    # only cases whose labels agree with the networks less than every HQ case's are refined (issue 15: uncorrupted LQ
+    # cases still lost 0.05-0.13 Dice to the networks' errors; docs/methods/spguided.md, "Case gate")
+    "spguided_casegate": (["configs/spguided_la.json"], {"refine_case_gate": "hq_agreement"}),
     "jcas_warmup_only": (_JCAS_WARMUP, {}),
     "jcas_no_dar": (["configs/jcas_la.json", "configs/ablations/jcas_no_dar.json"], {}),
     "jcas": (["configs/jcas_la.json"], {}),
@@ -138,6 +141,7 @@ METHOD_LABELS = {
     "spguided_conf0": "SP-guided, ungated refinement (the paper; validation tuning)",
     "spguided_conf095": "SP-guided, refinement confidence >= 0.95 (validation tuning)",
     "spguided_hqgate": "SP-guided, refinement gate calibrated on the HQ cases (validation tuning)",
+    "spguided_casegate": "SP-guided, only cases agreeing less than the HQ cases refined (validation tuning)",
     "jcas_warmup_only": "JCAS warm-up only (deep-supervised network)",
     "jcas_no_dar": "JCAS w/o DAR",
     "jcas": "JCAS",

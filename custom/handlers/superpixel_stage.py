@@ -40,7 +40,7 @@ from ignite.engine import Engine, Events
 
 from custom.distributed import barrier, is_main_process, mean_over_ranks
 from custom.io import load_nifti, save_nifti, write_csv
-from custom.refinement.gate_calibration import calibrate_min_confidence
+from custom.refinement.gate_calibration import calibrate_min_confidence, case_gate_threshold, label_agreement
 from custom.refinement.label_audit import REFINED_LABEL_DIR
 from custom.refinement.superpixel_refinement import (
     check_min_confidence,
@@ -72,6 +72,7 @@ __all__ = [
     "refine_case",
     "REFINE_BUDGETS",
     "REFINE_GATES",
+    "REFINE_CASE_GATES",
     "SuperpixelRefinementStage",
 ]
 
@@ -79,6 +80,8 @@ REFINEMENT_LOG = "refinement_log.csv"
 REFINE_BUDGETS = ("pooled", "per_case")
 REFINE_GATES = ("fixed", "hq_calibrated")
 GATE_LOG = "gate_calibration.csv"
+REFINE_CASE_GATES = ("none", "hq_agreement")
+CASE_GATE_LOG = "case_gate.csv"
 
 
 def warmup_keep_ratio(
@@ -226,6 +229,11 @@ class SuperpixelRefinementStage:
             ``refine_gate_tolerance`` Dice (:mod:`custom.refinement.gate_calibration`; logged in
             ``refined_labels/gate_calibration.csv``).
         refine_gate_tolerance: the Dice an HQ case may lose in that dry run (0.02).
+        refine_case_gate: ``"none"`` (default: every LQ case is refined, the paper) or ``"hq_agreement"``: a case is
+            refined only when the foreground Dice between its labels and the networks' prediction lies more than
+            ``refine_case_gate_margin`` below that of every HQ case (:func:`case_gate_threshold`); the others keep
+            their labels and the budget is pooled over the refined ones. Logged in ``refined_labels/case_gate.csv``.
+        refine_case_gate_margin: that margin (0.02).
         terminate_when_done: end training when refinement stops (default False: train on to ``max_epochs``).
         superpixel_key: item key of the supervoxel map.
     """
@@ -251,12 +259,18 @@ class SuperpixelRefinementStage:
         refine_min_confidence: float = 0.0,
         refine_gate: str = "fixed",
         refine_gate_tolerance: float = 0.02,
+        refine_case_gate: str = "none",
+        refine_case_gate_margin: float = 0.02,
     ) -> None:
         check_min_confidence(refine_min_confidence, "refine_min_confidence")  # at build time, not at the first round
         if refine_gate not in REFINE_GATES:
             raise ValueError(f"refine_gate must be one of {REFINE_GATES}, got {refine_gate!r}.")
         if not 0.0 <= float(refine_gate_tolerance) <= 1.0:
             raise ValueError(f"refine_gate_tolerance must be in [0, 1], got {refine_gate_tolerance}.")
+        if refine_case_gate not in REFINE_CASE_GATES:
+            raise ValueError(f"refine_case_gate must be one of {REFINE_CASE_GATES}, got {refine_case_gate!r}.")
+        if not 0.0 <= float(refine_case_gate_margin) <= 1.0:
+            raise ValueError(f"refine_case_gate_margin must be in [0, 1], got {refine_case_gate_margin}.")
         if refine_budget not in REFINE_BUDGETS:
             raise ValueError(f"refine_budget must be one of {REFINE_BUDGETS}, got {refine_budget!r}.")
         if refine_by_epoch is not None and int(refine_by_epoch) < 1:
@@ -288,7 +302,10 @@ class SuperpixelRefinementStage:
         self.refine_min_confidence = float(refine_min_confidence)
         self.refine_gate = refine_gate
         self.refine_gate_tolerance = float(refine_gate_tolerance)
+        self.refine_case_gate = refine_case_gate
+        self.refine_case_gate_margin = float(refine_case_gate_margin)
         self.gate_rows: list[dict[str, Any]] = []
+        self.case_gate_rows: list[dict[str, Any]] = []
         self.trigger = ""  # what triggered the last round: "loss_gap" or "deadline"
         self.round = 0
         self.done = self.max_rounds == 0
@@ -343,31 +360,45 @@ class SuperpixelRefinementStage:
                               self.pool, self.superpixel_key)
 
         scored = {i: score(i) for i in chosen}
+        agreement = {i: float(label_agreement(scored[i].scores)[0]) for i in chosen}
+        hq_scores: dict[int, Any] = {}
+        if self.refine_gate == "hq_calibrated" or self.refine_case_gate == "hq_agreement":
+            hq_scores = {i: score(i).scores for i, item in enumerate(items)
+                         if item.get("quality") == "hq" and i not in scored}
+        active = chosen
+        if self.refine_case_gate == "hq_agreement":
+            active = self._gate_cases(engine, items, chosen, agreement, hq_scores)
         if self.refine_budget == "pooled":
-            masks = dict(zip(chosen, pooled_refinement_masks([scored[i].scores for i in chosen], keep_ratio)))
+            masks = dict(zip(active, pooled_refinement_masks([scored[i].scores for i in active], keep_ratio)))
         else:
-            masks = {i: case_refinement_mask(scored[i].scores, keep_ratio) for i in chosen}
+            masks = {i: case_refinement_mask(scored[i].scores, keep_ratio) for i in active}
         gate = self.refine_min_confidence
         if self.refine_gate == "hq_calibrated":
-            gate = self._calibrate_gate(engine, items, chosen, scored, keep_ratio, score)
-        for i in chosen:
+            gate = self._calibrate_gate(engine, items, active, scored, keep_ratio, hq_scores)
+        for i in active:
             case = scored[i]
             refined[i] = finish_case(case, masks[i].to(case.scores.loss.device), self.load_transform, gate)
         new_items, rows = [], []
         for index, item in enumerate(items):
-            if index not in refined:
+            if index not in agreement:
                 new_items.append(item)
                 continue
-            case = refined[index]
             case_id = _case_id(item)
-            path = round_dir / f"{case_id}.nii.gz"
-            if is_main_process():  # the other ranks read rank 0's files after the barrier below
-                save_nifti(case.label, case.affine, path, header=case.header, dtype=_label_dtype(self.num_classes))
             row = {
                 "round": self.round, "epoch": engine.state.epoch, "trigger": self.trigger or "manual",
                 "case_id": case_id, "budget": self.refine_budget, "min_confidence": gate,
-                "changed_fraction": round(case.changed_fraction, 6), "label": str(path),
+                "agreement": round(agreement[index], 6), "refined": index in refined,
             }
+            case = refined.get(index)
+            if case is None:  # kept by the case gate: its labels stay as they are
+                path = Path(item["label"])
+                row.update({"changed_fraction": 0.0, "label": str(path)})
+            else:
+                path = round_dir / f"{case_id}.nii.gz"
+                if is_main_process():  # the other ranks read rank 0's files after the barrier below
+                    save_nifti(case.label, case.affine, path, header=case.header,
+                               dtype=_label_dtype(self.num_classes))
+                row.update({"changed_fraction": round(case.changed_fraction, 6), "label": str(path)})
             clean_path = item.get("label_clean")
             if clean_path:
                 from custom.noise.quality import foreground_dice
@@ -375,7 +406,8 @@ class SuperpixelRefinementStage:
                 clean = np.rint(load_nifti(clean_path)[0]).astype(np.int64)
                 before = np.rint(load_nifti(item["label"])[0]).astype(np.int64)
                 row["dice_before"] = round(foreground_dice(before, clean, self.num_classes), 6)
-                row["dice_after"] = round(foreground_dice(case.label, clean, self.num_classes), 6)
+                after = before if case is None else case.label
+                row["dice_after"] = round(foreground_dice(after, clean, self.num_classes), 6)
             rows.append(row)
             new_items.append({**item, "label": str(path)})
         barrier()
@@ -401,14 +433,14 @@ class SuperpixelRefinementStage:
         chosen: list[int],
         scored: dict[int, ScoredCase],
         keep_ratio: torch.Tensor,
-        score: Callable[[int], ScoredCase],
+        hq_scored: Mapping[int, Any],
     ) -> float:
         """The HQ dry run of ``refine_gate="hq_calibrated"``: the gate for this round, logged per round."""
-        hq = [i for i, item in enumerate(items) if item.get("quality") == "hq" and i not in scored]
+        hq = list(hq_scored)
         if not hq:
             engine.logger.warning("refine_gate='hq_calibrated' found no HQ case: the gate stays refine_min_confidence.")
             return self.refine_min_confidence
-        hq_scores = [score(i).scores for i in hq]
+        hq_scores = [hq_scored[i] for i in hq]
         if self.refine_budget == "pooled":  # HQ cases compete for the budget as uncorrupted refined cases would
             hq_masks = pooled_refinement_masks([scored[i].scores for i in chosen] + hq_scores, keep_ratio)[len(chosen):]
         else:
@@ -427,6 +459,35 @@ class SuperpixelRefinementStage:
             f"(worst HQ Dice loss {result.worst_dice_loss:.4f}, tolerance {self.refine_gate_tolerance})"
         )
         return result.min_confidence
+
+    def _gate_cases(
+        self,
+        engine: Engine,
+        items: list[dict[str, Any]],
+        chosen: list[int],
+        agreement: Mapping[int, float],
+        hq_scored: Mapping[int, Any],
+    ) -> list[int]:
+        """``refine_case_gate="hq_agreement"``: the cases of ``chosen`` to refine this round, logged per round."""
+        if not hq_scored:
+            engine.logger.warning("refine_case_gate='hq_agreement' found no HQ case: every case is refined.")
+            return list(chosen)
+        hq_agreement = {i: float(label_agreement(s)[0]) for i, s in hq_scored.items()}
+        threshold = case_gate_threshold(list(hq_agreement.values()), self.refine_case_gate_margin)
+        active = [i for i in chosen if agreement[i] < threshold]
+        for i, value in [*hq_agreement.items(), *((i, agreement[i]) for i in chosen)]:
+            self.case_gate_rows.append({
+                "round": self.round, "epoch": engine.state.epoch, "case_id": _case_id(items[i]),
+                "quality": items[i].get("quality", ""), "agreement": round(value, 6),
+                "threshold": round(threshold, 6), "refined": i in active,
+            })
+        if is_main_process():
+            write_csv(self.case_gate_rows, self.output_dir / REFINED_LABEL_DIR / CASE_GATE_LOG)
+        engine.logger.info(
+            f"SP-guided case gate: {len(active)} of {len(chosen)} cases refined (label agreement below "
+            f"{threshold:.4f}, the least-agreeing of {len(hq_agreement)} HQ cases minus {self.refine_case_gate_margin})"
+        )
+        return active
 
     def _swap(self, items: list[dict[str, Any]]) -> None:
         if hasattr(self.dataset, "set_data"):
@@ -448,6 +509,7 @@ class SuperpixelRefinementStage:
             "loss_gap": self.loss_gap.state_dict(),
             "rows": list(self.rows),
             "gate_rows": list(self.gate_rows),
+            "case_gate_rows": list(self.case_gate_rows),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -458,6 +520,7 @@ class SuperpixelRefinementStage:
         self.previous_best = float(state["previous_best"])
         self.rows = list(state.get("rows", []))
         self.gate_rows = list(state.get("gate_rows", []))
+        self.case_gate_rows = list(state.get("case_gate_rows", []))
         self.loss_gap.load_state_dict(state["loss_gap"])
         labels = state.get("labels", {})
         items = [{**item, "label": labels.get(_case_id(item), item["label"])} for item in self.dataset.data]

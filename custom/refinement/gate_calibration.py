@@ -1,4 +1,9 @@
-"""Choosing SP-guided's refinement gate on the HQ cases, as a dry run (a *decision*, not in the paper).
+"""Choosing SP-guided's refinement gates on the HQ cases (*decisions*, not in the paper).
+
+Two gates, both learnt from cases whose labels are known to be clean:
+
+- the *confidence gate* (:func:`calibrate_min_confidence`): which pieces of a refined case may flip;
+- the *case gate* (:func:`label_agreement`, :func:`case_gate_threshold`): which LQ cases are refined at all.
 
 Eq. 8 relabels a taken piece to the networks' pooled prediction; :func:`apply_refinement`'s ``min_confidence``
 gate keeps that to pieces where the prediction's pooled probability reaches a threshold. A fixed threshold is a
@@ -7,6 +12,12 @@ without any clean label of an LQ case: their labels are clean, so every relabell
 an error, and an uncorrupted LQ case, trained on the same way, suffers the same ones. The calibrated gate is the
 smallest threshold (on a grid) at and above which no HQ case's dry-run labels lose more than ``tolerance``
 foreground Dice against its own labels.
+
+The case gate answers the per-case part: an uncorrupted LQ case is trained on as an HQ case is, so the networks'
+prediction agrees with its labels about as well as with an HQ case's, while a corrupted case's labels disagree with
+it by the corruption. A case is refined only when its agreement (foreground Dice between its labels and the
+prediction) lies below the least-agreeing HQ case's by more than a margin; the others keep their labels and so lose
+nothing to the networks' errors.
 
 The Dice is computed in piece space (each piece's class and voxel count), so a dry run over the whole grid costs a
 few tensor reductions per HQ case, no voxel maps.
@@ -21,7 +32,7 @@ import torch
 
 from custom.refinement.superpixel_refinement import PieceScores, check_min_confidence
 
-__all__ = ["GateCalibration", "piece_label_dice", "calibrate_min_confidence"]
+__all__ = ["GateCalibration", "piece_label_dice", "calibrate_min_confidence", "label_agreement", "case_gate_threshold"]
 
 
 class GateCalibration(NamedTuple):
@@ -122,3 +133,32 @@ def calibrate_min_confidence(
             break
         chosen = k
     return GateCalibration(grid[chosen], float(worst_loss[chosen]), [round(float(d), 6) for d in dice[chosen]])
+
+
+def label_agreement(scores: PieceScores) -> torch.Tensor:
+    """Foreground Dice between a case's labels and the networks' prediction, in piece space (the case gate's score).
+
+    Args:
+        scores: :func:`custom.refinement.superpixel_refinement.piece_scores` of one case or a batch (``B``).
+
+    Returns:
+        float64 ``(B,)``; 1 = the prediction equals the labels on every piece.
+    """
+    return piece_label_dice(scores, scores.predicted != scores.piece_class)
+
+
+def case_gate_threshold(hq_agreement: Sequence[float], margin: float = 0.02) -> float:
+    """The agreement below which an LQ case is refined: the least-agreeing HQ case's minus ``margin``.
+
+    Args:
+        hq_agreement: :func:`label_agreement` of each HQ case (at least one).
+        margin: how far below every HQ case an LQ case must lie (``[0, 1]``).
+
+    Raises:
+        ValueError: no HQ case, or ``margin`` out of range.
+    """
+    if not 0.0 <= float(margin) <= 1.0:
+        raise ValueError(f"margin must be in [0, 1], got {margin}.")
+    if len(hq_agreement) == 0:
+        raise ValueError("the case gate needs the agreement of at least one HQ case.")
+    return min(float(a) for a in hq_agreement) - float(margin)

@@ -370,7 +370,8 @@ def test_state_dict_round_trip_restores_labels_and_ratio(tmp_path):
 @pytest.mark.parametrize(
     "kwargs",
     [{"max_rounds": -1}, {"gamma": 0.9}, {"num_classes": 1}, {"refine_by_epoch": 0}, {"refine_min_confidence": 1.5},
-     {"refine_gate": "auto"}, {"refine_gate_tolerance": -0.1}],
+     {"refine_gate": "auto"}, {"refine_gate_tolerance": -0.1}, {"refine_case_gate": "auto"},
+     {"refine_case_gate_margin": 1.5}],
 )
 def test_stage_bad_arguments(tmp_path, kwargs):
     items, _, _ = _dataset_items(tmp_path, cases=("a",), hq=())
@@ -406,6 +407,57 @@ def test_hq_calibrated_gate_keeps_the_networks_doubtful_errors_out_of_the_labels
     assert 0.761 < float(rows[0]["min_confidence"]) <= 0.78
     with open(tmp_path / "hq_calibrated" / "run" / "refined_labels" / "refinement_log.csv") as f:
         assert {r["min_confidence"] for r in csv.DictReader(f)} == {rows[0]["min_confidence"]}
+
+
+def test_case_gate_refines_only_the_case_that_disagrees_with_the_networks_more_than_the_hq_case(tmp_path):
+    items, clean, noisy = _dataset_items(tmp_path)
+    affine = np.diag([SPACING, SPACING, SPACING, 1.0])
+    _save(clean, items[1]["label"], affine)  # case b: an LQ case whose labels are not corrupted
+    # a dim blob outside the sphere that SignNet calls foreground (a network error on every case)
+    blob = np.zeros_like(clean)
+    blob[12:15, 2:5, 2:5] = 1
+    image = np.where(clean > 0, 1.0, np.where(blob > 0, 0.2, -1.0)).astype(np.float32)
+    for item in items:
+        _save(image, item["image"], affine)
+    refined = {}
+    for case_gate in ("none", "hq_agreement"):
+        stage, dataset = _stage(tmp_path / case_gate, items, refine_case_gate=case_gate)
+        engine, data = _stage_engine([1.0, 0.9, 0.8])
+        stage.attach(engine)
+        engine.run(data, max_epochs=3)
+        assert stage.round == 1
+        refined[case_gate] = [np.asarray(nib.load(item["label"]).dataobj) for item in dataset.data]
+    # without the gate the network's error is copied into the uncorrupted case b
+    np.testing.assert_array_equal(refined["none"][1], np.maximum(clean, blob))
+    # with it b keeps its labels (same agreement as the HQ case), the corrupted case a is still refined
+    np.testing.assert_array_equal(refined["hq_agreement"][1], clean)
+    np.testing.assert_array_equal(refined["hq_agreement"][0], np.maximum(clean, blob))
+    run = tmp_path / "hq_agreement" / "run" / "refined_labels"
+    assert dataset.data[1]["label"] == items[1]["label"] and not (run / "round_1" / "b.nii.gz").exists()
+    with open(run / "case_gate.csv") as f:
+        gate_rows = list(csv.DictReader(f))
+    hq_agreement = _dice(clean, np.maximum(clean, blob))
+    assert [(r["case_id"], r["quality"], r["refined"]) for r in gate_rows] == [
+        ("h", "hq", "False"), ("a", "lq", "True"), ("b", "lq", "False")]
+    assert float(gate_rows[0]["agreement"]) == pytest.approx(hq_agreement, abs=1e-6)
+    assert float(gate_rows[2]["agreement"]) == pytest.approx(hq_agreement, abs=1e-6)
+    assert float(gate_rows[0]["threshold"]) == pytest.approx(hq_agreement - 0.02, abs=1e-6)
+    assert float(gate_rows[1]["agreement"]) == pytest.approx(_dice(noisy, np.maximum(clean, blob)), abs=1e-6)
+    with open(run / "refinement_log.csv") as f:
+        log = {r["case_id"]: r for r in csv.DictReader(f)}
+    assert float(log["b"]["changed_fraction"]) == 0.0 and log["b"]["refined"] == "False"
+    assert float(log["b"]["dice_before"]) == float(log["b"]["dice_after"]) == 1.0
+    assert float(log["a"]["dice_after"]) > float(log["a"]["dice_before"])
+
+
+def test_case_gate_without_hq_cases_refines_every_case(tmp_path):
+    items, clean, _ = _dataset_items(tmp_path, cases=("a",), hq=())
+    stage, dataset = _stage(tmp_path, items, refine_case_gate="hq_agreement")
+    engine, data = _stage_engine([1.0, 0.9, 0.8])
+    stage.attach(engine)
+    engine.run(data, max_epochs=3)
+    np.testing.assert_array_equal(np.asarray(nib.load(dataset.data[0]["label"]).dataobj), clean)
+    assert not (tmp_path / "run" / "refined_labels" / "case_gate.csv").exists()
 
 
 def test_hq_calibrated_gate_without_hq_cases_keeps_the_configured_gate(tmp_path):

@@ -1,11 +1,17 @@
-"""Tests for custom/refinement/gate_calibration.py: piece-space Dice and the HQ dry run's gate, hand-computed."""
+"""Tests for custom/refinement/gate_calibration.py: piece-space Dice, the HQ dry run's gate and the case gate,
+hand-computed."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from custom.refinement.gate_calibration import calibrate_min_confidence, piece_label_dice
+from custom.refinement.gate_calibration import (
+    calibrate_min_confidence,
+    case_gate_threshold,
+    label_agreement,
+    piece_label_dice,
+)
 from custom.refinement.superpixel_refinement import PieceScores
 from custom.selection.superpixel import voxel_pieces
 
@@ -71,3 +77,20 @@ def test_calibration_without_hq_cases_keeps_the_floor_and_rejects_bad_arguments(
         calibrate_min_confidence([HQ], [])
     with pytest.raises(ValueError, match="flip"):
         piece_label_dice(HQ, torch.ones(1, 3, dtype=torch.bool))
+
+
+def test_label_agreement_is_the_dice_of_labels_and_prediction():
+    # HQ above: prediction fg = all 111 voxels, labels fg = 100 -> 200 / 211
+    assert label_agreement(HQ).tolist() == pytest.approx([200.0 / 211.0])
+    # labels fg = pieces 1, 2 (4 + 6), prediction fg = pieces 0, 1 (10 + 4): overlap 4 -> 8 / 24
+    s = _scores([0, 1, 1, 0], [10, 4, 6, 5], [1, 1, 0, 0], [0.9, 0.9, 0.9, 0.9])
+    assert label_agreement(s).tolist() == pytest.approx([1.0 / 3.0])
+
+
+def test_case_gate_threshold_is_the_least_agreeing_hq_case_minus_the_margin():
+    assert case_gate_threshold([0.91, 0.87, 0.95], margin=0.02) == pytest.approx(0.85)
+    assert case_gate_threshold([0.9], margin=0.0) == pytest.approx(0.9)
+    with pytest.raises(ValueError, match="at least one HQ case"):
+        case_gate_threshold([])
+    with pytest.raises(ValueError, match="margin"):
+        case_gate_threshold([0.9], margin=-0.1)
