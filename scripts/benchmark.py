@@ -32,9 +32,11 @@ from pathlib import Path
 from custom.benchmark.figures import plot_dice_vs_noise, plot_learning_curves, plot_paired_differences
 from custom.benchmark.harness import (
     AUDIT_SOURCES,
+    METHOD_ISSUE_RUNS,
     METHOD_LABELS,
     METHODS,
     PROTOCOL_PREPARE_ARGS,
+    SETTING_INDEPENDENT_METHODS,
     SETTINGS,
     TIMING_FILE,
     available_cpus,
@@ -45,6 +47,7 @@ from custom.benchmark.harness import (
 from custom.benchmark.report import write_markdown
 from custom.benchmark.results import PRIMARY_SETTINGS, build_results, collect_runs
 from custom.benchmark.run_archive import export_runs, import_runs
+from custom.benchmark.timing import describe_run_time_budget, run_time_budget
 from custom.io import write_json
 
 PROFILES = {"cpu": ["configs/cpu_la.json"], "gpu": ["configs/paper_la.json"], "quick": ["configs/quick.json"]}
@@ -65,6 +68,14 @@ def write_outputs(
     settings = [s for s in SETTINGS if (Path(work_dir) / s).is_dir()]
     runs = collect_runs(work_dir, settings, list(METHODS))
     results = build_results(runs, list(METHODS), PRIMARY_SETTINGS, protocol)
+    records = read_timing(work_dir)
+    required = [(s, m, seed) for s, methods in METHOD_ISSUE_RUNS.items() for m in methods for seed in (0, 1, 2)]
+    results["run_time_budget"] = {
+        "method_issues": {
+            "runs": {s: list(m) for s, m in METHOD_ISSUE_RUNS.items()}, "seeds": [0, 1, 2],
+            **run_time_budget(records, required, SETTING_INDEPENDENT_METHODS),
+        }
+    }
     write_json(results, results_path)
     figures: dict[str, list[Path]] = {}
     for name in results["settings"]:
@@ -94,7 +105,10 @@ def write_outputs(
         "step; iteration / step = median iteration with data loading over median step, in the same run. "
         f"Machine-readable: `{results_path.name}` beside this file."
     )
-    timing = describe_timing(read_timing(work_dir), str(Path(work_dir) / TIMING_FILE))
+    timing = describe_timing(records, str(Path(work_dir) / TIMING_FILE))
+    timing += "\n\n" + describe_run_time_budget(
+        results["run_time_budget"]["method_issues"], "the method issues' runs (3 seeds; `METHOD_ISSUE_RUNS`)"
+    )
     report = write_markdown(results, report_path, METHOD_LABELS, header, timing, figures)
     return results, report
 

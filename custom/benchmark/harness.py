@@ -39,19 +39,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX: the in-process lock still serialises this invocation's writes
-    fcntl = None
-
 from custom.benchmark.audit_ranking import AUDIT_RANKING_FILE
 from custom.benchmark.results import audit_ranking_figures, label_quality, refinement_volume_dice
-from custom.benchmark.run_archive import IMPORTED_FILE, TIMING_FILE, read_timing_file
+from custom.benchmark.run_archive import IMPORTED_FILE, TIMING_FILE
+from custom.benchmark.timing import describe_timing, read_timing, store_timing
 from custom.io import write_csv, write_json
 
 __all__ = [
     "METHODS",
     "SETTINGS",
+    "METHOD_ISSUE_RUNS",
     "TIMING_FILE",
     "Setting",
     "available_cpus",
@@ -202,6 +199,15 @@ SETTINGS: dict[str, Setting] = {
         )
         for a, b in [(0.3, 0.5), (0.5, 0.5), (0.7, 0.7)]
     },
+}
+
+
+# The runs the method issues' acceptance needs (issue 14's 6-hour budget): each method family's methods and baselines
+# on the primary settings where its issue judges them, 3 seeds (the baselines' runs are budgeted separately).
+METHOD_ISSUE_RUNS: dict[str, list[str]] = {
+    "mtcl_hq25": ["mean_teacher", "alc", "alc_no_lr", "alc_no_ls", "mtcl", "coteaching", "spguided", "jcas",
+                  "jcas_warmup_only"],
+    "sp_a0.7_b0.7": ["coteaching", "spguided", "jcas", "jcas_warmup_only"],
 }
 
 
@@ -563,25 +569,6 @@ def _now() -> str:
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def read_timing(work_dir: str | Path) -> list[dict[str, Any]]:
-    """The invocation records of ``<work_dir>/benchmark_timing.json`` (:func:`read_timing_file`)."""
-    return read_timing_file(Path(work_dir) / TIMING_FILE)
-
-
-def _store_timing(work: Path, record: Mapping[str, Any]) -> None:
-    """Insert or replace (by ``id``) this invocation's record; a file lock guards against other invocations."""
-    work.mkdir(parents=True, exist_ok=True)
-    with open(work / f".{TIMING_FILE}.lock", "a") as lock:
-        if fcntl is not None:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            records = [r for r in read_timing(work) if r.get("id") != record["id"]]
-            write_json([*records, dict(record)], work / TIMING_FILE)
-        finally:
-            if fcntl is not None:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 class _Benchmark:
     """State of one invocation: the run queue (in launch order), the workers, results and timing (one lock)."""
 
@@ -771,7 +758,7 @@ class _Benchmark:
             self.record["end"] = _now()
         if status is not None:
             self.record["status"] = status
-        _store_timing(self.work, self.record)
+        store_timing(self.work, self.record)
 
 
 def run_benchmark(
@@ -909,70 +896,3 @@ def _fmt(value: Any, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
-def _is_full(record: Mapping[str, Any]) -> bool:
-    """A full invocation finished and trained every one of its runs (none resumed, none failed)."""
-    return (
-        record.get("status") == "completed"
-        and record.get("runs_total", 0) > 0
-        and record.get("runs_trained") == record.get("runs_total")
-    )
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    minutes = int(round(seconds / 60))
-    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
-
-
-def _what(record: Mapping[str, Any]) -> str:
-    methods = record.get("methods")
-    command = record.get("command")
-    what = f"`{command}`" if command else "the harness"
-    return (
-        f"{what} (settings {', '.join(record.get('settings') or [])}; "
-        f"{'every method' if not methods else 'methods ' + ', '.join(methods)}; "
-        f"seeds {', '.join(str(s) for s in record.get('seeds') or [])})"
-    )
-
-
-def describe_timing(records: Sequence[Mapping[str, Any]], source: str = TIMING_FILE) -> str:
-    """A markdown paragraph on the measured wall time: the latest full invocation, and any later partial one.
-
-    Args:
-        records: invocation records from :func:`read_timing`, oldest first.
-        source: where the records come from (named in the text).
-    """
-    if not records:
-        return f"**Measured time.** No timed invocation recorded (`{source}` is missing or empty)."
-    full = [r for r in records if _is_full(r)]
-    parts = []
-    if full:
-        r = full[-1]
-        parts.append(
-            f"**Measured time.** The latest full invocation, {_what(r)}, took **{_duration(r.get('wall_seconds'))}** "
-            f"wall time ({_fmt(r.get('wall_seconds'), 0)} s, {r.get('start')} to {r.get('end')}) for "
-            f"{r.get('runs_trained')} runs, {r.get('jobs')} at a time with {r.get('threads_per_job')} thread(s) each "
-            f"on {r.get('cpus')} CPUs (sum of the run times {_fmt(r.get('sum_run_seconds'), 0)} s)."
-        )
-    else:
-        parts.append("**Measured time.** No full invocation (every run trained in one go, none failed) recorded yet.")
-    # after a full invocation, a resume that found everything finished changes nothing and is not mentioned
-    later = list(records) if not full else [
-        r
-        for r in records[records.index(full[-1]) + 1 :]
-        if r.get("runs_trained") or r.get("runs_failed") or r.get("status") != "completed"
-    ]
-    if later:
-        r = later[-1]
-        what = "the same command" if full and r.get("command") == full[-1].get("command") else _what(r)
-        parts.append(
-            f"{'Latest' if not full else 'Since then, latest'} invocation: {what}, status {r.get('status')}, "
-            f"{r.get('runs_trained')} run(s) trained, {r.get('runs_skipped')} already finished, "
-            f"{r.get('runs_failed')} failed of {r.get('runs_total')}, {_fmt(r.get('wall_seconds'), 0)} s wall time "
-            f"with {r.get('jobs')} job(s) x {r.get('threads_per_job')} thread(s) (started {r.get('start')})."
-        )
-    parts.append(f"Per-run times: `{source}`.")
-    return " ".join(parts)
