@@ -7,9 +7,10 @@ from custom.handlers.bundle_writer import (
     plain_state_dict,
     write_bundle,
 )
+from custom.handlers.coteaching_schedule import KeepRatioWarmup, LossGapHandler
 from custom.handlers.label_quality import LabelQualityHandler, foreground_dice_per_sample
 from custom.handlers.run_stats import RunStatsHandler
-from custom.handlers.superpixel_stage import KeepRatioWarmup, LossGapHandler, SuperpixelRefinementStage
+from custom.handlers.superpixel_stage import SuperpixelRefinementStage
 from custom.handlers.tracking import ExecutedConfigArtifact
 from custom.handlers.validation_curve import ValidationCurveHandler
 
