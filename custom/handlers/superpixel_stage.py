@@ -15,7 +15,8 @@ HQ cases (``quality == "hq"``: clean labels) are not refined unless ``refine_hq`
 
 ``refine_by_epoch`` *(decision, default None = the paper)*: when the loss-gap criterion has not fired by that epoch,
 the first round runs anyway. Short schedules need it (in the old 30-epoch CPU profile the gap still rose at the last
-epoch); the configs leave it off, the converged protocol's gap criterion fires by itself (docs/methods/spguided.md).
+epoch). The method configs leave it off; ``configs/cpu_la.json`` keeps a late deadline (epoch 34 of 50) as a safety
+net, which no protocol run has reached: the gap fired by itself (docs/methods/spguided.md).
 
 Under ``torch.distributed`` the epoch's loss gap is averaged over ranks (every rank refines at the same epoch) and
 only rank 0 writes files: ``loss_gap.csv``, the log and the refined NIfTI labels, which the other ranks read after a
