@@ -49,7 +49,7 @@ class GateCalibration(NamedTuple):
     dice: list[float]
 
 
-def piece_label_dice(scores: PieceScores, flip: torch.Tensor) -> torch.Tensor:
+def piece_label_dice(scores: PieceScores, flip: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:
     """Foreground Dice between a case's labels and the labels after flipping ``flip`` pieces to their prediction.
 
     The mean over the foreground classes present in either map (as :func:`custom.noise.quality.foreground_dice`),
@@ -58,6 +58,7 @@ def piece_label_dice(scores: PieceScores, flip: torch.Tensor) -> torch.Tensor:
     Args:
         scores: :func:`custom.refinement.superpixel_refinement.piece_scores` of one case (``B = 1``) or a batch.
         flip: bool ``(B, P)``, the pieces relabelled to ``scores.predicted``.
+        num_classes: C, when known (saves reading the largest class from the device on every call).
 
     Returns:
         float64 ``(B,)``.
@@ -67,7 +68,8 @@ def piece_label_dice(scores: PieceScores, flip: torch.Tensor) -> torch.Tensor:
     old = scores.piece_class
     new = torch.where(flip, scores.predicted, old)
     size = scores.piece_size.to(torch.float64)
-    num_classes = int(max(int(old.max()), int(new.max()))) + 1 if old.numel() else 1
+    if num_classes is None:
+        num_classes = _class_count(scores)
     dice_sum = torch.zeros(old.shape[0], dtype=torch.float64, device=old.device)
     present = torch.zeros_like(dice_sum)
     for c in range(1, num_classes):
@@ -78,6 +80,13 @@ def piece_label_dice(scores: PieceScores, flip: torch.Tensor) -> torch.Tensor:
         dice_sum += torch.where(has, 2.0 * overlap / denominator.clamp_min(1.0), torch.zeros_like(overlap))
         present += has.to(torch.float64)
     return torch.where(present > 0, dice_sum / present.clamp_min(1.0), torch.ones_like(dice_sum))
+
+
+def _class_count(scores: PieceScores) -> int:
+    """1 + the largest class among the labels and the predictions (one host read)."""
+    if not scores.piece_class.numel():
+        return 1
+    return int(torch.maximum(scores.piece_class.max(), scores.predicted.max())) + 1
 
 
 def calibrate_min_confidence(
@@ -121,7 +130,8 @@ def calibrate_min_confidence(
     table = []
     for s, taken in zip(hq_scores, hq_unreliable):
         candidates = taken.to(s.predicted.device) & (s.predicted != s.piece_class)
-        column = [piece_label_dice(s, candidates & (s.confidence >= gate))[0] for gate in grid]
+        num_classes = _class_count(s)  # once per case, not per grid value
+        column = [piece_label_dice(s, candidates & (s.confidence >= gate), num_classes)[0] for gate in grid]
         table.append(torch.stack(column))
     dice = torch.stack(table, dim=1).cpu()  # (G, cases)
     worst_loss = (1.0 - dice).max(dim=1).values
