@@ -62,6 +62,7 @@ __all__ = [
 
 _JCAS_WARMUP = ["configs/jcas_la.json", "configs/ablations/jcas_warmup_only.json"]
 _ATTACHED = {"detach_feature_heads": False}
+_NO_CASE_GATE = {"refine_case_gate": "none"}
 # method name -> (config files before the profile overlay, CLI overrides)
 METHODS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "h_sup": (["configs/supervised_la.json"], {"label_mode": "hq"}),
@@ -82,19 +83,22 @@ METHODS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "trinet": (["configs/trinet_la.json"], {}),
     "spguided_voxel": (["configs/spguided_voxel_la.json"], {}),
     "spguided": (["configs/spguided_la.json"], {}),
+    # SP-guided as it ran up to session 10: every LQ case refined (no case gate). The runs of issue 15 up to then and
+    # every SP-guided variant below (validation choices made before refine_case_gate became "hq_agreement";
+    # docs/methods/spguided.md, "Case gate")
+    "spguided_no_case_gate": (["configs/spguided_la.json"], _NO_CASE_GATE),
     # SP-guided with the authors' joint-loss weight (co_lambda 0.65), the alternative the validation split decided
     # against (issue 15; docs/methods/spguided.md, "Validation choices")
-    "spguided_lam065": (["configs/spguided_la.json"], {"lam": 0.65}),
+    "spguided_lam065": (["configs/spguided_la.json"], {**_NO_CASE_GATE, "lam": 0.65}),
     # the refinement's confidence gate (issue 15: ungated, uncorrupted LQ cases lost 0.14-0.25 Dice; the default 0.8
     # is the validation split's choice among 0, 0.8 and 0.95)
-    "spguided_conf0": (["configs/spguided_la.json"], {"refine_min_confidence": 0.0}),
-    "spguided_conf095": (["configs/spguided_la.json"], {"refine_min_confidence": 0.95}),
+    "spguided_conf0": (["configs/spguided_la.json"], {**_NO_CASE_GATE, "refine_min_confidence": 0.0}),
+    "spguided_conf095": (["configs/spguided_la.json"], {**_NO_CASE_GATE, "refine_min_confidence": 0.95}),
     # the gate chosen every round on the HQ cases as a dry run (issue 15: the fixed gate 0.8 still cost uncorrupted
     # LQ cases 0.05-0.13 Dice; docs/methods/spguided.md, "HQ-calibrated gate")
-    "spguided_hqgate": (["configs/spguided_la.json"], {"refine_gate": "hq_calibrated", "refine_min_confidence": 0.0}),
-    # only cases whose labels agree with the networks less than every HQ case's are refined (issue 15: uncorrupted LQ
-    # cases still lost 0.05-0.13 Dice to the networks' errors; docs/methods/spguided.md, "Case gate")
-    "spguided_casegate": (["configs/spguided_la.json"], {"refine_case_gate": "hq_agreement"}),
+    "spguided_hqgate": (
+        ["configs/spguided_la.json"], {**_NO_CASE_GATE, "refine_gate": "hq_calibrated", "refine_min_confidence": 0.0}
+    ),
     "jcas_warmup_only": (_JCAS_WARMUP, {}),
     "jcas_no_dar": (["configs/jcas_la.json", "configs/ablations/jcas_no_dar.json"], {}),
     "jcas": (["configs/jcas_la.json"], {}),
@@ -134,11 +138,11 @@ METHOD_LABELS = {
     "trinet": "Tri-network",
     "spguided_voxel": "SP-guided (voxel pieces)",
     "spguided": "SP-guided",
-    "spguided_lam065": "SP-guided, lam 0.65 (validation tuning)",
-    "spguided_conf0": "SP-guided, ungated refinement (the paper; validation tuning)",
-    "spguided_conf095": "SP-guided, refinement confidence >= 0.95 (validation tuning)",
-    "spguided_hqgate": "SP-guided, refinement gate calibrated on the HQ cases (validation tuning)",
-    "spguided_casegate": "SP-guided, only cases agreeing less than the HQ cases refined (validation tuning)",
+    "spguided_no_case_gate": "SP-guided, every LQ case refined (defaults up to session 10)",
+    "spguided_lam065": "SP-guided, lam 0.65 (validation tuning; no case gate)",
+    "spguided_conf0": "SP-guided, ungated refinement (the paper; validation tuning; no case gate)",
+    "spguided_conf095": "SP-guided, refinement confidence >= 0.95 (validation tuning; no case gate)",
+    "spguided_hqgate": "SP-guided, refinement gate calibrated on the HQ cases (validation tuning; no case gate)",
     "jcas_warmup_only": "JCAS warm-up only (deep-supervised network)",
     "jcas_no_dar": "JCAS w/o DAR",
     "jcas": "JCAS",
@@ -431,7 +435,9 @@ def _bundle_cmd(run_id: str, configs: Sequence[str], overrides: Mapping[str, Any
 
 # methods whose run is audited, and the audit's source (scripts/audit_labels.py --source): the teacher's uncertainty
 # (ALC, MTCL), the refinement's changed fraction (SP-guided), a plain network's prediction disagreement (HL-Sup)
-AUDIT_SOURCES = {"alc": "alc", "mtcl": "alc", "spguided": "spguided", "hl_sup": "disagreement"}
+AUDIT_SOURCES = {
+    "alc": "alc", "mtcl": "alc", "spguided": "spguided", "spguided_no_case_gate": "spguided", "hl_sup": "disagreement"
+}
 AUDIT_DIR = "audit"
 
 

@@ -66,7 +66,7 @@ DIFF_TO: dict[str, list[str]] = {
     "spguided_conf0": ["coteaching", "spguided"],
     "spguided_conf095": ["coteaching", "spguided"],
     "spguided_hqgate": ["coteaching", "spguided"],
-    "spguided_casegate": ["coteaching", "spguided"],
+    "spguided_no_case_gate": ["coteaching", "spguided"],
     "jocor": ["coteaching"],
     "alc": ["mean_teacher", "alc_no_lr", "alc_no_ls"],
     "alc_gated": ["mean_teacher", "alc"],
