@@ -142,20 +142,36 @@ def plateau_change(
 
 
 def refinement_volume_dice(run_dir: str | Path) -> dict[str, float]:
-    """SP-guided's whole-volume LQ label Dice against clean before and after its latest refinement round (means
-    over the refined cases of ``refined_labels/refinement_log.csv``): ``volume_dice_before`` / ``_after``; empty
-    when the run has no refinement log."""
+    """SP-guided's whole-volume LQ label Dice against clean, from ``refined_labels/refinement_log.csv``.
+
+    ``volume_dice_before`` / ``_after``: means over the cases of the latest round. ``uncorrupted_cases`` and
+    ``uncorrupted_worst_loss``: the LQ cases whose labels were uncorrupted before the first round (Dice >= 0.999
+    against clean) and the largest Dice any of them lost by the latest round (0 when none lost; absent without
+    such a case). Empty when the run has no refinement log.
+    """
     path = Path(run_dir) / "refined_labels" / "refinement_log.csv"
     if not path.is_file():
         return {}
     with open(path) as f:
         rounds = list(csv.DictReader(f))
     last = [r for r in rounds if r.get("round") == rounds[-1].get("round")] if rounds else []
-    out = {}
+    out: dict[str, float] = {}
     for key, column in (("volume_dice_before", "dice_before"), ("volume_dice_after", "dice_after")):
         values = [v for v in (_float(r.get(column)) for r in last) if v is not None]
         if values:
             out[key] = sum(values) / len(values)
+    original: dict[str, float] = {}
+    final: dict[str, float] = {}
+    for r in rounds:  # oldest first: the first round's "before" is the given label, the latest "after" the result
+        before, after = _float(r.get("dice_before")), _float(r.get("dice_after"))
+        if before is not None:
+            original.setdefault(str(r.get("case_id")), before)
+        if after is not None:
+            final[str(r.get("case_id"))] = after
+    losses = [original[c] - final[c] for c in original if original[c] >= 0.999 and c in final]
+    if losses:
+        out["uncorrupted_cases"] = len(losses)
+        out["uncorrupted_worst_loss"] = max(0.0, max(losses))
     return out
 
 
@@ -335,6 +351,8 @@ def build_results(
             entry["refined_label_dice"] = _mean_of(group, "refined_label_dice")
             entry["volume_dice_before"] = _mean_of(group, "volume_dice_before")
             entry["volume_dice_after"] = _mean_of(group, "volume_dice_after")
+            worst = [r["uncorrupted_worst_loss"] for r in group if r.get("uncorrupted_worst_loss") is not None]
+            entry["uncorrupted_worst_loss"] = max(worst) if worst else None  # the worst case over the seeds
             entry["sec_per_iter"] = _mean_of(group, "sec_per_iter")
             entry["sec_per_iter_with_data"] = _mean_of(group, "sec_per_iter_with_data")
             entry["iteration_to_step_ratio"] = _mean_of(group, "iteration_to_step_ratio")

@@ -195,6 +195,21 @@ def test_read_run_takes_the_last_logged_label_dice_and_the_refinement_round(tmp_
     assert row["dice_mean"] == 0.7
     assert row["noisy_label_dice"] == 0.82 and row["refined_label_dice"] == 0.86
     assert row["volume_dice_before"] == pytest.approx(0.7) and row["volume_dice_after"] == pytest.approx(0.8)
+    assert "uncorrupted_worst_loss" not in row  # no case started uncorrupted
+
+
+def test_uncorrupted_worst_loss_follows_each_clean_case_from_its_first_to_its_latest_round(tmp_path):
+    from custom.benchmark.results import refinement_volume_dice
+
+    (tmp_path / "refined_labels").mkdir()
+    # c and d start uncorrupted: c ends at 0.97 after two rounds (loss 0.03), d is kept (loss 0); a is corrupted
+    (tmp_path / "refined_labels" / "refinement_log.csv").write_text(
+        "round,epoch,case_id,dice_before,dice_after\n1,2,a,0.5,0.9\n1,2,c,1.0,0.99\n1,2,d,1.0,1.0\n"
+        "2,4,a,0.9,0.95\n2,4,c,0.99,0.97\n2,4,d,1.0,1.0\n"
+    )
+    figures = refinement_volume_dice(tmp_path)
+    assert figures["uncorrupted_cases"] == 2 and figures["uncorrupted_worst_loss"] == pytest.approx(0.03)
+    assert figures["volume_dice_before"] == pytest.approx((0.9 + 0.99 + 1.0) / 3)
 
 
 def test_report_goes_to_the_work_folder_unless_docs_are_asked_for(tmp_path, monkeypatch):
