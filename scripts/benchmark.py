@@ -80,7 +80,9 @@ def write_outputs(
     figures: dict[str, list[Path]] = {}
     for name in results["settings"]:
         made = [
-            plot_learning_curves(runs, name, list(METHODS), METHOD_LABELS, figures_dir / f"learning_curves_{name}.png"),
+            plot_learning_curves(  # the protocol's rows; one-seed tuning and diagnostic runs are in the tables
+                runs, name, list(METHODS), METHOD_LABELS, figures_dir / f"learning_curves_{name}.png", min_seeds=3
+            ),
             plot_paired_differences(
                 results["settings"][name], name, METHOD_LABELS, figures_dir / f"paired_diff_{name}.png"
             ),

@@ -70,14 +70,24 @@ def _mean_curve(curves: Sequence[Sequence[Mapping[str, float]]], x: str, y: str)
 
 
 def plot_learning_curves(
-    runs: Sequence[Mapping[str, Any]], setting: str, methods: Sequence[str], labels: Mapping[str, str], path: Path
+    runs: Sequence[Mapping[str, Any]],
+    setting: str,
+    methods: Sequence[str],
+    labels: Mapping[str, str],
+    path: Path,
+    min_seeds: int = 1,
 ) -> Path | None:
     """Validation Dice per iteration of every method of ``setting`` (mean over seeds bold, each seed thin) and,
-    for the methods that log label quality, the noisy- and refined-label Dice against clean labels per epoch."""
+    for the methods that log label quality, the noisy- and refined-label Dice against clean labels per epoch.
+
+    Methods with fewer than ``min_seeds`` runs in the setting (one-seed tuning and diagnostic runs) are left out,
+    and colours are assigned over the methods drawn, so that none repeats up to 20 methods."""
     plt = _pyplot()
     if plt is None:
         return None
     chosen = [r for r in runs if r["setting"] == setting]
+    methods = [m for m in methods if sum(r["method"] == m for r in chosen) >= max(1, int(min_seeds))]
+    chosen = [r for r in chosen if r["method"] in methods]
     if not chosen:
         return None
     colours = method_colours(methods)
@@ -99,7 +109,7 @@ def plot_learning_curves(
     ax.set_ylabel("validation Dice (clean labels of the validation cases)")
     ax.set_title(f"{setting}: validation Dice (bold: mean over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=6, loc="lower right", framealpha=0.6)
     if with_quality:
         ax = axes[0][1]
         for method in with_quality:

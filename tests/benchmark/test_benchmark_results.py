@@ -113,5 +113,10 @@ def test_figures_from_the_run_folders(work, tmp_path):
     paired = plot_paired_differences(results["settings"]["mtcl_hq25"], "mtcl_hq25", {}, tmp_path / "f" / "paired.png")
     assert curves.read_bytes()[:4] == b"\x89PNG" and paired.read_bytes()[:4] == b"\x89PNG"
     assert plot_learning_curves(runs, "sp_a0.7_b0.7", methods, {}, tmp_path / "f" / "none.png") is None
+    # a method with fewer runs than min_seeds is left out; none left -> no figure
+    seeds = {m: sum(r["method"] == m for r in runs) for m in methods}
+    assert plot_learning_curves(
+        runs, "mtcl_hq25", methods, {}, tmp_path / "f" / "few.png", min_seeds=max(seeds.values()) + 1
+    ) is None
     colours = method_colours(methods)
     assert len(set(colours.values())) == len(methods)  # no two methods share a colour
