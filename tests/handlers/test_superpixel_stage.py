@@ -286,23 +286,34 @@ def test_stage_bad_arguments(tmp_path, kwargs):
         _stage(tmp_path, items, **kwargs)
 
 
-def test_hq_calibrated_gate_keeps_the_networks_doubtful_errors_out_of_the_labels(tmp_path):
-    items, clean, _ = _dataset_items(tmp_path)
-    # a dim blob outside the sphere: SignNet predicts foreground there at (sigmoid(1.6) + sigmoid(0.8)) / 2 = 0.761,
-    # a wrong label; the noisy ring is background at 0.991
+def _with_network_error(items, clean) -> np.ndarray:
+    """Rewrite every case's image with a dim blob outside the sphere: SignNet predicts foreground there at
+    (sigmoid(1.6) + sigmoid(0.8)) / 2 = 0.761, a network error on every case (the noisy ring is background at 0.991).
+    Returns the blob."""
     blob = np.zeros_like(clean)
     blob[12:15, 2:5, 2:5] = 1
     image = np.where(clean > 0, 1.0, np.where(blob > 0, 0.2, -1.0)).astype(np.float32)
     for item in items:
         _save(image, item["image"], np.diag([SPACING, SPACING, SPACING, 1.0]))
+    return blob
+
+
+def _refine_once(folder, items, **kwargs):
+    """One refinement round (the gap stops rising after epoch 1); returns the labels the dataset then serves."""
+    stage, dataset = _stage(folder, items, **kwargs)
+    engine, data = _stage_engine([1.0, 0.9, 0.8])
+    stage.attach(engine)
+    engine.run(data, max_epochs=3)
+    assert stage.round == 1
+    return [np.asarray(nib.load(item["label"]).dataobj) for item in dataset.data], dataset
+
+
+def test_hq_calibrated_gate_keeps_the_networks_doubtful_errors_out_of_the_labels(tmp_path):
+    items, clean, _ = _dataset_items(tmp_path)
+    blob = _with_network_error(items, clean)
     refined = {}
     for gate in ("fixed", "hq_calibrated"):
-        stage, dataset = _stage(tmp_path / gate, items, refine_gate=gate)
-        engine, data = _stage_engine([1.0, 0.9, 0.8])
-        stage.attach(engine)
-        engine.run(data, max_epochs=3)
-        assert stage.round == 1
-        refined[gate] = [np.asarray(nib.load(item["label"]).dataobj) for item in dataset.data]
+        refined[gate], dataset = _refine_once(tmp_path / gate, items, refine_gate=gate)
         assert dataset.data[2]["label"] == items[2]["label"]  # the HQ case is only a dry run
     # the paper's rule copies the blob into both LQ cases; the gate learnt from the HQ case keeps it out
     np.testing.assert_array_equal(refined["fixed"][0], np.maximum(clean, blob))
@@ -318,22 +329,11 @@ def test_hq_calibrated_gate_keeps_the_networks_doubtful_errors_out_of_the_labels
 
 def test_case_gate_refines_only_the_case_that_disagrees_with_the_networks_more_than_the_hq_case(tmp_path):
     items, clean, noisy = _dataset_items(tmp_path)
-    affine = np.diag([SPACING, SPACING, SPACING, 1.0])
-    _save(clean, items[1]["label"], affine)  # case b: an LQ case whose labels are not corrupted
-    # a dim blob outside the sphere that SignNet calls foreground (a network error on every case)
-    blob = np.zeros_like(clean)
-    blob[12:15, 2:5, 2:5] = 1
-    image = np.where(clean > 0, 1.0, np.where(blob > 0, 0.2, -1.0)).astype(np.float32)
-    for item in items:
-        _save(image, item["image"], affine)
+    _save(clean, items[1]["label"], np.diag([SPACING, SPACING, SPACING, 1.0]))  # b: an uncorrupted LQ case
+    blob = _with_network_error(items, clean)
     refined = {}
     for case_gate in ("none", "hq_agreement"):
-        stage, dataset = _stage(tmp_path / case_gate, items, refine_case_gate=case_gate)
-        engine, data = _stage_engine([1.0, 0.9, 0.8])
-        stage.attach(engine)
-        engine.run(data, max_epochs=3)
-        assert stage.round == 1
-        refined[case_gate] = [np.asarray(nib.load(item["label"]).dataobj) for item in dataset.data]
+        refined[case_gate], dataset = _refine_once(tmp_path / case_gate, items, refine_case_gate=case_gate)
     # without the gate the network's error is copied into the uncorrupted case b
     np.testing.assert_array_equal(refined["none"][1], np.maximum(clean, blob))
     # with it b keeps its labels (same agreement as the HQ case), the corrupted case a is still refined
