@@ -32,7 +32,8 @@ __all__ = [
     "read_timing_file",
 ]
 
-# what the report and the resume need from a run folder (paths relative to it); absent files are skipped
+# what the report and the resume need from a run folder (paths relative to it), and the small logs the method pages
+# cite (SP-guided's gate decisions); absent files are skipped
 ARCHIVED_FILES = (
     "eval/metrics_summary.json",
     "eval/metrics_per_case.csv",
@@ -40,6 +41,8 @@ ARCHIVED_FILES = (
     "validation_curve.csv",
     "label_quality.csv",
     "refined_labels/refinement_log.csv",
+    "refined_labels/case_gate.csv",
+    "refined_labels/gate_calibration.csv",
     "audit_ranking.json",
     "training_command.json",
     "evaluating_command.json",
