@@ -26,7 +26,6 @@ import datetime
 import hashlib
 import heapq
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -42,7 +41,7 @@ from typing import IO, Any
 from custom.benchmark.audit_ranking import AUDIT_RANKING_FILE
 from custom.benchmark.results import audit_ranking_figures, label_quality, refinement_volume_dice
 from custom.benchmark.run_archive import IMPORTED_FILE, TIMING_FILE
-from custom.benchmark.timing import describe_timing, read_timing, store_timing
+from custom.benchmark.timing import describe_timing, format_number, read_timing, store_timing
 from custom.io import write_csv, write_json
 
 __all__ = [
@@ -674,7 +673,8 @@ class _Benchmark:
             if task.method in self.audit_methods:
                 audit_run(task.method, None, task.run_dir, self.extra, self.env)
             row = read_run(task.method, task.run_dir)
-            self.finish(task, "skipped", None, row, f"already finished (dice {_fmt(row.get('dice_mean'))})")
+            dice = format_number(row.get("dice_mean"), 4)
+            self.finish(task, "skipped", None, row, f"already finished (dice {dice})")
             return
         try:
             data = self.dataset(task.setting, task.seed)
@@ -698,7 +698,8 @@ class _Benchmark:
             self.finish(task, status, time.perf_counter() - start, None, f"{status.upper()}: {exc}", exc)
             return
         seconds = time.perf_counter() - start
-        self.finish(task, "trained", seconds, row, f"dice {_fmt(row.get('dice_mean'))} in {_hms(seconds)}")
+        dice = format_number(row.get("dice_mean"), 4)
+        self.finish(task, "trained", seconds, row, f"dice {dice} in {_hms(seconds)}")
 
     def finish(self, task, status, seconds, row, message, error=None) -> None:
         with self.lock:
@@ -896,9 +897,3 @@ def run_benchmark(
     if bench.errors:
         raise bench.errors[0]
     return rows
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)

@@ -22,7 +22,9 @@ except ImportError:  # pragma: no cover - not POSIX: the in-process lock still s
 from custom.benchmark.run_archive import TIMING_FILE, read_timing_file
 from custom.io import write_json
 
-__all__ = ["read_timing", "store_timing", "describe_timing", "run_time_budget", "describe_run_time_budget"]
+__all__ = [
+    "read_timing", "store_timing", "describe_timing", "run_time_budget", "describe_run_time_budget", "format_number"
+]
 
 
 def read_timing(work_dir: str | Path) -> list[dict[str, Any]]:
@@ -44,7 +46,8 @@ def store_timing(work: Path, record: Mapping[str, Any]) -> None:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _number(value: Any, digits: int = 0) -> str:
+def format_number(value: Any, digits: int = 0) -> str:
+    """``value`` with ``digits`` decimals if it is a float, as text otherwise, ``-`` for None or NaN."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
@@ -92,9 +95,9 @@ def describe_timing(records: Sequence[Mapping[str, Any]], source: str = TIMING_F
         r = full[-1]
         parts.append(
             f"**Measured time.** The latest full invocation, {_what(r)}, took **{_duration(r.get('wall_seconds'))}** "
-            f"wall time ({_number(r.get('wall_seconds'))} s, {r.get('start')} to {r.get('end')}) for "
+            f"wall time ({format_number(r.get('wall_seconds'))} s, {r.get('start')} to {r.get('end')}) for "
             f"{r.get('runs_trained')} runs, {r.get('jobs')} at a time with {r.get('threads_per_job')} thread(s) each "
-            f"on {r.get('cpus')} CPUs (sum of the run times {_number(r.get('sum_run_seconds'))} s)."
+            f"on {r.get('cpus')} CPUs (sum of the run times {format_number(r.get('sum_run_seconds'))} s)."
         )
     else:
         parts.append("**Measured time.** No full invocation (every run trained in one go, none failed) recorded yet.")
@@ -110,8 +113,8 @@ def describe_timing(records: Sequence[Mapping[str, Any]], source: str = TIMING_F
         parts.append(
             f"{'Latest' if not full else 'Since then, latest'} invocation: {what}, status {r.get('status')}, "
             f"{r.get('runs_trained')} run(s) trained, {r.get('runs_skipped')} already finished, "
-            f"{r.get('runs_failed')} failed of {r.get('runs_total')}, {_number(r.get('wall_seconds'))} s wall time "
-            f"with {r.get('jobs')} job(s) x {r.get('threads_per_job')} thread(s) (started {r.get('start')})."
+            f"{r.get('runs_failed')} failed of {r.get('runs_total')}, {format_number(r.get('wall_seconds'))} s wall "
+            f"time with {r.get('jobs')} job(s) x {r.get('threads_per_job')} thread(s) (started {r.get('start')})."
         )
     parts.append(f"Per-run times: `{source}`.")
     return " ".join(parts)
