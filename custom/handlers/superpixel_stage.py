@@ -298,8 +298,10 @@ class SuperpixelRefinementStage:
                 clean = np.rint(load_nifti(clean_path)[0]).astype(np.int64)
                 before = np.rint(load_nifti(item["label"])[0]).astype(np.int64)
                 row["dice_before"] = round(foreground_dice(before, clean, self.num_classes), 6)
-                after = before if case is None else case.label
-                row["dice_after"] = round(foreground_dice(after, clean, self.num_classes), 6)
+                if case is None:  # kept: the same labels
+                    row["dice_after"] = row["dice_before"]
+                else:
+                    row["dice_after"] = round(foreground_dice(case.label, clean, self.num_classes), 6)
             rows.append(row)
             new_items.append({**item, "label": str(path)})
         barrier()
