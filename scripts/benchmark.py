@@ -36,6 +36,7 @@ from custom.benchmark.harness import (
     METHOD_LABELS,
     METHODS,
     PROTOCOL_PREPARE_ARGS,
+    PROTOCOL_SEEDS,
     SETTING_INDEPENDENT_METHODS,
     SETTINGS,
     TIMING_FILE,
@@ -69,10 +70,10 @@ def write_outputs(
     runs = collect_runs(work_dir, settings, list(METHODS))
     results = build_results(runs, list(METHODS), PRIMARY_SETTINGS, protocol)
     records = read_timing(work_dir)
-    required = [(s, m, seed) for s, methods in METHOD_ISSUE_RUNS.items() for m in methods for seed in (0, 1, 2)]
+    required = [(s, m, seed) for s, methods in METHOD_ISSUE_RUNS.items() for m in methods for seed in PROTOCOL_SEEDS]
     results["run_time_budget"] = {
         "method_issues": {
-            "runs": {s: list(m) for s, m in METHOD_ISSUE_RUNS.items()}, "seeds": [0, 1, 2],
+            "runs": {s: list(m) for s, m in METHOD_ISSUE_RUNS.items()}, "seeds": list(PROTOCOL_SEEDS),
             **run_time_budget(records, required, SETTING_INDEPENDENT_METHODS),
         }
     }
@@ -81,7 +82,8 @@ def write_outputs(
     for name in results["settings"]:
         made = [
             plot_learning_curves(  # the protocol's rows; one-seed tuning and diagnostic runs are in the tables
-                runs, name, list(METHODS), METHOD_LABELS, figures_dir / f"learning_curves_{name}.png", min_seeds=3
+                runs, name, list(METHODS), METHOD_LABELS, figures_dir / f"learning_curves_{name}.png",
+                min_seeds=len(PROTOCOL_SEEDS),
             ),
             plot_paired_differences(
                 results["settings"][name], name, METHOD_LABELS, figures_dir / f"paired_diff_{name}.png"
@@ -150,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         help="subset of methods (default: every method of each setting)",
     )
     parser.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training and noise seeds")
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(PROTOCOL_SEEDS), help="training and noise seeds")
     parser.add_argument(
         "--downsample", type=int, default=3, help="LA resolution factor (3 = 1.875 mm, the CPU protocol)"
     )

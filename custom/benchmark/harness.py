@@ -48,6 +48,7 @@ __all__ = [
     "METHODS",
     "SETTINGS",
     "METHOD_ISSUE_RUNS",
+    "PROTOCOL_SEEDS",
     "TIMING_FILE",
     "Setting",
     "available_cpus",
@@ -205,6 +206,8 @@ SETTINGS: dict[str, Setting] = {
 }
 
 
+# the protocol's seeds: every (setting, method) runs with each (docs/benchmarks.md, "Protocol")
+PROTOCOL_SEEDS: list[int] = [0, 1, 2]
 # The runs the method issues' acceptance needs (issue 14's 6-hour budget): each method family's methods and baselines
 # on the primary settings where its issue judges them, 3 seeds (the baselines' runs are budgeted separately).
 METHOD_ISSUE_RUNS: dict[str, list[str]] = {
