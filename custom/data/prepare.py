@@ -481,12 +481,16 @@ def prepare_dataset(
     extra_meta: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     log: Callable[[str], None] | None = print,
+    val_sources: Sequence[CaseSource] = (),
 ) -> Path:
     """Split, corrupt, downsample and write a dataset with its datalist and noise report.
 
     Args:
         train_sources: the labelled training pool (validation, HQ, LQ and, with ``test_count``, test cases).
         test_sources: dedicated test cases (clean labels); must be empty when ``test_count > 0``.
+        val_sources: dedicated validation cases (clean labels), listed after the pool's ``val_count`` ones; the
+            pool's split does not depend on them, so adding some leaves the training cases and their labels as
+            they are.
         out: output folder, or a ``*.json`` datalist path (see :func:`resolve_output`).
         num_classes: C >= 2; every label must hold values in ``[0, C)``.
         labels: class names, ``{"0": "background", ...}`` with C entries.
@@ -529,11 +533,11 @@ def prepare_dataset(
         raise ValueError(f"labels {dict(labels)} must name the classes 0..{num_classes - 1}")
     if test_sources and test_count:
         raise ValueError("test cases are given already: test_count must be 0")
-    for source in (*train_sources, *test_sources):
+    for source in (*train_sources, *val_sources, *test_sources):
         # the ID becomes a file name in the output
         if not source.case_id or source.case_id.startswith(".") or any(c in source.case_id for c in "/\\\0"):
             raise DataError(source.image_origin, f"case ID {source.case_id!r} is not usable as a file name")
-    all_ids = [s.case_id for s in (*train_sources, *test_sources)]
+    all_ids = [s.case_id for s in (*train_sources, *val_sources, *test_sources)]
     duplicates = sorted({i for i in all_ids if all_ids.count(i) > 1})
     if duplicates:
         raise DataError(None, f"case IDs appear more than once: {duplicates}")
@@ -552,8 +556,9 @@ def prepare_dataset(
     corrupted = set(splits["lq"] if alpha is None else select_corrupted_cases(splits["lq"], alpha, seed))
     role = {case_id: group for group, members in splits.items() for case_id in members}
     role.update({s.case_id: "test" for s in test_sources})
-    # training-pool order first (as listed), then the dedicated test cases
-    ordered = [*train_sources, *test_sources]
+    role.update({s.case_id: "validation" for s in val_sources})
+    # training-pool order first (as listed), then the dedicated validation and test cases
+    ordered = [*train_sources, *val_sources, *test_sources]
 
     data_dir, datalist_path = resolve_output(out)
     if datalist_path.parent != data_dir and datalist_path.exists() and not overwrite:
@@ -708,6 +713,7 @@ def prepare_dataset(
         _apply_umask(datalist_path)
     counts = {k: len(v) for k, v in splits.items()}
     counts["test"] += len(test_sources)
+    counts["validation"] += len(val_sources)
     summary = ", ".join(f"{k} {v}" for k, v in counts.items())
     if mean_lq is None:
         say(f"{summary}; no LQ cases")
@@ -772,8 +778,10 @@ def la_sources(
     h5_dir: str | os.PathLike,
     train_lists: Sequence[str] | None = None,
     test_lists: Sequence[str] | None = None,
-) -> tuple[list[CaseSource], list[CaseSource]]:
-    """Training and test sources of an LA HDF5 folder (``train.list``, ``test.list``, ``<ID>.h5``).
+    val_lists: Sequence[str] | None = None,
+) -> tuple[list[CaseSource], list[CaseSource], list[CaseSource]]:
+    """Training-pool, test and dedicated validation sources of an LA HDF5 folder (``train.list``, ``test.list``,
+    ``<ID>.h5``).
 
     Missing ``.h5`` files are reported before any work. A missing ``test.list`` means no test split (unless
     ``test_lists`` names lists).
@@ -782,26 +790,35 @@ def la_sources(
         h5_dir: folder of ``<ID>.h5`` files and their lists.
         train_lists: list specs of the training pool (:func:`parse_list_spec`; default ``["train.list"]``).
         test_lists: list specs of the test cases (default ``["test.list"]`` where it exists, else none).
+        val_lists: list specs of validation cases outside the pool (default none): they join the pool's
+            ``val_count`` validation cases and leave the pool's split (hence the training cases) as it is.
 
     Raises:
-        DataError: missing folder, missing/empty list, a listed file that does not exist, or an ID in both the
-            training pool and the test cases.
+        DataError: missing folder, missing/empty list, a listed file that does not exist, or an ID in two of the
+            three groups.
     """
     h5_dir = Path(h5_dir)
     if not h5_dir.is_dir():
         raise DataError(h5_dir, "HDF5 folder not found")
     if test_lists is None:
         test_lists = ["test.list"] if (h5_dir / "test.list").exists() else []
-    train_ids, train_origin = read_list_specs(train_lists or ["train.list"], h5_dir)
-    test_ids, test_origin = read_list_specs(test_lists, h5_dir) if test_lists else ([], {})
-    both = sorted(set(train_ids) & set(test_ids))
-    if both:
-        raise DataError(
-            parse_list_spec(test_origin[both[0]], h5_dir)[0],
-            f"IDs in both the training pool and the test cases: {both} (e.g. {both[0]}: "
-            f"{train_origin[both[0]]} and {test_origin[both[0]]})",
-        )
-    for ids, origin in ((train_ids, train_origin), (test_ids, test_origin)):
+    groups = {
+        "the training pool": read_list_specs(train_lists or ["train.list"], h5_dir),
+        "the test cases": read_list_specs(test_lists, h5_dir) if test_lists else ([], {}),
+        "the validation lists": read_list_specs(val_lists, h5_dir) if val_lists else ([], {}),
+    }
+    names = list(groups)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            (ids_a, origin_a), (ids_b, origin_b) = groups[first], groups[second]
+            both = sorted(set(ids_a) & set(ids_b))
+            if both:
+                raise DataError(
+                    parse_list_spec(origin_b[both[0]], h5_dir)[0],
+                    f"IDs in both {first} and {second}: {both} (e.g. {both[0]}: "
+                    f"{origin_a[both[0]]} and {origin_b[both[0]]})",
+                )
+    for ids, origin in groups.values():
         for case_id in ids:
             if not (h5_dir / f"{case_id}.h5").is_file():
                 raise DataError(h5_dir / f"{case_id}.h5", f"file not found (listed in {origin[case_id]})")
@@ -815,7 +832,7 @@ def la_sources(
 
         return CaseSource(case_id, str(path), str(path), load)
 
-    return [source(i) for i in train_ids], [source(i) for i in test_ids]
+    return tuple([source(i) for i in ids] for ids, _ in groups.values())  # type: ignore[return-value]
 
 
 def _nifti_case_id(path: Path) -> str | None:
@@ -993,6 +1010,7 @@ def prepare_la(
     test_lists: Sequence[str] | None = None,
     task: str = "atrium",
     band_mm: float = DEFAULT_BAND_MM,
+    val_lists: Sequence[str] | None = None,
     **options: Any,
 ) -> Path:
     """Prepare the LA HDF5 release (see :func:`la_sources` for the lists, :func:`prepare_dataset` for
@@ -1002,13 +1020,14 @@ def prepare_la(
     labels = task_labels(task)
     params = task_params(task, band_mm)
     _check_output_apart(h5_dir, out)
-    train, test = la_sources(h5_dir, train_lists, test_lists)
+    train, test, val = la_sources(h5_dir, train_lists, test_lists, val_lists)
     if task != "atrium":
-        train, test = ([_with_task(s, task, params) for s in sources] for sources in (train, test))
+        train, test, val = ([_with_task(s, task, params) for s in sources] for sources in (train, test, val))
     options["extra_meta"] = {
         **dict(options.get("extra_meta") or {}),
         "train_lists": list(train_lists or ["train.list"]),
         "test_lists": list(test_lists) if test_lists is not None else ["test.list"],
+        **({"val_lists": list(val_lists)} if val_lists else {}),
         "task": task,
         **({"task_params": params} if params else {}),
     }
@@ -1016,7 +1035,7 @@ def prepare_la(
     options.setdefault(
         "description", f"Left atrium LGE-MRI (2018 challenge, {Path(h5_dir).name}) with simulated label noise"
     )
-    return prepare_dataset(train, test, out, num_classes=len(labels), labels=labels, **options)
+    return prepare_dataset(train, test, out, num_classes=len(labels), labels=labels, val_sources=val, **options)
 
 
 def _with_task(source: CaseSource, task: str, params: Mapping[str, Any]) -> CaseSource:
@@ -1070,6 +1089,14 @@ def _parser(kind: str) -> argparse.ArgumentParser:
             default=None,
             metavar="FILE[:START:STOP]",
             help="ID lists of the test cases (clean labels), e.g. test.list extra.list::14. Default: test.list",
+        )
+        parser.add_argument(
+            "--val-list",
+            nargs="+",
+            default=None,
+            metavar="FILE[:START:STOP]",
+            help="ID lists of validation cases outside the training pool (clean labels), added to the --val-count "
+            "pool cases; the pool's split and training cases stay as they are. Default: none",
         )
         parser.add_argument(
             "--task",
@@ -1162,7 +1189,7 @@ def _run(kind: str, argv: Sequence[str] | None) -> int:
         if kind == "la":
             prepare_la(
                 args.h5_dir, args.out, args.train_list, args.test_list, task=args.task, band_mm=args.band_mm,
-                log=log, **options,
+                val_lists=args.val_list, log=log, **options,
             )
         else:
             prepare_nifti(args.root, args.out, log=log, test_count=test_count, **options)

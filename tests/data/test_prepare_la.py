@@ -464,11 +464,32 @@ def test_train_and_test_lists_choose_the_cases(h5_dir, tmp_path):
     assert meta["test_lists"] == ["test.list", "extra.list:1:"]
 
 
+def test_val_list_adds_validation_cases_and_leaves_the_training_set_alone(h5_dir, tmp_path):
+    _extra_list(h5_dir, ["X1", "X2", "X3"])
+    plain, extended = tmp_path / "plain", tmp_path / "extended"
+    assert main_la(_args(h5_dir, plain, "--seed", "3")) == 0
+    assert main_la(_args(h5_dir, extended, "--seed", "3", "--val-list", "extra.list:1:")) == 0
+
+    def ids(folder, split):
+        return [Path(item["image"]).name.split(".")[0] for item in load_datalist(folder / "datalist.json", split)]
+
+    assert ids(extended, "validation") == [*ids(plain, "validation"), "X2", "X3"]  # pool's first, then the list's
+    assert ids(extended, "training") == ids(plain, "training") and ids(extended, "test") == ids(plain, "test")
+    pairs = zip(load_datalist(extended / "datalist.json"), load_datalist(plain / "datalist.json"))
+    for item, twin in pairs:  # same HQ/LQ roles and the same noisy labels
+        assert item["quality"] == twin["quality"]
+        np.testing.assert_array_equal(load_nifti(item["label"])[0], load_nifti(twin["label"])[0])
+    assert read_datalist_meta(extended / "datalist.json")["val_lists"] == ["extra.list:1:"]
+    assert "val_lists" not in read_datalist_meta(plain / "datalist.json")
+
+
 @pytest.mark.parametrize(
     "lists, culprit, problem",
     [
         (["--test-list", "extra.list"], "X9.h5", "file not found (listed in extra.list)"),
         (["--test-list", "train.list"], "train.list", "IDs in both the training pool and the test cases"),
+        (["--val-list", "extra.list"], "X9.h5", "file not found (listed in extra.list)"),
+        (["--val-list", "test.list"], "test.list", "IDs in both the test cases and the validation lists"),
         (["--train-list", "nowhere.list"], "nowhere.list", "ID list not found"),
     ],
 )
