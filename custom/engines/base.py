@@ -3,7 +3,8 @@
 A method trainer implements :meth:`NoisyLabelTrainer.compute_loss` only: given the batch (already on the device)
 it runs its forward passes, puts ``Keys.PRED`` into ``engine.state.output``, fires ``FORWARD_COMPLETED``, and
 returns the loss. This class does the rest exactly as MONAI's ``SupervisedTrainer._iteration`` does: zero grad,
-autocast + grad scaling when ``amp`` is on, ``LOSS_COMPLETED``, backward, ``BACKWARD_COMPLETED``, optimiser
+autocast when ``amp`` is on (float16 with grad scaling on CUDA, bfloat16 on the CPU: :mod:`custom.engines.precision`),
+``LOSS_COMPLETED``, backward, ``BACKWARD_COMPLETED``, optimiser
 step, ``MODEL_COMPLETED``; then :meth:`after_step` (EMA updates and the like). Without an override,
 :meth:`NoisyLabelTrainer.compute_loss` is the plain supervised step.
 
@@ -15,6 +16,7 @@ This keeps a teacher, peers and transition matrices in step without wrapping eac
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,6 +27,8 @@ from monai.data import MetaTensor
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
+
+from custom.engines.precision import training_autocast
 
 __all__ = ["NoisyLabelTrainer", "batch_to_device"]
 
@@ -57,7 +61,11 @@ class NoisyLabelTrainer(SupervisedTrainer):
     device_keys: Sequence[str] = ("image", "label", "clean_label", "superpixel", "is_hq")
 
     def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+        with warnings.catch_warnings():  # MONAI builds a CUDA grad scaler for amp; on the CPU it is dropped below
+            warnings.filterwarnings("ignore", message=".*GradScaler is enabled, but CUDA is not available")
+            super().__init__(*args, **kwargs)
+        if self.amp and torch.device(self.state.device).type != "cuda":
+            self.scaler = None  # bfloat16 autocast on the CPU: float32's exponent range, nothing to scale
         self.add_event_handler(Events.STARTED, self._start_in_step)
 
     def _start_in_step(self, engine: NoisyLabelTrainer) -> None:
@@ -117,16 +125,12 @@ class NoisyLabelTrainer(SupervisedTrainer):
         engine.state.output = {Keys.IMAGE: batch["image"], Keys.LABEL: batch["label"]}
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        use_amp = engine.amp and engine.scaler is not None
-        if use_amp:
-            with torch.autocast("cuda", **engine.amp_kwargs):
-                loss = self.compute_loss(engine, batch)
-        else:
+        with training_autocast(engine.amp, engine.state.device, self.synced_modules(), engine.amp_kwargs):
             loss = self.compute_loss(engine, batch)
         engine.state.output[Keys.LOSS] = loss
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         distributed = dist.is_available() and dist.is_initialized()
-        if use_amp:
+        if engine.amp and engine.scaler is not None:
             engine.scaler.scale(loss).backward()
             if distributed:
                 self._average_gradients()
