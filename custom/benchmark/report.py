@@ -12,19 +12,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from custom.benchmark.timing import format_number
 from custom.io import atomic_output
 
 __all__ = ["format_difference", "audit_ranking_table", "setting_tables", "write_markdown"]
 
 PM = "\u00b1"
-
-
-def _f(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
 
 
 def format_difference(diff: Mapping[str, Any] | None) -> str:
@@ -84,7 +77,7 @@ def setting_tables(name: str, setting: Mapping[str, Any], labels: Mapping[str, s
     if setting.get("clean_plateau_delta") is not None:
         per_seed = ", ".join(
             f"seed {c['seed']}: trend {c['trend']:+.4f}, first to last {c['change']:+.4f}, "
-            f"spread {_f(c['spread'], 4)}"
+            f"spread {format_number(c['spread'], 4)}"
             for c in setting["clean_plateau_per_seed"]
         )
         lines.append(
@@ -107,14 +100,22 @@ def setting_tables(name: str, setting: Mapping[str, Any], labels: Mapping[str, s
             else "-"
         )
         std = f" {PM} {e['dice_std']:.3f}" if e.get("dice_std") is not None else ""
-        lines.append(
-            f"| {labels.get(method, method)} | {_f(e['dice_mean'], 4)}{std} | {e['n_seeds']} "
-            f"| {format_difference(e.get('diff_to_hl_sup'))} | {_f(e.get('gap_recovery'), 2)} "
-            f"| {_f(e.get('noisy_label_dice'))} | {_f(e.get('refined_label_dice'))} | {refinement} "
-            f"| {_f(e.get('uncorrupted_worst_loss'))} "
-            f"| {_f(e.get('hd95_mm_mean'), 2)} | {_f(e.get('asd_mm_mean'), 2)} | {_f(e.get('sec_per_iter'), 3)} "
-            f"| {_f(e.get('iteration_to_step_ratio'), 3)} |"
-        )
+        cells = [
+            f"{labels.get(method, method)}",
+            f"{format_number(e['dice_mean'], 4)}{std}",
+            f"{e['n_seeds']}",
+            format_difference(e.get("diff_to_hl_sup")),
+            format_number(e.get("gap_recovery"), 2),
+            format_number(e.get("noisy_label_dice"), 3),
+            format_number(e.get("refined_label_dice"), 3),
+            refinement,
+            format_number(e.get("uncorrupted_worst_loss"), 3),
+            format_number(e.get("hd95_mm_mean"), 2),
+            format_number(e.get("asd_mm_mean"), 2),
+            format_number(e.get("sec_per_iter"), 3),
+            format_number(e.get("iteration_to_step_ratio"), 3),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
         for other, diff in (e.get("diff_to") or {}).items():
             if diff:
                 others.append(
