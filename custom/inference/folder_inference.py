@@ -48,6 +48,7 @@ from monai.transforms import (
     NormalizeIntensityd,
     Orientationd,
     Spacingd,
+    Transform,
 )
 from tqdm import tqdm
 
@@ -75,7 +76,7 @@ REPORT_COLUMNS = ("case", "input", "output", "status", "message", "seconds")
 # transforms
 
 
-class SetAsideStrayKeysd:
+class SetAsideStrayKeysd(Transform):
     """Move non-dict entries whose key starts with ``f"{key}_"`` into one dict under ``stash_key``.
 
     MONAI 1.6.1 ``Spacingd`` calls ``.update()`` on every entry whose key starts with
@@ -141,8 +142,12 @@ def _native_spacing(image: Any) -> np.ndarray:
     return np.linalg.norm(affine[:3, :3], axis=0)
 
 
-class CheckImaged:
+class CheckImaged(Transform):
     """Refuse an image that would give silently wrong output or exhaust memory, naming its file.
+
+    A MONAI ``Transform`` (deterministic), so that a ``CacheDataset`` checks each file once, when it caches it, and
+    keeps caching the transforms after it (a plain callable would end the cached part there and make every
+    training iteration resample and normalise the whole volume again).
 
     Placed after ``LoadImaged`` / ``EnsureChannelFirstd`` (and ``Orientationd``) and before ``Spacingd``. For each
     key present:

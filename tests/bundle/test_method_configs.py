@@ -89,3 +89,25 @@ def test_method_config_trains_evaluates_and_exports(
     np.testing.assert_allclose(seg.affine, src.affine, atol=1e-5)
     labels = np.unique(np.asarray(seg.dataobj))
     assert set(labels.tolist()) <= set(range(3 if config_name in MULTICLASS else 2))
+
+
+@pytest.mark.parametrize("config_name", METHOD_CONFIGS)
+def test_training_cache_reaches_the_first_random_transform(config_name, demo_dataset, demo_dataset_3class,
+                                                           monkeypatch):
+    """``CacheDataset`` caches up to the first random transform *or the first callable that is not a MONAI
+    ``Transform``*: every deterministic step of the training chain must be a ``Transform`` so that loading,
+    resampling and normalisation run once per case, not once per iteration."""
+    from monai.bundle import ConfigParser
+    from monai.transforms import RandomizableTrait, Transform
+
+    monkeypatch.chdir(REPO_ROOT)
+    datalist = demo_dataset_3class if config_name in MULTICLASS else demo_dataset
+    parser = ConfigParser()
+    parser.read_config([f"configs/{config_name}", "configs/cpu_la.json"])
+    parser.update({"dataset_dir": str(datalist.parent), "datalist": str(datalist)})
+    chain = parser.get_parsed_content("transforms::train", instantiate=True)
+    boundary = chain.get_index_of_first(lambda t: isinstance(t, RandomizableTrait) or not isinstance(t, Transform))
+    assert boundary is not None and isinstance(chain.transforms[boundary], RandomizableTrait), (
+        f"{config_name}: the cache ends at {type(chain.transforms[boundary]).__name__}, not a random transform"
+    )
+    assert boundary >= 5  # loading, orientation, checks and resampling are all before it
