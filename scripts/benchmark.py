@@ -51,7 +51,14 @@ from custom.benchmark.run_archive import export_runs, import_runs
 from custom.benchmark.timing import describe_run_time_budget, run_time_budget
 from custom.io import write_json
 
-PROFILES = {"cpu": ["configs/cpu_la.json"], "gpu": ["configs/paper_la.json"], "quick": ["configs/quick.json"]}
+# cpu_converged: cpu_la.json's data, patch, width and batch with 1400 iterations in bfloat16 autocast (session 12;
+# docs/benchmark_notes.md "The converged profile")
+PROFILES = {
+    "cpu": ["configs/cpu_la.json"],
+    "cpu_converged": ["configs/cpu_la.json", "configs/cpu_converged.json"],
+    "gpu": ["configs/paper_la.json"],
+    "quick": ["configs/quick.json"],
+}
 DEFAULT_SETTINGS = ["mtcl_hq25", "sp_a0.7_b0.7"]
 
 
