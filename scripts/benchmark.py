@@ -5,6 +5,7 @@
     python scripts/benchmark.py --write-docs         # the same, and write docs/benchmarks.md (+ results json)
     python scripts/benchmark.py --profile gpu        # the papers' scale (configs/paper_la.json), for a GPU
     python scripts/benchmark.py --report-only        # rebuild the report from finished runs
+    python scripts/benchmark.py --method-issue-runs  # the method issues' runs (METHOD_ISSUE_RUNS), 3 seeds
 
 Runs are skipped when already finished, so re-running after an interruption continues where it stopped.
 Seeds, commands and timings are recorded beside each run (``<work-dir>/<setting>/<method>_s<seed>/``).
@@ -132,8 +133,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None, jobs: int, extra: dic
     run_benchmark(
         args.h5_dir,
         args.work_dir,
-        args.settings,
-        args.methods,
+        list(METHOD_ISSUE_RUNS) if args.method_issue_runs else args.settings,
+        METHOD_ISSUE_RUNS if args.method_issue_runs else args.methods,
         PROFILES[args.profile],
         args.seeds,
         args.downsample,
@@ -157,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         choices=sorted(METHODS),
         help="subset of methods (default: every method of each setting)",
+    )
+    parser.add_argument(
+        "--method-issue-runs",
+        action="store_true",
+        help="run exactly the methods each primary setting needs for the method issues (METHOD_ISSUE_RUNS of "
+        "custom/benchmark/harness.py, longest first) instead of --settings x --methods",
     )
     parser.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
     parser.add_argument("--seeds", nargs="+", type=int, default=list(PROTOCOL_SEEDS), help="training and noise seeds")

@@ -210,10 +210,11 @@ SETTINGS: dict[str, Setting] = {
 PROTOCOL_SEEDS: list[int] = [0, 1, 2]
 # The runs the method issues' acceptance needs (issue 14's 6-hour budget): each method family's methods and baselines
 # on the primary settings where its issue judges them, 3 seeds (the baselines' runs are budgeted separately).
+# Listed longest first, so that `scripts/benchmark.py --method-issue-runs` with two jobs ends on short runs.
 METHOD_ISSUE_RUNS: dict[str, list[str]] = {
-    "mtcl_hq25": ["mean_teacher", "alc", "alc_no_lr", "alc_no_ls", "mtcl", "coteaching", "spguided", "jcas",
+    "mtcl_hq25": ["alc", "alc_no_lr", "alc_no_ls", "spguided", "coteaching", "mtcl", "jcas", "mean_teacher",
                   "jcas_warmup_only"],
-    "sp_a0.7_b0.7": ["coteaching", "spguided", "jcas", "jcas_warmup_only"],
+    "sp_a0.7_b0.7": ["spguided", "coteaching", "jcas", "jcas_warmup_only"],
 }
 
 
@@ -775,7 +776,7 @@ def run_benchmark(
     h5_dir: str,
     work_dir: str | Path,
     settings: Sequence[str],
-    methods: Sequence[str] | None,
+    methods: Sequence[str] | Mapping[str, Sequence[str]] | None,
     profile: Sequence[str],
     seeds: Sequence[int] = (0,),
     downsample: int = 2,
@@ -799,7 +800,8 @@ def run_benchmark(
         h5_dir: folder of the LA h5 files.
         work_dir: benchmark folder (datasets, run folders, results, timing).
         settings: names from :data:`SETTINGS`.
-        methods: names from :data:`METHODS` in launch order (None: every method of each setting).
+        methods: names from :data:`METHODS` in launch order (None: every method of each setting), or per setting
+            (``{setting: [method, ...]}``, e.g. :data:`METHOD_ISSUE_RUNS`; a setting without an entry runs none).
         profile: config overlays applied after each method's configs.
         seeds: training / noise seeds.
         downsample: LA resolution factor for the dataset preparation.
@@ -832,7 +834,8 @@ def run_benchmark(
         setting = SETTINGS[setting_name]
         for seed in seeds:
             # the order given on the command line wins (run the most important methods first)
-            for method in [m for m in (methods or setting.methods) if m in setting.methods]:
+            wanted = methods.get(setting_name, ()) if isinstance(methods, Mapping) else (methods or setting.methods)
+            for method in [m for m in wanted if m in setting.methods]:
                 if not all(Path(c).is_file() for c in METHODS[method][0]):
                     _log(f"skip {method}: config missing")
                     continue

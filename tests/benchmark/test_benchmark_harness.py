@@ -310,3 +310,31 @@ def test_every_method_has_a_label_existing_configs_and_known_baselines():
         assert method in METHODS and set(baselines) <= set(METHODS), method
     assert SETTINGS["mtcl_hq25"].methods == list(METHODS)
     assert "spguided_hqgate" in SETTINGS["sp_a0.7_b0.7"].methods and "mtcl" not in SETTINGS["sp_a0.7_b0.7"].methods
+
+
+def test_methods_per_setting_and_the_method_issue_runs_flag(tmp_path, monkeypatch):
+    import importlib.util
+
+    from custom.benchmark.harness import METHOD_ISSUE_RUNS
+
+    monkeypatch.chdir(REPO_ROOT)
+    work = tmp_path / "work"
+    per_setting = {"mtcl_hq25": ["hl_sup", "mtcl"], "sp_a0.7_b0.7": ["hl_sup", "mtcl"]}  # mtcl: not an SP method
+    run_benchmark(str(tmp_path / "no_h5"), work, ["mtcl_hq25", "sp_a0.7_b0.7"], per_setting, ["configs/quick.json"])
+    (record,) = read_timing(work)
+    assert sorted((r["setting"], r["method"]) for r in record["runs"]) == [
+        ("mtcl_hq25", "hl_sup"), ("mtcl_hq25", "mtcl"), ("sp_a0.7_b0.7", "hl_sup")
+    ]
+
+    spec = importlib.util.spec_from_file_location("benchmark_script", REPO_ROOT / "scripts" / "benchmark.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    flagged, listed_only = tmp_path / "flagged", tmp_path / "listed_only"
+    listed_only.mkdir()
+    (listed_only / "train.list").write_text("MISSING_CASE\n")  # listed, no .h5: each preparation fails at once
+    script.main(["--method-issue-runs", "--h5-dir", str(listed_only), "--work-dir", str(flagged),
+                 "--profile", "quick", "--seeds", "0", "--notes", ""])
+    (record,) = read_timing(flagged)
+    expected = [(s, m) for s, methods in METHOD_ISSUE_RUNS.items() for m in methods]
+    assert sorted((r["setting"], r["method"]) for r in record["runs"]) == sorted(expected)  # in finishing order
+    assert record["runs_failed"] == len(expected)  # no data here: every run fails at its dataset's preparation
