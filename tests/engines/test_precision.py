@@ -79,7 +79,7 @@ def test_supervised_trainer_with_amp_on_cpu_trains_in_bfloat16_without_a_scaler(
     before = [p.detach().clone() for p in net.parameters()]
     trainer = NoisyLabelTrainer(
         device=torch.device("cpu"), max_epochs=1, epoch_length=2, train_data_loader=_batches(), network=net,
-        optimizer=torch.optim.SGD(net.parameters(), lr=0.1), loss_function=DiceCELoss(to_onehot_y=True, softmax=True),
+        optimizer=torch.optim.SGD(net.parameters(), lr=0.01), loss_function=DiceCELoss(to_onehot_y=True, softmax=True),
         amp=True, decollate=False,
     )
     assert trainer.scaler is None
