@@ -71,9 +71,13 @@ def write_outputs(
     notes: str,
     protocol: dict,
     profile: str,
+    runs_from: str | Path | None = None,
 ) -> tuple[dict, Path]:
     """Build the results document from the finished runs of ``work_dir``, then write it (JSON), the figures and the
-    markdown report generated from the same document. Returns ``(results, report path)``."""
+    markdown report generated from the same document. ``runs_from``: where the report says the runs and their
+    timing records are kept (the run archive they were imported from; default ``work_dir``). Returns ``(results,
+    report path)``."""
+    runs_from = Path(work_dir if runs_from is None else runs_from)
     settings = [s for s in SETTINGS if (Path(work_dir) / s).is_dir()]
     runs = collect_runs(work_dir, settings, list(METHODS))
     results = build_results(runs, list(METHODS), PRIMARY_SETTINGS, protocol)
@@ -108,7 +112,7 @@ def write_outputs(
     header = (
         notes.rstrip()
         + "\n\n"
-        + f"## Results (`scripts/benchmark.py --profile {profile}`, runs in `{work_dir}`)\n\n"
+        + f"## Results (`scripts/benchmark.py --profile {profile}`, runs in `{runs_from}`)\n\n"
         + "Test Dice against clean labels, last checkpoint (never selected on test), mean +- std over seeds; "
         "paired diff = mean over test cases of (method - baseline), each case averaged over the common seeds, with a "
         "95% percentile bootstrap interval over cases (10000 resamples): *better*/*worse* only when the interval "
@@ -117,7 +121,7 @@ def write_outputs(
         "step; iteration / step = median iteration with data loading over median step, in the same run. "
         f"Machine-readable: `{results_path.name}` beside this file."
     )
-    timing = describe_timing(records, str(Path(work_dir) / TIMING_FILE))
+    timing = describe_timing(records, str(runs_from / TIMING_FILE))
     timing += "\n\n" + describe_run_time_budget(
         results["run_time_budget"]["method_issues"], "the method issues' runs (3 seeds; `METHOD_ISSUE_RUNS`)"
     )
@@ -265,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         "work_dir": str(args.work_dir),
     }
     results, report = write_outputs(
-        args.work_dir, Path(args.report), results_path, figures_dir, notes, protocol, args.profile
+        args.work_dir, Path(args.report), results_path, figures_dir, notes, protocol, args.profile, args.archive_dir
     )
     n_runs = sum(e["n_seeds"] for st in results["settings"].values() for e in st["methods"].values())
     print(f"results: {results_path}")

@@ -601,6 +601,7 @@ class _Benchmark:
         self.done = 0
         self.running: dict[int, float] = {}  # task index -> perf_counter at start
         self.run_seconds: list[float] = []
+        self.trained_dirs: set[Path] = set()  # run folders this invocation trained (sources it may reuse)
         self.rows: dict[int, dict[str, Any]] = {}
         self.errors: list[BaseException] = []
         self.datasets: dict[tuple[str, int], Path | BaseException] = {}
@@ -671,15 +672,21 @@ class _Benchmark:
     def run(self, task: _Task) -> None:
         n = len(self.tasks)
         source = reusable_run(self.work, task.setting, task.method, task.seed)
+        # a copy of a run this invocation trained counts as done by it ("reused"); anything else found finished
+        # was done before ("skipped"), so a resumed invocation is never reported as a full one
+        status = "skipped"
         if source is not None and not task.run_dir.exists():
             copy_reused_run(source, task.run_dir, self.work)
             _log(f"{self._name(task)}: reusing {source} (the method does not depend on the noise setting)")
+            with self.lock:
+                status = "reused" if source in self.trained_dirs else "skipped"
         if (task.run_dir / "eval" / "metrics_summary.json").is_file():
             if task.method in self.audit_methods:
                 audit_run(task.method, None, task.run_dir, self.extra, self.env)
             row = read_run(task.method, task.run_dir)
             dice = format_number(row.get("dice_mean"), 4)
-            self.finish(task, "skipped", None, row, f"already finished (dice {dice})")
+            what = f"reused {source.relative_to(self.work)}" if status == "reused" else "already finished"
+            self.finish(task, status, None, row, f"{what} (dice {dice})")
             return
         try:
             data = self.dataset(task.setting, task.seed)
@@ -717,6 +724,7 @@ class _Benchmark:
             self.record["runs"].append(entry)
             if status == "trained":
                 self.run_seconds.append(seconds)
+                self.trained_dirs.add(task.run_dir)
             if row is not None:
                 row.update(
                     {
@@ -762,6 +770,7 @@ class _Benchmark:
                 "runs_total": len(self.tasks),
                 "runs_trained": sum(r["status"] == "trained" for r in runs),
                 "runs_skipped": sum(r["status"] == "skipped" for r in runs),
+                "runs_reused": sum(r["status"] == "reused" for r in runs),
                 "runs_failed": sum(r["status"] in ("failed", "interrupted") for r in runs),
                 "sum_run_seconds": round(sum(self.run_seconds), 1),
             }
@@ -894,12 +903,13 @@ def run_benchmark(
             bench.update_record(end=True, status="interrupted")
         raise
     with bench.lock:
-        failed = bench.errors or any(r["status"] != "trained" and r["status"] != "skipped" for r in timing["runs"])
+        failed = bench.errors or any(r["status"] not in ("trained", "skipped", "reused") for r in timing["runs"])
         bench.update_record(end=True, status="failed" if failed else "completed")
         rows = bench.ordered_rows()
     _log(
-        f"finished in {_hms(timing['wall_seconds'])}: {timing['runs_trained']} trained, {timing['runs_skipped']} "
-        f"already done, {timing['runs_failed']} failed (sum of run times {_hms(timing['sum_run_seconds'])})"
+        f"finished in {_hms(timing['wall_seconds'])}: {timing['runs_trained']} trained, {timing['runs_reused']} "
+        f"reused, {timing['runs_skipped']} already done, {timing['runs_failed']} failed "
+        f"(sum of run times {_hms(timing['sum_run_seconds'])})"
     )
     if bench.errors:
         raise bench.errors[0]

@@ -54,12 +54,18 @@ def format_number(value: Any, digits: int = 0) -> str:
 
 
 def _is_full(record: Mapping[str, Any]) -> bool:
-    """A full invocation finished and trained every one of its runs (none resumed, none failed)."""
+    """A full invocation finished and made every one of its runs: trained them, or copied a run it trained itself
+    (``reused``: a setting-independent method); none found finished beforehand, none failed."""
     return (
         record.get("status") == "completed"
         and record.get("runs_total", 0) > 0
-        and record.get("runs_trained") == record.get("runs_total")
+        and record.get("runs_trained", 0) + record.get("runs_reused", 0) == record.get("runs_total")
     )
+
+
+def _reused(record: Mapping[str, Any]) -> str:
+    n = record.get("runs_reused") or 0
+    return f" (and {n} copies of them for a setting-independent method)" if n else ""
 
 
 def _duration(seconds: float | None) -> str:
@@ -96,8 +102,9 @@ def describe_timing(records: Sequence[Mapping[str, Any]], source: str = TIMING_F
         parts.append(
             f"**Measured time.** The latest full invocation, {_what(r)}, took **{_duration(r.get('wall_seconds'))}** "
             f"wall time ({format_number(r.get('wall_seconds'))} s, {r.get('start')} to {r.get('end')}) for "
-            f"{r.get('runs_trained')} runs, {r.get('jobs')} at a time with {r.get('threads_per_job')} thread(s) each "
-            f"on {r.get('cpus')} CPUs (sum of the run times {format_number(r.get('sum_run_seconds'))} s)."
+            f"{r.get('runs_trained')} runs{_reused(r)}, {r.get('jobs')} at a time with {r.get('threads_per_job')} "
+            f"thread(s) each on {r.get('cpus')} CPUs (sum of the run times "
+            f"{format_number(r.get('sum_run_seconds'))} s)."
         )
     else:
         parts.append("**Measured time.** No full invocation (every run trained in one go, none failed) recorded yet.")
@@ -112,7 +119,7 @@ def describe_timing(records: Sequence[Mapping[str, Any]], source: str = TIMING_F
         what = "the same command" if full and r.get("command") == full[-1].get("command") else _what(r)
         parts.append(
             f"{'Latest' if not full else 'Since then, latest'} invocation: {what}, status {r.get('status')}, "
-            f"{r.get('runs_trained')} run(s) trained, {r.get('runs_skipped')} already finished, "
+            f"{r.get('runs_trained')} run(s) trained{_reused(r)}, {r.get('runs_skipped')} already finished, "
             f"{r.get('runs_failed')} failed of {r.get('runs_total')}, {format_number(r.get('wall_seconds'))} s wall "
             f"time with {r.get('jobs')} job(s) x {r.get('threads_per_job')} thread(s) (started {r.get('start')})."
         )

@@ -177,6 +177,32 @@ def test_describe_timing_cites_latest_full_invocation():
     assert "the same command" in describe_timing([{**full, "command": "x"}, {**resumed, "command": "x"}])
 
 
+def test_describe_timing_counts_runs_reused_within_the_invocation_as_made_by_it():
+    base = {"status": "completed", "runs_total": 4, "runs_failed": 0, "wall_seconds": 3000.0, "jobs": 2,
+            "threads_per_job": 1, "cpus": 2, "sum_run_seconds": 5000.0, "start": "A", "end": "B",
+            "settings": ["mtcl_hq25", "sp_a0.7_b0.7"], "methods": ["h_sup"], "seeds": [0, 1]}
+    reused = {**base, "runs_trained": 2, "runs_reused": 2, "runs_skipped": 0}
+    text = describe_timing([reused])
+    assert "latest full invocation" in text and "for 2 runs (and 2 copies of them" in text
+    # runs found finished beforehand make it a resume, whatever else was reused
+    assert "No full invocation" in describe_timing([{**reused, "runs_reused": 1, "runs_skipped": 1}])
+
+
+def test_a_setting_independent_run_copied_from_this_invocation_is_reused_not_skipped(tmp_path):
+    h5 = _fake_la(tmp_path / "h5")
+    work = tmp_path / "work"
+    settings = ["mtcl_hq25", "sp_a0.7_b0.7"]  # the same HQ fraction: H-Sup's run serves both
+    overrides = {"val_interval": 100}
+    run_benchmark(str(h5), work, settings, ["h_sup"], ["configs/quick.json"], downsample=1, extra_overrides=overrides)
+    (first,) = read_timing(work)
+    assert [r["status"] for r in first["runs"]] == ["trained", "reused"]
+    assert (first["runs_trained"], first["runs_reused"], first["runs_skipped"]) == (1, 1, 0)
+    assert "latest full invocation" in describe_timing([first])
+    run_benchmark(str(h5), work, settings, ["h_sup"], ["configs/quick.json"], downsample=1, extra_overrides=overrides)
+    second = read_timing(work)[1]
+    assert [r["status"] for r in second["runs"]] == ["skipped", "skipped"] and second["runs_reused"] == 0
+
+
 def test_read_run_takes_the_last_logged_label_dice_and_the_refinement_round(tmp_path):
     from custom.benchmark.harness import read_run
 
