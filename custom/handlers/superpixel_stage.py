@@ -110,6 +110,8 @@ class SuperpixelRefinementStage:
         refine_hq: also refine HQ cases (default False: their labels are clean).
         refine_by_epoch: run the first round at the end of this epoch if the loss gap has not triggered it before
             (None: only the loss gap triggers rounds, as in the paper).
+        refine_from_epoch: no first round before the end of this epoch (None: whenever the loss gap fires, the
+            paper); a gap criterion met earlier triggers the round at that epoch, unless the gap rose again since.
         refine_budget: ``"pooled"`` (default, the authors' ``label_update``): one budget ``(1 - R_c) N_c`` over all
             refined cases, spent on the globally least reliable pieces (:func:`pooled_refinement_masks`); or
             ``"per_case"``: every case spends its own ``(1 - R_c) N_c`` (uncorrupted cases lose correct labels).
@@ -147,6 +149,7 @@ class SuperpixelRefinementStage:
         terminate_when_done: bool = False,
         superpixel_key: str = "superpixel",
         refine_by_epoch: int | None = None,
+        refine_from_epoch: int | None = None,
         refine_budget: str = "pooled",
         refine_min_confidence: float = 0.0,
         refine_gate: str = "fixed",
@@ -167,6 +170,14 @@ class SuperpixelRefinementStage:
             raise ValueError(f"refine_budget must be one of {REFINE_BUDGETS}, got {refine_budget!r}.")
         if refine_by_epoch is not None and int(refine_by_epoch) < 1:
             raise ValueError(f"refine_by_epoch must be None or >= 1, got {refine_by_epoch}.")
+        if refine_from_epoch is not None and int(refine_from_epoch) < 1:
+            raise ValueError(f"refine_from_epoch must be None or >= 1, got {refine_from_epoch}.")
+        if refine_from_epoch is not None and refine_by_epoch is not None and int(refine_from_epoch) > int(
+            refine_by_epoch
+        ):
+            raise ValueError(
+                f"refine_from_epoch ({refine_from_epoch}) must not be after refine_by_epoch ({refine_by_epoch})."
+            )
         if int(max_rounds) < 0:
             raise ValueError(f"max_rounds must be >= 0, got {max_rounds}.")
         if not gamma >= 1.0:
@@ -190,6 +201,7 @@ class SuperpixelRefinementStage:
         self.terminate_when_done = bool(terminate_when_done)
         self.superpixel_key = superpixel_key
         self.refine_by_epoch = None if refine_by_epoch is None else int(refine_by_epoch)
+        self.refine_from_epoch = None if refine_from_epoch is None else int(refine_from_epoch)
         self.refine_budget = refine_budget
         self.refine_min_confidence = float(refine_min_confidence)
         self.refine_gate = refine_gate
@@ -216,6 +228,8 @@ class SuperpixelRefinementStage:
         tracker = self.loss_gap.tracker
         if self.done:
             return
+        if self.round == 0 and self.refine_from_epoch is not None and engine.state.epoch < self.refine_from_epoch:
+            return  # too early: a gap that has stopped rising still counts, and triggers the round at that epoch
         deadline = self.round == 0 and self.refine_by_epoch is not None and engine.state.epoch >= self.refine_by_epoch
         if not (tracker.should_stop or deadline):
             return

@@ -246,6 +246,21 @@ def test_refine_by_epoch_deadline(tmp_path, refine_by_epoch, gaps, expected_epoc
             assert {r["trigger"] for r in csv.DictReader(f)} == {trigger}
 
 
+@pytest.mark.parametrize("gaps, expected_epoch", [
+    ([1.0, 0.9, 0.8, 0.7, 0.6, 0.5], 5),  # the gap stalls at epoch 3: the round waits for epoch 5
+    ([1.0, 0.9, 0.8, 2.0, 1.9, 1.8, 1.7], 6),  # it rose again at epoch 4: the criterion starts over
+])
+def test_refine_from_epoch_postpones_an_early_round(tmp_path, gaps, expected_epoch):
+    items, _, _ = _dataset_items(tmp_path, cases=("a",), hq=())
+    stage, _ = _stage(tmp_path, items, max_rounds=1, refine_from_epoch=5)
+    engine, data = _stage_engine(gaps)
+    stage.attach(engine)
+    rounds_per_epoch = []
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: rounds_per_epoch.append(stage.round))
+    engine.run(data, max_epochs=len(gaps))
+    assert rounds_per_epoch.index(1) + 1 == expected_epoch and stage.trigger == "loss_gap"
+
+
 def test_max_rounds_zero_never_refines(tmp_path):
     items, _, _ = _dataset_items(tmp_path, cases=("a",), hq=())
     stage, dataset = _stage(tmp_path, items, max_rounds=0)
@@ -278,7 +293,7 @@ def test_state_dict_round_trip_restores_labels_and_ratio(tmp_path):
     "kwargs",
     [{"max_rounds": -1}, {"gamma": 0.9}, {"num_classes": 1}, {"refine_by_epoch": 0}, {"refine_min_confidence": 1.5},
      {"refine_gate": "auto"}, {"refine_gate_tolerance": -0.1}, {"refine_case_gate": "auto"},
-     {"refine_case_gate_margin": 1.5}],
+     {"refine_case_gate_margin": 1.5}, {"refine_from_epoch": 0}, {"refine_from_epoch": 5, "refine_by_epoch": 4}],
 )
 def test_stage_bad_arguments(tmp_path, kwargs):
     items, _, _ = _dataset_items(tmp_path, cases=("a",), hq=())
