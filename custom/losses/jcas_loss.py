@@ -139,6 +139,8 @@ class JcasLoss(nn.Module):
         fine_affinity_weight: weight of ``L_A`` on level 2 (0.1).
         volume_weight: weight of ``log|det T_C| + log|det T_A|`` (0.5; stage 2 only).
         consistency_weight: weight of ``L_cacr`` (0.01; stage 2 only).
+        volume_min_det: floor of each ``|det T|`` in the volume penalty (1e-4; :func:`volume_penalty`): keeps a
+            collapsing ``T_A`` from going singular and NaN.
         eps: lower clamp of ``softmax(.) T_C`` before the log.
         class_loss: ``"ce"`` (the reference: NLL only) or ``"ce_dice"`` (NLL + soft Dice on the same
             probabilities, module docstring).
@@ -157,6 +159,7 @@ class JcasLoss(nn.Module):
         fine_affinity_weight: float = 0.1,
         volume_weight: float = 0.5,
         consistency_weight: float = 0.01,
+        volume_min_det: float = 1e-4,
         eps: float = 1e-7,
         class_loss: str = "ce",
     ):
@@ -178,6 +181,8 @@ class JcasLoss(nn.Module):
                 raise ValueError(f"{name} must be >= 0, got {value}.")
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps}.")
+        if not 0.0 <= volume_min_det < 1.0:
+            raise ValueError(f"volume_min_det must be in [0, 1), got {volume_min_det}.")
         self.num_classes = int(num_classes)
         self.stage = stage
         self.fine_class_weight = float(fine_class_weight)
@@ -186,6 +191,7 @@ class JcasLoss(nn.Module):
         self.fine_affinity_weight = float(fine_affinity_weight)
         self.volume_weight = float(volume_weight)
         self.consistency_weight = float(consistency_weight)
+        self.volume_min_det = float(volume_min_det)
         self.eps = float(eps)
         self.class_loss_name = class_loss
         # the project's Dice (custom.losses.segmentation_losses): squared denominators, background included,
@@ -301,7 +307,9 @@ class JcasLoss(nn.Module):
             + self.fine_affinity_weight * parts["affinity_fine"]
         )
         if class_transition is not None and affinity_transition is not None and transitions is not None:
-            parts["volume"] = volume_penalty(class_transition) + volume_penalty(affinity_transition)
+            parts["volume"] = volume_penalty(class_transition, self.volume_min_det) + volume_penalty(
+                affinity_transition, self.volume_min_det
+            )
             parts["consistency"] = consistency_loss(
                 class_transition, affinity_transition, transitions.class_frequencies
             )

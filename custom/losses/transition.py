@@ -16,6 +16,7 @@ Everything is a pure function of tensors except :class:`TransitionMatrix`, the l
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -262,20 +263,28 @@ def affinity_loss(
     return F.binary_cross_entropy(noisy_similar, same_class.to(noisy_similar.dtype))
 
 
-def volume_penalty(transition: torch.Tensor) -> torch.Tensor:
+def volume_penalty(transition: torch.Tensor, min_det: float = 0.0) -> torch.Tensor:
     """``log |det T|`` (``slogdet``): minimising it shrinks the simplex spanned by ``T`` (methods.md §3.2).
+
+    The penalty is unbounded below: with nothing to resist it ``T`` goes singular (seen on LA for ``T_A``, whose
+    rows reached ``[0.5, 0.5]``: ``det`` rounds to 0 and ``slogdet``'s gradient, ``T^-T``, turns the weights NaN).
+    ``min_det`` floors it: below that determinant the penalty is constant and pushes no further.
 
     Args:
         transition: ``(K, K)`` transition matrix.
+        min_det: the floor of ``|det T|`` (0: none).
 
     Returns:
-        scalar.
+        scalar, ``max(log |det T|, log min_det)``.
 
     Raises:
-        ValueError: if ``transition`` is not square.
+        ValueError: if ``transition`` is not square or ``min_det`` is negative or not below 1.
     """
     _check_square(transition, "transition")
-    return torch.linalg.slogdet(transition).logabsdet
+    if not 0.0 <= min_det < 1.0:
+        raise ValueError(f"min_det must be in [0, 1), got {min_det}.")
+    logdet = torch.linalg.slogdet(transition).logabsdet
+    return logdet.clamp_min(math.log(min_det)) if min_det > 0 else logdet
 
 
 def derived_affinity_transition(class_transition: torch.Tensor, class_frequencies: torch.Tensor) -> torch.Tensor:

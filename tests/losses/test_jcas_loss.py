@@ -250,3 +250,25 @@ def test_transitions_from_an_initial_matrix_derive_t_a():
     assert_close(JcasTransitions(2, pi, class_transition=target, affinity_transition=given_t_a)()[1], given_t_a)
     with pytest.raises(ValueError, match="matrix"):
         JcasTransitions(3, [0.5, 0.3, 0.2], class_transition=target)
+
+
+def _collapse_affinity_transition(min_det: float, steps: int = 500) -> JcasTransitions:
+    transitions = JcasTransitions(num_classes=2, class_frequencies=torch.tensor([0.9, 0.1]))
+    optimiser = torch.optim.SGD(transitions.parameters(), lr=1.0)
+    for _ in range(steps):
+        optimiser.zero_grad()
+        _, t_a = transitions()
+        volume_penalty(t_a, min_det=min_det).backward()
+        optimiser.step()
+    return transitions
+
+
+def test_the_volume_floor_keeps_a_collapsing_affinity_transition_finite():
+    # the volume term alone drives T_A towards [[0.5, 0.5], [0.5, 0.5]] (its weights to +inf): unfloored, det
+    # rounds to 0 and slogdet's gradient turns the weights NaN; floored, the push stops at the floor
+    unfloored = _collapse_affinity_transition(0.0)
+    assert not all(torch.isfinite(p).all() for p in unfloored.parameters())
+    floored = _collapse_affinity_transition(1e-4)
+    assert all(torch.isfinite(p).all() for p in floored.parameters())
+    _, t_a = floored()
+    assert 1e-5 < float(torch.linalg.det(t_a.detach())) < 1e-3

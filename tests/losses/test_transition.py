@@ -140,6 +140,18 @@ def test_affinity_loss_bad_shapes():
         affinity_loss(torch.ones(1, 2, 2), torch.ones(1, 2, 2), torch.eye(3))
 
 
+def test_volume_penalty_floor_stops_the_push_towards_a_singular_matrix():
+    nearly_singular = torch.tensor([[0.5, 0.5], [0.499, 0.501]], requires_grad=True)  # det 0.001
+    penalty = volume_penalty(nearly_singular, min_det=0.01)
+    assert_close(penalty, torch.tensor(math.log(0.01)))
+    penalty.backward()
+    assert torch.count_nonzero(nearly_singular.grad) == 0
+    regular = torch.tensor([[0.8, 0.2], [0.3, 0.7]])  # det 0.5: above the floor, the penalty is log det
+    assert_close(volume_penalty(regular, min_det=0.01), torch.tensor(math.log(0.5)))
+    with pytest.raises(ValueError):
+        volume_penalty(regular, min_det=1.0)
+
+
 def test_volume_penalty_hand_case():
     assert_close(volume_penalty(torch.tensor([[0.8, 0.2], [0.3, 0.7]])), torch.tensor(math.log(0.5)))
     assert_close(volume_penalty(torch.eye(4)), torch.tensor(0.0))
