@@ -108,11 +108,19 @@ def merge_timing(source: Path, target: Path) -> int:
     incoming = read_timing_file(source)
     if not incoming:
         return 0
-    ids = {r.get("id") for r in incoming}
-    kept = [r for r in read_timing_file(target) if r.get("id") not in ids]
-    merged = sorted([*kept, *incoming], key=lambda r: str(r.get("start", "")))
+    present = {r.get("id"): r for r in read_timing_file(target)}
+    # an invocation still running is copied while it runs: of two copies of one record the further one wins (a
+    # report made meanwhile must not roll the running invocation's record back to the archive's older copy)
+    taken = [r for r in incoming if r.get("id") not in present or _progress(r) >= _progress(present[r.get("id")])]
+    ids = {r.get("id") for r in taken}
+    kept = [r for r in present.values() if r.get("id") not in ids]
+    merged = sorted([*kept, *taken], key=lambda r: str(r.get("start", "")))
     write_json(merged, target)
-    return len(incoming)
+    return len(taken)
+
+
+def _progress(record: dict) -> tuple[int, float]:
+    return len(record.get("runs") or []), float(record.get("wall_seconds") or 0.0)
 
 
 def export_runs(work_dir: str | Path, archive_dir: str | Path) -> list[Path]:

@@ -83,6 +83,18 @@ def test_merge_timing_replaces_records_by_id_and_rejects_a_non_list(tmp_path):
         merge_timing(source, target)
 
 
+def test_merge_timing_keeps_the_further_copy_of_a_running_invocation(tmp_path):
+    # the archive holds an older copy of a record that the running invocation has since extended
+    archive, work = tmp_path / "archive.json", tmp_path / "work.json"
+    archive.write_text(json.dumps([{"id": "r", "start": "a", "wall_seconds": 100, "runs": [{"method": "m1"}]}]))
+    runs = [{"method": "m1"}, {"method": "m2"}]
+    work.write_text(json.dumps([{"id": "r", "start": "a", "wall_seconds": 200, "runs": runs}]))
+    assert merge_timing(archive, work) == 0  # importing does not roll the work folder's record back
+    assert len(json.loads(work.read_text())[0]["runs"]) == 2
+    assert merge_timing(work, archive) == 1  # exporting brings the archive forward
+    assert json.loads(archive.read_text())[0]["wall_seconds"] == 200
+
+
 def test_import_names_a_missing_archive(tmp_path):
     with pytest.raises(ValueError, match="run archive not found"):
         import_runs(tmp_path / "nowhere", tmp_path / "work")
