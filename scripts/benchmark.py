@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """One command for the noise-robustness benchmark: methods x noise settings on the LA data, resumable.
 
-    python scripts/benchmark.py                      # the CPU protocol, default settings, report in the work folder
+    python scripts/benchmark.py                      # the CPU protocol (cpu_converged), report in the work folder
     python scripts/benchmark.py --write-docs         # the same, and write docs/benchmarks.md (+ results json)
     python scripts/benchmark.py --profile gpu        # the papers' scale (configs/paper_la.json), for a GPU
     python scripts/benchmark.py --report-only        # rebuild the report from finished runs
@@ -52,8 +52,8 @@ from custom.benchmark.run_archive import export_runs, import_runs
 from custom.benchmark.timing import describe_run_time_budget, run_time_budget
 from custom.io import write_json
 
-# cpu_converged: cpu_la.json's data, patch, width and batch with 1400 iterations in bfloat16 autocast (session 12;
-# docs/benchmark_notes.md "The converged profile")
+# cpu_converged (the CPU protocol): cpu_la.json's data, patch, width and batch with 1400 iterations in bfloat16
+# autocast (docs/benchmark_notes.md "How the profile was chosen"); cpu: the superseded float32 profile (docs/float32/)
 PROFILES = {
     "cpu": ["configs/cpu_la.json"],
     "cpu_converged": ["configs/cpu_la.json", "configs/cpu_converged.json"],
@@ -169,7 +169,13 @@ def main(argv: list[str] | None = None) -> int:
         help="run exactly the methods each primary setting needs for the method issues (METHOD_ISSUE_RUNS of "
         "custom/benchmark/harness.py, longest first) instead of --settings x --methods",
     )
-    parser.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
+    parser.add_argument(
+        "--profile",
+        default="cpu_converged",
+        choices=sorted(PROFILES),
+        help="config overlays of every run: cpu_converged = the CPU protocol (1400 iterations, bfloat16 autocast; "
+        "default), cpu = the float32 1000-iteration profile of docs/float32/, gpu = the papers' scale, quick = smoke",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=list(PROTOCOL_SEEDS), help="training and noise seeds")
     parser.add_argument(
         "--downsample", type=int, default=3, help="LA resolution factor (3 = 1.875 mm, the CPU protocol)"

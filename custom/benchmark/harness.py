@@ -87,6 +87,10 @@ METHODS: dict[str, tuple[list[str], dict[str, Any]]] = {
     # every SP-guided variant below (validation choices made before refine_case_gate became "hq_agreement";
     # docs/methods/spguided.md, "Case gate")
     "spguided_no_case_gate": (["configs/spguided_la.json"], _NO_CASE_GATE),
+    # HQ samples keep every voxel, only LQ voxels are ranked, R = the LQ labels' precision (issue 15: under MTCL noise
+    # the family drops the HQ cases' true boundary voxels with the LQ cases' moved ones; docs/methods/spguided.md)
+    "spguided_trust_hq": (["configs/spguided_la.json"], {"trust_hq": True}),
+    "coteaching_trust_hq": (["configs/coteaching_la.json"], {"trust_hq": True}),
     # SP-guided with the authors' joint-loss weight (co_lambda 0.65), the alternative the validation split decided
     # against (issue 15; docs/methods/spguided.md, "Validation choices")
     "spguided_lam065": (["configs/spguided_la.json"], {**_NO_CASE_GATE, "lam": 0.65}),
@@ -139,6 +143,8 @@ METHOD_LABELS = {
     "spguided_voxel": "SP-guided (voxel pieces)",
     "spguided": "SP-guided",
     "spguided_no_case_gate": "SP-guided, every LQ case refined (defaults up to session 10)",
+    "spguided_trust_hq": "SP-guided, HQ voxels always kept (validation candidate)",
+    "coteaching_trust_hq": "Co-teaching, HQ voxels always kept (validation candidate)",
     "spguided_lam065": "SP-guided, lam 0.65 (validation tuning; no case gate)",
     "spguided_conf0": "SP-guided, ungated refinement (the paper; validation tuning; no case gate)",
     "spguided_conf095": "SP-guided, refinement confidence >= 0.95 (validation tuning; no case gate)",
@@ -863,7 +869,10 @@ def run_benchmark(
         "threads_source": source,
         "cpus": available_cpus(),
         "settings": list(settings),
-        "methods": None if methods is None else list(methods),
+        # a {setting: [method, ...]} mapping (--method-issue-runs) is kept as one; list(mapping) would keep its keys
+        "methods": None if methods is None else (
+            {s: list(m) for s, m in methods.items()} if isinstance(methods, Mapping) else list(methods)
+        ),
         "seeds": list(seeds),
         "profile": list(profile),
         **dict(record or {}),

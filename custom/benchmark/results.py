@@ -67,6 +67,8 @@ DIFF_TO: dict[str, list[str]] = {
     "spguided_conf095": ["coteaching", "spguided"],
     "spguided_hqgate": ["coteaching", "spguided"],
     "spguided_no_case_gate": ["coteaching", "spguided"],
+    "spguided_trust_hq": ["coteaching", "spguided"],
+    "coteaching_trust_hq": ["coteaching"],
     "jocor": ["coteaching"],
     "alc": ["mean_teacher", "alc_no_lr", "alc_no_ls"],
     "alc_gated": ["mean_teacher", "alc"],

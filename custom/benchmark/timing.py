@@ -79,9 +79,14 @@ def _what(record: Mapping[str, Any]) -> str:
     methods = record.get("methods")
     command = record.get("command")
     what = f"`{command}`" if command else "the harness"
+    if not methods:
+        listed = "every method"
+    elif isinstance(methods, Mapping):  # per setting (--method-issue-runs)
+        listed = "methods " + "; ".join(f"{s}: {', '.join(m)}" for s, m in methods.items())
+    else:
+        listed = "methods " + ", ".join(methods)
     return (
-        f"{what} (settings {', '.join(record.get('settings') or [])}; "
-        f"{'every method' if not methods else 'methods ' + ', '.join(methods)}; "
+        f"{what} (settings {', '.join(record.get('settings') or [])}; {listed}; "
         f"seeds {', '.join(str(s) for s in record.get('seeds') or [])})"
     )
 

@@ -30,6 +30,10 @@ Common mechanics (:class:`CoTeachingTrainer`):
   or ``refined_label`` (after), and ``clean_label`` when the batch has it, for ``LabelQualityHandler``. Nothing
   here reads a device value on the host; only the tiny ``R`` vector is copied to the device (small_loss API).
 
+``trust_hq`` *(decision, not in the papers, which have no HQ set)*: the HQ samples of a batch (``batch["quality"]``
+entries ``"hq"``) keep every voxel and only the LQ samples' voxels are ranked, with ``R_c`` the precision of the LQ
+labels alone (:func:`estimate_training_keep_ratio` with ``count_hq=False``). Default off (the papers' selection).
+
 ``keep_ratio_source`` of the configs is resolved by :func:`resolve_keep_ratio`: ``"config"`` (the given ``R_c``),
 ``"hq_estimate"`` (:func:`estimate_training_keep_ratio`: the datalist's noise simulator applied to the HQ cases'
 clean labels, combined with how many training cases are corrupted) or ``"auto"`` (``"hq_estimate"`` when the
@@ -39,7 +43,7 @@ training set has HQ cases and the datalist names its noise, else ``"config"``) *
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -102,11 +106,15 @@ class CoTeachingTrainer(NoisyLabelTrainer):
             :attr:`keep_ratio` (the warm-up handler lowers it from 1 at the start of each epoch).
         per_sample: selection budget per batch element instead of over the whole batch (reference: batch).
         class_balanced: class-balanced means over the selected voxels *(code)*; False = plain means.
+        trust_hq: HQ samples (``batch[quality_key] == "hq"``) keep every voxel; only the LQ samples' voxels are
+            ranked (module docstring). False = every sample is ranked alike (the papers).
+        quality_key: batch key of the per-sample quality strings (``"hq"`` / ``"lq"``), read with ``trust_hq``.
         kwargs: ``SupervisedTrainer`` arguments (``network`` = f1, ``optimizer`` over all networks, ...).
 
     Raises:
         ValueError: wrong number of peers, a peer that is ``network``, an optimiser missing some network's
-            parameters, ``num_classes < 2`` or bad ratios.
+            parameters, ``num_classes < 2`` or bad ratios; at a step with ``trust_hq``, a batch without
+            ``quality_key`` entries for every sample.
     """
 
     num_peers: int = 1
@@ -119,6 +127,8 @@ class CoTeachingTrainer(NoisyLabelTrainer):
         keep_ratio: float | Sequence[float] | torch.Tensor = 1.0,
         per_sample: bool = False,
         class_balanced: bool = True,
+        trust_hq: bool = False,
+        quality_key: str = "quality",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -135,6 +145,8 @@ class CoTeachingTrainer(NoisyLabelTrainer):
         self.num_classes = int(num_classes)
         self.per_sample = bool(per_sample)
         self.class_balanced = bool(class_balanced)
+        self.trust_hq = bool(trust_hq)
+        self.quality_key = quality_key
         self.target_keep_ratio = per_class_keep_ratio(keep_ratio, self.num_classes)
         self.keep_ratio = self.target_keep_ratio
         self.labels_refined = False  # set by the refinement stage once the dataset trains on refined labels
@@ -182,6 +194,47 @@ class CoTeachingTrainer(NoisyLabelTrainer):
                     "one optimiser must update every network (e.g. list(net.parameters()) + list(peer.parameters()))."
                 )
 
+    # ------------------------------------------------------------------ HQ rows
+    def lq_rows(self, batch: Mapping[str, Any], batch_size: int) -> torch.Tensor | None:
+        """CPU int64 indices of the batch's LQ samples under ``trust_hq``; ``None`` when every sample is ranked
+        (``trust_hq`` off, or no HQ sample in the batch). Read from the collated quality strings: no device sync."""
+        if not self.trust_hq:
+            return None
+        quality = batch.get(self.quality_key)
+        if isinstance(quality, str):
+            quality = [quality]
+        if not isinstance(quality, Sequence) or len(quality) != batch_size:
+            raise ValueError(
+                f"trust_hq needs the batch's {self.quality_key!r} entry for each of its {batch_size} samples "
+                f"(the datalist's 'quality' of each training item), got {quality!r}."
+            )
+        rows = [i for i, q in enumerate(quality) if q != "hq"]
+        return None if len(rows) == batch_size else torch.tensor(rows, dtype=torch.long)
+
+    def select_on_lq(
+        self,
+        select: Callable[..., tuple[torch.Tensor, ...]],
+        batch: Mapping[str, Any],
+        labels: torch.Tensor,
+        *per_sample_args: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, ...]:
+        """``select(*per_sample_args)`` (a tuple of bool masks ``(B, *S)``) on the batch's LQ rows only
+        (:meth:`lq_rows`); the HQ rows select every voxel. Arguments are sliced along dim 0 on their own device
+        (``None`` passes); ``labels`` ``(B, 1, *S)`` gives the mask shape. Without HQ rows a plain call."""
+        rows = self.lq_rows(batch, labels.shape[0])
+        if rows is None:
+            return select(*per_sample_args)
+        shape = (labels.shape[0], *labels.shape[2:])
+        if rows.numel() == 0:  # an all-HQ batch: nothing to rank; the call only tells how many masks
+            return tuple(torch.ones(shape, dtype=torch.bool, device=labels.device) for _ in select(*per_sample_args))
+        sliced = [a if a is None else a.index_select(0, rows.to(a.device)) for a in per_sample_args]
+        masks = []
+        for sub in select(*sliced):
+            full = torch.ones(shape, dtype=torch.bool, device=sub.device)
+            full[rows.to(sub.device)] = sub
+            masks.append(full)
+        return tuple(masks)
+
     # ------------------------------------------------------------------ step
     def forward_networks(self, engine: CoTeachingTrainer, image: torch.Tensor) -> list[torch.Tensor]:
         """Logits ``(B, C, *S)`` of every network (train mode); fires ``FORWARD_COMPLETED`` with f1's as ``pred``."""
@@ -202,7 +255,10 @@ class CoTeachingTrainer(NoisyLabelTrainer):
         if self.selects_everything():
             everything = torch.ones_like(target, dtype=torch.bool)
             return [(ce[0], everything), (ce[1], everything)]
-        mask1, mask2 = coteaching_masks(ce[0].detach(), ce[1].detach(), labels, self.keep_ratio, self.per_sample)
+        mask1, mask2 = self.select_on_lq(
+            lambda c1, c2, y: coteaching_masks(c1, c2, y, self.keep_ratio, self.per_sample),
+            batch, labels, ce[0].detach(), ce[1].detach(), labels,
+        )
         return [(ce[0], mask1), (ce[1], mask2)]
 
     def reduce(self, loss: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -251,7 +307,11 @@ class JoCoRTrainer(CoTeachingTrainer):
         self, logits: Sequence[torch.Tensor], labels: torch.Tensor, joint_loss: torch.Tensor, batch: Mapping[str, Any]
     ) -> torch.Tensor:
         """Voxels ``(B, *S)`` the joint loss is averaged over: the small-loss voxels of the joint loss itself."""
-        return jocor_mask(joint_loss.detach(), labels, self.keep_ratio, self.per_sample)
+        (mask,) = self.select_on_lq(
+            lambda j, y: (jocor_mask(j, y, self.keep_ratio, self.per_sample),),
+            batch, labels, joint_loss.detach(), labels,
+        )
+        return mask
 
     def selection_terms(
         self, logits: Sequence[torch.Tensor], labels: torch.Tensor, batch: Mapping[str, Any]
@@ -305,15 +365,20 @@ class SPGuidedTrainer(JoCoRTrainer):
                     "(custom.data.supervoxels.ensure_supervoxels) and load them with the image."
                 )
             counts = batch.get(self.count_key) if self.count_key else None
+        counts = counts if isinstance(counts, torch.Tensor) else None
         with torch.no_grad():
             probs1 = torch.softmax(logits[0].detach().float(), dim=1)
             probs2 = torch.softmax(logits[1].detach().float(), dim=1)
-            selection = superpixel_selection_mask(
-                probs1, probs2, labels, superpixels, self.keep_ratio, self.lam,
-                num_superpixels=counts if isinstance(counts, torch.Tensor) else None,
-                pool=self.pool, per_sample=self.per_sample,
+            (mask,) = self.select_on_lq(
+                lambda p1, p2, y, sp, k: (
+                    superpixel_selection_mask(
+                        p1, p2, y, sp, self.keep_ratio, self.lam, num_superpixels=k, pool=self.pool,
+                        per_sample=self.per_sample,
+                    ).mask,
+                ),
+                batch, labels, probs1, probs2, labels, superpixels, counts,
             )
-        return selection.mask
+        return mask
 
 
 class SPGuidedVoxelTrainer(SPGuidedTrainer):
@@ -350,7 +415,10 @@ class TriNetworkTrainer(CoTeachingTrainer):
         if self.selects_everything():
             everything = torch.ones_like(target, dtype=torch.bool)
             return [(term, everything) for term in ce]
-        masks = trinet_masks(*(c.detach() for c in ce), labels, self.keep_ratio, self.rule, self.per_sample)
+        masks = self.select_on_lq(
+            lambda c1, c2, c3, y: tuple(trinet_masks(c1, c2, c3, y, self.keep_ratio, self.rule, self.per_sample)),
+            batch, labels, *(c.detach() for c in ce), labels,
+        )
         return list(zip(ce, masks))
 
 
@@ -361,6 +429,7 @@ def estimate_training_keep_ratio(
     num_classes: int,
     min_ratio: float = 0.5,
     draws_per_case: int = 4,
+    count_hq: bool = True,
 ) -> torch.Tensor:
     """Estimate ``R_c`` of a training set from its HQ cases *(decision, methods.md §2 "R")*.
 
@@ -387,6 +456,8 @@ def estimate_training_keep_ratio(
         num_classes: C.
         min_ratio: lower clamp of the estimate.
         draws_per_case: noise draws per HQ case.
+        count_hq: count the HQ cases among the ``n_clean`` cases whose voxels are ranked; False for a trainer with
+            ``trust_hq`` (only the LQ labels are ranked, so ``R_c`` is their precision alone).
 
     Returns:
         float64 CPU tensor ``(C,)``.
@@ -410,7 +481,7 @@ def estimate_training_keep_ratio(
         noisy_right += np.bincount(noisy.ravel(), weights=right, minlength=classes)[:classes]
     n_hq = len(hq) * int(draws_per_case)
     n_noisy = sum(1 for i in items if i.get("quality") != "hq" and i.get("label") != i.get("label_clean"))
-    n_clean = len(items) - n_noisy
+    n_clean = len(items) - n_noisy - (0 if count_hq else len(hq))
     numerator = n_clean * clean_count / n_hq + n_noisy * noisy_right / n_hq
     denominator = n_clean * clean_count / n_hq + n_noisy * noisy_total / n_hq
     ratio = np.where(denominator > 0, numerator / np.maximum(denominator, 1e-12), 1.0)
@@ -425,8 +496,10 @@ def resolve_keep_ratio(
     num_classes: int,
     min_ratio: float = 0.5,
     draws_per_case: int = 4,
+    trust_hq: bool = False,
 ) -> list[float]:
-    """The target ``R_c`` for a config: ``source`` in :data:`KEEP_RATIO_SOURCES` (module docstring).
+    """The target ``R_c`` for a config: ``source`` in :data:`KEEP_RATIO_SOURCES` (module docstring); with
+    ``trust_hq`` (the trainer's option) an estimate is the precision of the LQ labels alone.
 
     Returns:
         ``C`` floats (logged, so that every run states the ratios it used).
@@ -443,7 +516,9 @@ def resolve_keep_ratio(
     if source == "config":
         ratios = per_class_keep_ratio(keep_ratio, num_classes)
     else:
-        ratios = estimate_training_keep_ratio(items, datalist_meta, num_classes, min_ratio, draws_per_case)
+        ratios = estimate_training_keep_ratio(
+            items, datalist_meta, num_classes, min_ratio, draws_per_case, count_hq=not trust_hq
+        )
     values = [round(float(r), 6) for r in ratios]
     _LOGGER.info(f"keep ratio R per class ({source}): {values}")
     return values

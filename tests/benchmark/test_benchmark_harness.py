@@ -175,6 +175,9 @@ def test_describe_timing_cites_latest_full_invocation():
     no_op = {**resumed, "runs_trained": 0, "runs_skipped": 4}
     assert "Since then" not in describe_timing([full, no_op])
     assert "the same command" in describe_timing([{**full, "command": "x"}, {**resumed, "command": "x"}])
+    # --method-issue-runs records its methods per setting; the text lists them per setting
+    per_setting = {**full, "settings": ["s1", "m1"], "methods": {"s1": ["alc", "jcas"], "m1": ["mtcl"]}}
+    assert "methods s1: alc, jcas; m1: mtcl;" in describe_timing([per_setting])
 
 
 def test_describe_timing_counts_runs_reused_within_the_invocation_as_made_by_it():

@@ -111,3 +111,15 @@ def test_training_cache_reaches_the_first_random_transform(config_name, demo_dat
         f"{config_name}: the cache ends at {type(chain.transforms[boundary]).__name__}, not a random transform"
     )
     assert boundary >= 5  # loading, orientation, checks and resampling are all before it
+
+
+@pytest.mark.parametrize("config_name", ["coteaching_la.json", "spguided_la.json"])
+def test_trust_hq_reads_each_samples_quality_through_the_real_pipeline(config_name, demo_dataset, tmp_path,
+                                                                       monkeypatch):
+    # trust_hq raises at the first selecting step when the collated batch lacks a 'quality' entry per sample; the
+    # first epoch is the forget-rate warm-up (R = 1, nothing ranked), so the run needs epochs after it
+    monkeypatch.chdir(REPO_ROOT)
+    out = tmp_path / "bundle"
+    run_bundle("training", [f"configs/{config_name}", "configs/quick.json"], dataset_dir=str(demo_dataset.parent),
+               datalist=str(demo_dataset), output_dir=str(out), device="cpu", trust_hq=True, max_epochs=3)
+    assert (out / "models" / "model.pt").is_file()

@@ -352,3 +352,62 @@ def test_hq_estimate_matches_the_true_label_precision_of_a_downsampled_dataset(t
     estimate = estimate_training_keep_ratio(items, meta, num_classes=2, min_ratio=0.0, draws_per_case=8).numpy()
     assert truth[1] < 0.95  # the noise is strong enough to matter
     assert abs(estimate[1] - truth[1]) <= 0.05 and abs(estimate[0] - truth[0]) <= 0.05, (estimate, truth)
+
+
+def _row(batch: dict, index: int) -> dict:
+    return {k: v[index:index + 1] for k, v in batch.items()}
+
+
+@pytest.mark.parametrize("cls", ALL_TRAINERS)
+def test_trust_hq_ranks_only_the_lq_samples(cls):
+    # batch of 2: sample 0 HQ, sample 1 LQ. HQ keeps every voxel; the LQ sample's masks are those the same trainer
+    # selects on a batch holding that sample alone (same R, same losses).
+    batch = {**_batches(num_batches=1)[0], "quality": ["hq", "lq"]}
+    count = 3 if cls is TriNetworkTrainer else 2
+    logits = [torch.randn(2, 2, SIDE, SIDE, SIDE) for _ in range(count)]
+    trusting = _trainer(cls, trust_hq=True)
+    plain = _trainer(cls)
+    terms = trusting.selection_terms(logits, batch["label"], batch)
+    alone = plain.selection_terms([z[1:] for z in logits], batch["label"][1:], _row(batch, 1))
+    assert len(terms) == len(alone)
+    for (_, mask), (_, lq_mask) in zip(terms, alone):
+        assert bool(mask[0].all())
+        assert torch.equal(mask[1:], lq_mask)
+        assert not bool(lq_mask.all())
+    # without HQ samples in the batch, trusting HQ changes nothing
+    batch["quality"] = ["lq", "lq"]
+    for (_, a), (_, b) in zip(trusting.selection_terms(logits, batch["label"], batch),
+                              plain.selection_terms(logits, batch["label"], batch)):
+        assert torch.equal(a, b)
+    # an all-HQ batch keeps every voxel
+    batch["quality"] = ["hq", "hq"]
+    assert all(bool(mask.all()) for _, mask in trusting.selection_terms(logits, batch["label"], batch))
+
+
+def test_trust_hq_needs_the_quality_of_every_sample():
+    batch = _batches(num_batches=1)[0]
+    logits = [torch.randn(2, 2, SIDE, SIDE, SIDE) for _ in range(2)]
+    trainer = _trainer(CoTeachingTrainer, trust_hq=True)
+    with pytest.raises(ValueError, match="'quality'"):
+        trainer.selection_terms(logits, batch["label"], batch)
+    with pytest.raises(ValueError, match="2 samples"):
+        trainer.selection_terms(logits, batch["label"], {**batch, "quality": ["hq"]})
+
+
+def test_trust_hq_trains_a_step_with_hq_rows():
+    batches = [{**b, "quality": ["hq", "lq"]} for b in _batches(num_batches=2)]
+    trainer = _trainer(SPGuidedTrainer, keep_ratio=(0.5, 0.5), batches=batches, trust_hq=True)
+    trainer.run()
+    # half the voxels are the HQ sample's (all kept), the LQ half keeps R = 0.5 of its voxels (or a piece less)
+    assert 0.6 <= float(trainer.state.output["selected_fraction"]) <= 0.75 + 0.03
+
+
+def test_hq_estimate_without_the_hq_cases_hand_computed(tmp_path):
+    # trust_hq: only the LQ labels are ranked, so R is their precision alone. The one LQ case is corrupted (every
+    # foreground voxel turned background): R_bg = 448 / 512 = 0.875; R_fg = 1 (no voxel labelled foreground)
+    meta = {"seed": 0, "noise": {"name": "class_conditional", "params": {"matrix": [[1.0, 0.0], [1.0, 0.0]]}}}
+    items = _keep_ratio_items(tmp_path)
+    ratio = estimate_training_keep_ratio(items, meta, num_classes=2, min_ratio=0.0, count_hq=False)
+    assert ratio.tolist() == pytest.approx([0.875, 1.0])
+    assert resolve_keep_ratio("hq_estimate", 0.8, items, meta, 2, min_ratio=0.0, trust_hq=True) == [0.875, 1.0]
+    assert resolve_keep_ratio("hq_estimate", 0.8, items, meta, 2, min_ratio=0.0) == [round(896 / 960, 6), 1.0]
