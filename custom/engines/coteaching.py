@@ -215,23 +215,29 @@ class CoTeachingTrainer(NoisyLabelTrainer):
         self,
         select: Callable[..., tuple[torch.Tensor, ...]],
         batch: Mapping[str, Any],
-        labels: torch.Tensor,
         *per_sample_args: torch.Tensor | None,
     ) -> tuple[torch.Tensor, ...]:
         """``select(*per_sample_args)`` (a tuple of bool masks ``(B, *S)``) on the batch's LQ rows only
         (:meth:`lq_rows`); the HQ rows select every voxel. Arguments are sliced along dim 0 on their own device
-        (``None`` passes); ``labels`` ``(B, 1, *S)`` gives the mask shape. Without HQ rows a plain call."""
-        rows = self.lq_rows(batch, labels.shape[0])
+        (``None`` passes; the first one gives ``B``). Without HQ rows a plain call."""
+        batch_size = per_sample_args[0].shape[0]
+        rows = self.lq_rows(batch, batch_size)
         if rows is None:
             return select(*per_sample_args)
-        shape = (labels.shape[0], *labels.shape[2:])
-        if rows.numel() == 0:  # an all-HQ batch: nothing to rank; the call only tells how many masks
-            return tuple(torch.ones(shape, dtype=torch.bool, device=labels.device) for _ in select(*per_sample_args))
-        sliced = [a if a is None else a.index_select(0, rows.to(a.device)) for a in per_sample_args]
+        if rows.numel() == 0:  # an all-HQ batch: nothing to rank; the call only gives the masks' number and shape
+            return tuple(torch.ones_like(mask) for mask in select(*per_sample_args))
+        on_device: dict[torch.device, torch.Tensor] = {}  # the row index copied once per device, not per tensor
+
+        def rows_on(device: torch.device) -> torch.Tensor:
+            if device not in on_device:
+                on_device[device] = rows.to(device)
+            return on_device[device]
+
+        sliced = [a if a is None else a.index_select(0, rows_on(a.device)) for a in per_sample_args]
         masks = []
         for sub in select(*sliced):
-            full = torch.ones(shape, dtype=torch.bool, device=sub.device)
-            full[rows.to(sub.device)] = sub
+            full = torch.ones((batch_size, *sub.shape[1:]), dtype=torch.bool, device=sub.device)
+            full[rows_on(sub.device)] = sub
             masks.append(full)
         return tuple(masks)
 
@@ -257,7 +263,7 @@ class CoTeachingTrainer(NoisyLabelTrainer):
             return [(ce[0], everything), (ce[1], everything)]
         mask1, mask2 = self.select_on_lq(
             lambda c1, c2, y: coteaching_masks(c1, c2, y, self.keep_ratio, self.per_sample),
-            batch, labels, ce[0].detach(), ce[1].detach(), labels,
+            batch, ce[0].detach(), ce[1].detach(), labels,
         )
         return [(ce[0], mask1), (ce[1], mask2)]
 
@@ -309,7 +315,7 @@ class JoCoRTrainer(CoTeachingTrainer):
         """Voxels ``(B, *S)`` the joint loss is averaged over: the small-loss voxels of the joint loss itself."""
         (mask,) = self.select_on_lq(
             lambda j, y: (jocor_mask(j, y, self.keep_ratio, self.per_sample),),
-            batch, labels, joint_loss.detach(), labels,
+            batch, joint_loss.detach(), labels,
         )
         return mask
 
@@ -376,7 +382,7 @@ class SPGuidedTrainer(JoCoRTrainer):
                         per_sample=self.per_sample,
                     ).mask,
                 ),
-                batch, labels, probs1, probs2, labels, superpixels, counts,
+                batch, probs1, probs2, labels, superpixels, counts,
             )
         return mask
 
@@ -417,7 +423,7 @@ class TriNetworkTrainer(CoTeachingTrainer):
             return [(term, everything) for term in ce]
         masks = self.select_on_lq(
             lambda c1, c2, c3, y: tuple(trinet_masks(c1, c2, c3, y, self.keep_ratio, self.rule, self.per_sample)),
-            batch, labels, *(c.detach() for c in ce), labels,
+            batch, *(c.detach() for c in ce), labels,
         )
         return list(zip(ce, masks))
 
