@@ -32,7 +32,8 @@ Common mechanics (:class:`CoTeachingTrainer`):
 
 ``trust_hq`` *(decision, not in the papers, which have no HQ set)*: the HQ samples of a batch (``batch["quality"]``
 entries ``"hq"``) keep every voxel and only the LQ samples' voxels are ranked, with ``R_c`` the precision of the LQ
-labels alone (:func:`estimate_training_keep_ratio` with ``count_hq=False``). Default off (the papers' selection).
+labels alone (:func:`estimate_training_keep_ratio` with ``count_hq=False``). Off in the trainer (the papers'
+selection); on in the family's configs, where the validation split preferred it (issue 15, docs/methods/spguided.md).
 
 ``keep_ratio_source`` of the configs is resolved by :func:`resolve_keep_ratio`: ``"config"`` (the given ``R_c``),
 ``"hq_estimate"`` (:func:`estimate_training_keep_ratio`: the datalist's noise simulator applied to the HQ cases'
