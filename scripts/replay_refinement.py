@@ -36,13 +36,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="config overrides the run used (e.g. trust_hq=False), as JSON values")
     parser.add_argument("--keep-ratio", nargs="+", type=float, default=None,
                         help="R_c per class at the round (default: the config's target_keep_ratio)")
-    parser.add_argument("--min-confidence", nargs="+", type=float, default=[0.8], help="confidence gates")
+    parser.add_argument("--min-confidence", nargs="+", type=_gate, default=[0.8],
+                        help="confidence gates: a number, or one per noisy class as 'g0,g1,...'")
     parser.add_argument("--case-gate", nargs="+", default=["hq_agreement"], help="case gates: none, hq_agreement")
     parser.add_argument("--case-gate-margin", type=float, default=0.02)
     parser.add_argument("--budget", nargs="+", default=["pooled"], help="budgets: pooled, per_case")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--output", type=Path, default=None, help="CSV of every rule's per-case rows")
     return parser.parse_args(argv)
+
+
+def _gate(text: str) -> float | list[float]:
+    values = [float(v) for v in text.split(",")]
+    return values[0] if len(values) == 1 else values
 
 
 def _override(text: str) -> tuple[str, object]:
@@ -108,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for gate, case_gate, budget in itertools.product(args.min_confidence, args.case_gate, args.budget):
             rows = replay_refinement(cases, keep_ratio, gate, case_gate, args.case_gate_margin, budget)
             s = summarize_replay(rows)
-            print(f"min_confidence {gate:.2f}, case gate {case_gate}, budget {budget}: {s['refined']} of "
+            print(f"min_confidence {gate}, case gate {case_gate}, budget {budget}: {s['refined']} of "
                   f"{s['cases']} LQ cases refined; mean Dice {s['mean_dice_before']} -> {s['mean_dice_after']}; "
                   f"worst uncorrupted loss {s['worst_uncorrupted_loss']} ({s['uncorrupted']} uncorrupted)")
             all_rows += [{"min_confidence": gate, "case_gate": case_gate, "budget": budget, **r} for r in rows]

@@ -116,7 +116,8 @@ class SuperpixelRefinementStage:
             refined cases, spent on the globally least reliable pieces (:func:`pooled_refinement_masks`); or
             ``"per_case"``: every case spends its own ``(1 - R_c) N_c`` (uncorrupted cases lose correct labels).
         refine_min_confidence: a taken piece is relabelled only where the two networks' pooled probability of the
-            new class reaches this (0 = the paper; :func:`custom.refinement.superpixel_refinement.apply_refinement`).
+            new class reaches this (0 = the paper; :func:`custom.refinement.superpixel_refinement.apply_refinement`);
+            a list gives one gate per noisy class (``num_classes`` entries): a piece labelled ``c`` needs entry ``c``.
         refine_gate: ``"fixed"`` (default): the gate is ``refine_min_confidence``; ``"hq_calibrated"``: every round
             first refines the HQ cases as a dry run (scored among the refined cases, their labels never changed) and
             uses the smallest gate, at least ``refine_min_confidence``, at which none of them loses more than
@@ -151,13 +152,20 @@ class SuperpixelRefinementStage:
         refine_by_epoch: int | None = None,
         refine_from_epoch: int | None = None,
         refine_budget: str = "pooled",
-        refine_min_confidence: float = 0.0,
+        refine_min_confidence: float | Sequence[float] = 0.0,
         refine_gate: str = "fixed",
         refine_gate_tolerance: float = 0.02,
         refine_case_gate: str = "none",
         refine_case_gate_margin: float = 0.02,
     ) -> None:
-        check_min_confidence(refine_min_confidence, "refine_min_confidence")  # at build time, not at the first round
+        # checked at build time, not at the first round
+        gate = check_min_confidence(refine_min_confidence, "refine_min_confidence")
+        if gate.dim() == 1 and gate.numel() != int(num_classes):
+            raise ValueError(
+                f"refine_min_confidence needs one gate per class ({num_classes}), got {gate.tolist()}."
+            )
+        if gate.dim() == 1 and refine_gate == "hq_calibrated":
+            raise ValueError("refine_gate='hq_calibrated' calibrates one gate: refine_min_confidence must be a number.")
         if refine_gate not in REFINE_GATES:
             raise ValueError(f"refine_gate must be one of {REFINE_GATES}, got {refine_gate!r}.")
         if not 0.0 <= float(refine_gate_tolerance) <= 1.0:
@@ -203,7 +211,8 @@ class SuperpixelRefinementStage:
         self.refine_by_epoch = None if refine_by_epoch is None else int(refine_by_epoch)
         self.refine_from_epoch = None if refine_from_epoch is None else int(refine_from_epoch)
         self.refine_budget = refine_budget
-        self.refine_min_confidence = float(refine_min_confidence)
+        # one gate (float) or one per noisy class (list): logged as given
+        self.refine_min_confidence = float(gate) if gate.dim() == 0 else [float(g) for g in gate]
         self.refine_gate = refine_gate
         self.refine_gate_tolerance = float(refine_gate_tolerance)
         self.refine_case_gate = refine_case_gate

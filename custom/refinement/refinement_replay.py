@@ -82,7 +82,7 @@ def load_replay_case(
 def replay_refinement(
     cases: Sequence[ReplayCase],
     keep_ratio: float | Sequence[float] | torch.Tensor,
-    min_confidence: float = 0.8,
+    min_confidence: float | Sequence[float] = 0.8,
     case_gate: str = "hq_agreement",
     case_gate_margin: float = 0.02,
     budget: str = "pooled",
@@ -97,7 +97,7 @@ def replay_refinement(
     Args:
         cases: :func:`load_replay_case` of the training cases, HQ ones included (the case gate reads them).
         keep_ratio: ``R_c`` per class ``(C,)`` at the round (the trainer's target keep ratio).
-        min_confidence: the confidence gate in ``[0, 1]``.
+        min_confidence: the confidence gate in ``[0, 1]``, or one per noisy class ``(C,)``.
         case_gate: ``"none"`` or ``"hq_agreement"``.
         case_gate_margin: the case gate's margin.
         budget: ``"pooled"`` or ``"per_case"``.

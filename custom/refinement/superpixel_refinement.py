@@ -16,7 +16,9 @@ With both networks in eval mode and ``p = (p1 + p2) / 2``:
    their label. Optionally *(decision, not in the paper)* only where the pooled probability of the argmax reaches
    ``min_confidence``: the budget ``(1 - R_c) N_c`` of the background class is a few percent of a whole volume,
    often more than the foreground itself, so without a gate it relabels every background piece the networks merely
-   lean towards foreground, in clean cases as much as in corrupted ones.
+   lean towards foreground, in clean cases as much as in corrupted ones. The gate may differ per noisy class (a
+   piece labelled ``c`` needs ``min_confidence[c]``): the networks' rejection of a class they were trained on less
+   of (small ``R_c``) is the less reliable one.
 
 After refinement ``R <- max(R, min(gamma * R, R_max))`` (:func:`update_keep_ratio`, gamma = 1.1).
 """
@@ -45,6 +47,7 @@ __all__ = [
     "refinement_piece_mask",
     "pooled_refinement_masks",
     "check_min_confidence",
+    "confidence_gate",
     "apply_refinement",
     "refine_labels_by_superpixel",
     "update_keep_ratio",
@@ -171,14 +174,30 @@ def pooled_refinement_masks(
     return list(torch.split(taken, [s.loss.shape[1] for s in scores], dim=1))
 
 
-def check_min_confidence(min_confidence: float, name: str = "min_confidence") -> None:
-    """Raise ``ValueError`` (naming ``name``) unless the refinement gate lies in ``[0, 1]``."""
-    if not 0.0 <= float(min_confidence) <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {min_confidence}.")
+def check_min_confidence(min_confidence: float | Sequence[float], name: str = "min_confidence") -> torch.Tensor:
+    """The refinement gate as a float64 CPU tensor: 0-dim for one gate, ``(C,)`` for one per noisy class.
+
+    Raises:
+        ValueError: (naming ``name``) a gate outside ``[0, 1]`` or more than one dimension.
+    """
+    return as_class_ratios(min_confidence, name)
+
+
+def confidence_gate(
+    min_confidence: float | Sequence[float] | torch.Tensor, piece_class: torch.Tensor
+) -> torch.Tensor:
+    """The gate each piece must reach: ``min_confidence`` itself, or ``min_confidence[c]`` for a piece of noisy
+    class ``c`` (float32, the shape of ``piece_class``, on its device). A per-class gate needs an entry for every
+    class (the refinement stage checks its length against the number of classes when it is built).
+    """
+    gate = check_min_confidence(min_confidence)
+    if gate.dim() == 0:
+        return torch.full_like(piece_class, float(gate), dtype=torch.float32)
+    return gate.to(device=piece_class.device, dtype=torch.float32)[piece_class]
 
 
 def apply_refinement(
-    scores: PieceScores, unreliable: torch.Tensor, min_confidence: float = 0.0
+    scores: PieceScores, unreliable: torch.Tensor, min_confidence: float | Sequence[float] = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 8: the unreliable pieces whose pooled prediction differs from their noisy class take the prediction.
 
@@ -186,18 +205,19 @@ def apply_refinement(
         scores: :func:`piece_scores` of the case(s).
         unreliable: ``(B, P)`` bool, the pieces Eq. 6 took.
         min_confidence: a piece flips only where the pooled probability of its prediction is at least this
-            (0 = the paper: every disagreeing unreliable piece flips).
+            (0 = the paper: every disagreeing unreliable piece flips); a sequence gives one gate per noisy class
+            ``(C,)``: a piece *labelled* ``c`` needs ``min_confidence[c]`` to take another class.
 
     Returns:
         ``(new_labels, changed)``: int64 ``(B, 1, *S)`` and bool ``(B, 1, *S)``.
 
     Raises:
-        ValueError: ``min_confidence`` outside [0, 1].
+        ValueError: a gate outside [0, 1].
     """
-    check_min_confidence(min_confidence)
+    gate = check_min_confidence(min_confidence)
     flip = unreliable & (scores.predicted != scores.piece_class)
-    if min_confidence > 0.0:
-        flip = flip & (scores.confidence >= min_confidence)
+    if bool((gate > 0.0).any()):
+        flip = flip & (scores.confidence >= confidence_gate(gate, scores.piece_class))
     new_piece_class = torch.where(flip, scores.predicted, scores.piece_class)
     new_labels = pieces_to_voxels(new_piece_class, scores.pieces.ids).unsqueeze(1)
     changed = pieces_to_voxels(flip, scores.pieces.ids).unsqueeze(1)
@@ -213,7 +233,7 @@ def refine_labels_by_superpixel(
     pool: str = "superpixel",
     per_sample: bool = True,
     eps: float = 1e-8,
-    min_confidence: float = 0.0,
+    min_confidence: float | Sequence[float] = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eqs. 6-8 of SP-guided: relabel the least reliable pieces of each noisy class to the pooled prediction.
 
@@ -228,7 +248,7 @@ def refine_labels_by_superpixel(
             when the batch holds the whole training set; :func:`pooled_refinement_masks` for cases refined one at
             a time).
         eps: clamp inside the log.
-        min_confidence: see :func:`apply_refinement`.
+        min_confidence: see :func:`apply_refinement` (one gate, or one per noisy class).
 
     Returns:
         ``(new_labels, changed)``: int64 ``(B, 1, *S)`` and bool ``(B, 1, *S)`` (True where the label changed).

@@ -139,7 +139,10 @@ def case_refinement_mask(scores: PieceScores, keep_ratio: Sequence[float] | torc
 
 
 def finish_case(
-    case: ScoredCase, unreliable: torch.Tensor, load_transform: Callable[[dict], dict], min_confidence: float = 0.0
+    case: ScoredCase,
+    unreliable: torch.Tensor,
+    load_transform: Callable[[dict], dict],
+    min_confidence: float | Sequence[float] = 0.0,
 ) -> RefinedCase:
     """Eq. 8 on a scored case (flips gated by ``min_confidence``, :func:`apply_refinement`) and the result in the
     geometry of its source label file.
@@ -169,7 +172,7 @@ def refine_case(
     use_superpixels: bool = True,
     pool: str = "superpixel",
     superpixel_key: str = "superpixel",
-    min_confidence: float = 0.0,
+    min_confidence: float | Sequence[float] = 0.0,
 ) -> RefinedCase:
     """Eqs. 6-8 of SP-guided on one whole training volume, with the budget of that case alone.
 

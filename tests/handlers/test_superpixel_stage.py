@@ -293,7 +293,9 @@ def test_state_dict_round_trip_restores_labels_and_ratio(tmp_path):
     "kwargs",
     [{"max_rounds": -1}, {"gamma": 0.9}, {"num_classes": 1}, {"refine_by_epoch": 0}, {"refine_min_confidence": 1.5},
      {"refine_gate": "auto"}, {"refine_gate_tolerance": -0.1}, {"refine_case_gate": "auto"},
-     {"refine_case_gate_margin": 1.5}, {"refine_from_epoch": 0}, {"refine_from_epoch": 5, "refine_by_epoch": 4}],
+     {"refine_case_gate_margin": 1.5}, {"refine_from_epoch": 0}, {"refine_from_epoch": 5, "refine_by_epoch": 4},
+     {"refine_min_confidence": [0.8]}, {"refine_min_confidence": [0.8, 1.2]},
+     {"refine_min_confidence": [0.8, 0.95], "refine_gate": "hq_calibrated"}],
 )
 def test_stage_bad_arguments(tmp_path, kwargs):
     items, _, _ = _dataset_items(tmp_path, cases=("a",), hq=())
@@ -340,6 +342,22 @@ def test_hq_calibrated_gate_keeps_the_networks_doubtful_errors_out_of_the_labels
     assert 0.761 < float(rows[0]["min_confidence"]) <= 0.78
     with open(tmp_path / "hq_calibrated" / "run" / "refined_labels" / "refinement_log.csv") as f:
         assert {r["min_confidence"] for r in csv.DictReader(f)} == {rows[0]["min_confidence"]}
+
+
+def test_a_gate_per_noisy_class_asks_each_class_its_own_confidence(tmp_path):
+    items, clean, noisy = _dataset_items(tmp_path)
+    blob = _with_network_error(items, clean)
+    # background pieces need 0.8: the blob (foreground at 0.761) stays out; foreground pieces need nothing: the
+    # noisy ring (background at 0.991) goes
+    refined, _ = _refine_once(tmp_path / "bg08", items, refine_min_confidence=[0.8, 0.0])
+    for label in refined[:2]:
+        np.testing.assert_array_equal(label, clean)
+    # foreground pieces need 1.0: the ring stays, and with no gate on background the blob comes in
+    refined, _ = _refine_once(tmp_path / "fg10", items, refine_min_confidence=[0.0, 1.0])
+    for label in refined[:2]:
+        np.testing.assert_array_equal(label, np.maximum(noisy, blob))
+    with open(tmp_path / "fg10" / "run" / "refined_labels" / "refinement_log.csv") as f:
+        assert {r["min_confidence"] for r in csv.DictReader(f)} == {"[0.0, 1.0]"}
 
 
 def test_case_gate_refines_only_the_case_that_disagrees_with_the_networks_more_than_the_hq_case(tmp_path):

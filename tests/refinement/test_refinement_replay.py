@@ -103,17 +103,17 @@ def test_the_script_replays_a_real_checkpoint(demo_dataset, tmp_path, monkeypatc
     csv_path = tmp_path / "replay.csv"
     cmd = [sys.executable, "scripts/replay_refinement.py", "--config_file", *configs, "--dataset_dir",
            str(demo_dataset.parent), "--override", f"datalist=\"{demo_dataset}\"", "--checkpoint", str(checkpoint),
-           "--min-confidence", "0.5", "0.99", "--case-gate", "none", "--output", str(csv_path)]
+           "--min-confidence", "0.5", "0.99", "0.5,0.99", "--case-gate", "none", "--output", str(csv_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "min_confidence 0.50" in done.stdout and "min_confidence 0.99" in done.stdout
+    assert "min_confidence 0.5," in done.stdout and "min_confidence [0.5, 0.99]," in done.stdout
     rows = list(csv.DictReader(open(csv_path)))
     lq = {r["case_id"] for r in rows}
-    assert len(rows) == 2 * len(lq) and lq
-    assert {r["min_confidence"] for r in rows} == {"0.5", "0.99"}
+    assert len(rows) == 3 * len(lq) and lq
+    assert {r["min_confidence"] for r in rows} == {"0.5", "0.99", "[0.5, 0.99]"}
     # a stricter gate never changes more voxels of a case
     by = {(r["case_id"], r["min_confidence"]): float(r["changed_fraction"]) for r in rows}
-    assert all(by[(c, "0.99")] <= by[(c, "0.5")] for c in lq)
+    assert all(by[(c, "0.99")] <= by[(c, "[0.5, 0.99]")] <= by[(c, "0.5")] for c in lq)
 
     bad = subprocess.run([*cmd[:-2], "--checkpoint", str(tmp_path / "missing.pt")], capture_output=True, text=True,
                          cwd=REPO_ROOT)

@@ -216,3 +216,24 @@ def test_confidence_gate_keeps_a_clean_case_that_the_budget_reaches():
     assert apply_refinement(scores_a, mask_a, min_confidence=0.97)[1].flatten().tolist() == [True] + [False] * 15
     with pytest.raises(ValueError, match="min_confidence"):
         apply_refinement(scores_a, mask_a, min_confidence=1.5)
+
+
+def test_a_gate_per_noisy_class_reads_each_pieces_own_class():
+    from custom.refinement.superpixel_refinement import apply_refinement, confidence_gate, piece_scores
+
+    # voxel pieces: 0 labelled bg, predicted fg at 0.85; 1 labelled fg, predicted bg at 0.9; 2 and 3 agree
+    labels = torch.tensor([0, 1, 1, 0]).reshape(1, 1, -1)
+    p_fg = torch.tensor([0.85, 0.1, 0.99, 0.01]).reshape(1, 1, -1)
+    scores = piece_scores(torch.cat([1 - p_fg, p_fg], dim=1), labels, None)
+    taken = torch.ones_like(scores.loss, dtype=torch.bool)
+    assert confidence_gate([0.8, 0.95], scores.piece_class)[0].tolist() == pytest.approx([0.8, 0.95, 0.95, 0.8])
+    # relabelling background needs 0.8, foreground 0.95: only piece 0 flips
+    new, changed = apply_refinement(scores, taken, min_confidence=[0.8, 0.95])
+    assert changed.flatten().tolist() == [True, False, False, False] and new.flatten().tolist() == [1, 1, 1, 0]
+    # and the other way round only piece 1
+    assert apply_refinement(scores, taken, min_confidence=[0.95, 0.8])[1].flatten().tolist() == [
+        False, True, False, False]
+    # one gate for both classes as a scalar
+    assert apply_refinement(scores, taken, min_confidence=0.8)[1].flatten().tolist() == [True, True, False, False]
+    with pytest.raises(ValueError, match="min_confidence"):
+        apply_refinement(scores, taken, min_confidence=[0.8, 1.5])
