@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         use_superpixels = bool(parser.get("label_stage", {}).get("use_superpixels", True))
         cases = []
         for i, item in enumerate(items, 1):
-            cases.append(load_replay_case(networks, item, load, inferer, args.device, use_superpixels))
+            cases.append(load_replay_case(networks, item, load, use_superpixels, inferer=inferer, device=args.device))
             print(f"scored {i}/{len(items)}: {cases[-1].case_id} ({cases[-1].quality})", flush=True)
         all_rows = []
         print(f"R = {[round(float(r), 4) for r in keep_ratio]}")

@@ -58,18 +58,20 @@ def load_replay_case(
     networks: Sequence[nn.Module],
     item: Mapping[str, Any],
     load_transform: Callable[[dict], dict],
-    inferer: Callable[..., torch.Tensor] | None = None,
-    device: torch.device | str | None = None,
     use_superpixels: bool = True,
-    pool: str = "superpixel",
     superpixel_key: str = "superpixel",
+    **score_options: Any,
 ) -> ReplayCase:
     """Score one training case with the networks (their mean softmax, as the refinement stage does) and load its
     clean labels through the same transform.
 
-    Args: see :func:`custom.refinement.volume_refinement.score_case`; ``item`` may hold ``label_clean``.
+    Args:
+        networks, item, load_transform, use_superpixels, superpixel_key: as for
+            :func:`custom.refinement.volume_refinement.score_case`; ``item`` may hold ``label_clean``.
+        score_options: ``inferer``, ``device`` or ``pool`` of ``score_case``.
     """
-    scored = score_case(networks, item, load_transform, inferer, device, use_superpixels, pool, superpixel_key)
+    scored = score_case(networks, item, load_transform, use_superpixels=use_superpixels,
+                        superpixel_key=superpixel_key, **score_options)
     clean = None
     if item.get("label_clean"):
         keys = ["image", "label"] + ([superpixel_key] if use_superpixels else [])
