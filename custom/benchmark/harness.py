@@ -62,9 +62,10 @@ __all__ = [
 
 _JCAS_WARMUP = ["configs/jcas_la.json", "configs/ablations/jcas_warmup_only.json"]
 _ATTACHED = {"detach_feature_heads": False}
-# the SP-guided variants below ran before the defaults refine_case_gate="hq_agreement" (session 11) and trust_hq
-# (session 15); both are pinned so that a rerun repeats them
-_NO_CASE_GATE = {"refine_case_gate": "none", "trust_hq": False}
+# the SP-guided variants below ran before the defaults refine_case_gate="hq_agreement" (session 11), trust_hq and the
+# per-class refinement gate (session 15); all three are pinned so that a rerun repeats them
+_ONE_GATE = {"refine_min_confidence": 0.8}
+_NO_CASE_GATE = {"refine_case_gate": "none", "trust_hq": False, **_ONE_GATE}
 _ALL_RANKED = {"trust_hq": False}
 # method name -> (config files before the profile overlay, CLI overrides)
 METHODS: dict[str, tuple[list[str], dict[str, Any]]] = {
@@ -92,7 +93,7 @@ METHODS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "spguided_no_case_gate": (["configs/spguided_la.json"], _NO_CASE_GATE),
     # HQ and LQ voxels ranked alike (the papers; defaults up to session 14). trust_hq became the default when the
     # validation split preferred it in 11 of 12 seed-method pairs (issue 15; docs/methods/spguided.md)
-    "spguided_all_ranked": (["configs/spguided_la.json"], _ALL_RANKED),
+    "spguided_all_ranked": (["configs/spguided_la.json"], {**_ALL_RANKED, **_ONE_GATE}),
     "coteaching_all_ranked": (["configs/coteaching_la.json"], _ALL_RANKED),
     # SP-guided with the authors' joint-loss weight (co_lambda 0.65), the alternative the validation split decided
     # against (issue 15; docs/methods/spguided.md, "Validation choices")
@@ -106,9 +107,11 @@ METHODS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "spguided_hqgate": (
         ["configs/spguided_la.json"], {**_NO_CASE_GATE, "refine_gate": "hq_calibrated", "refine_min_confidence": 0.0}
     ),
-    # a stricter gate for relabelling foreground than background (issue 15: with trust_hq an uncorrupted LQ case lost
-    # 0.104 Dice at 0.8, mostly foreground taken away; docs/methods/spguided.md, "Refinement replays")
-    "spguided_fg_gate099": (["configs/spguided_la.json"], {"refine_min_confidence": [0.8, 0.99]}),
+    # one refinement gate for both classes (defaults up to session 14). The default became [0.8, 0.99], a stricter
+    # gate for relabelling foreground: with trust_hq an uncorrupted LQ case lost 0.104 Dice at 0.8, mostly foreground
+    # taken away, and the validation split found the two level (issue 15; docs/methods/spguided.md, "Refinement
+    # replays")
+    "spguided_gate08": (["configs/spguided_la.json"], _ONE_GATE),
     "jcas_warmup_only": (_JCAS_WARMUP, {}),
     "jcas_no_dar": (["configs/jcas_la.json", "configs/ablations/jcas_no_dar.json"], {}),
     "jcas": (["configs/jcas_la.json"], {}),
@@ -155,7 +158,7 @@ METHOD_LABELS = {
     "spguided_conf0": "SP-guided, ungated refinement (the paper; validation tuning; no case gate)",
     "spguided_conf095": "SP-guided, refinement confidence >= 0.95 (validation tuning; no case gate)",
     "spguided_hqgate": "SP-guided, refinement gate calibrated on the HQ cases (validation tuning; no case gate)",
-    "spguided_fg_gate099": "SP-guided, foreground relabelled only at confidence >= 0.99 (validation candidate)",
+    "spguided_gate08": "SP-guided, one refinement gate 0.8 for both classes (the gate up to session 14)",
     "jcas_warmup_only": "JCAS warm-up only (deep-supervised network)",
     "jcas_no_dar": "JCAS w/o DAR",
     "jcas": "JCAS",

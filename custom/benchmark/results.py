@@ -69,7 +69,7 @@ DIFF_TO: dict[str, list[str]] = {
     "spguided_no_case_gate": ["coteaching", "spguided"],
     "spguided_all_ranked": ["coteaching", "spguided"],
     "coteaching_all_ranked": ["coteaching"],
-    "spguided_fg_gate099": ["coteaching", "spguided"],
+    "spguided_gate08": ["coteaching", "spguided"],
     "jocor": ["coteaching"],
     "alc": ["mean_teacher", "alc_no_lr", "alc_no_ls"],
     "alc_gated": ["mean_teacher", "alc"],

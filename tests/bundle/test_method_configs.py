@@ -140,3 +140,16 @@ def test_trust_hq_reads_each_samples_quality_through_the_real_pipeline(config_na
     run_bundle("training", [f"configs/{config_name}", "configs/quick.json"], dataset_dir=str(demo_dataset.parent),
                datalist=str(demo_dataset), output_dir=str(out), device="cpu", max_epochs=3, **overrides)
     assert (out / "models" / "model.pt").is_file()
+
+
+def test_spguided_relabels_foreground_only_at_a_stricter_gate(demo_dataset, demo_dataset_3class, monkeypatch):
+    # issue 15: one gate per noisy class, background 0.8 and every foreground class 0.99 (docs/methods/spguided.md)
+    from monai.bundle import ConfigParser
+
+    monkeypatch.chdir(REPO_ROOT)
+    for datalist, expected in ((demo_dataset, [0.8, 0.99]), (demo_dataset_3class, [0.8, 0.99, 0.99])):
+        parser = ConfigParser()
+        parser.read_config(["configs/spguided_la.json"])
+        parser.update({"dataset_dir": str(datalist.parent), "datalist": str(datalist)})
+        assert parser.get_parsed_content("refine_min_confidence") == expected
+        assert parser.get_parsed_content("label_stage").refine_min_confidence == expected
