@@ -31,6 +31,7 @@ from custom.refinement.superpixel_refinement import (
     refinement_piece_mask,
 )
 from custom.refinement.volume_refinement import score_case
+from custom.selection.superpixel import pieces_to_voxels
 
 __all__ = ["ReplayCase", "CASE_GATES", "BUDGETS", "load_replay_case", "replay_refinement", "summarize_replay"]
 
@@ -135,22 +136,20 @@ def replay_refinement(
     rows = []
     for case in lq:
         mask = masks.get(case.case_id)
-        original, _ = apply_refinement(case.scores, torch.zeros_like(case.scores.loss, dtype=torch.bool))
-        if mask is None:
-            labels, changed = original, torch.zeros_like(original, dtype=torch.bool)
-        else:
-            labels, changed = apply_refinement(case.scores, mask.to(case.scores.loss.device), min_confidence)
+        kept = torch.zeros_like(case.scores.loss, dtype=torch.bool)  # a case the case gate keeps: no piece taken
+        labels, changed = apply_refinement(case.scores, kept if mask is None else mask.to(kept.device), min_confidence)
         row: dict[str, Any] = {
             "case_id": case.case_id, "agreement": round(agreement[case.case_id], 6), "refined": mask is not None,
             "changed_fraction": round(float(changed.float().mean()), 6),
         }
         if case.clean is not None:
-            num_classes = max(2, int(case.clean.max()) + 1, int(labels.max()) + 1, int(original.max()) + 1)
+            original = pieces_to_voxels(case.scores.piece_class, case.scores.pieces.ids).reshape(-1).cpu().numpy()
             clean = case.clean.reshape(-1).cpu().numpy()
-            before = foreground_dice(original.reshape(-1).cpu().numpy(), clean, num_classes)
-            after = foreground_dice(labels.reshape(-1).cpu().numpy(), clean, num_classes)
-            row.update({"dice_before": round(float(before), 6), "dice_after": round(float(after), 6),
-                        "uncorrupted": bool(np.array_equal(original.reshape(-1).cpu().numpy(), clean))})
+            row.update({
+                "dice_before": round(foreground_dice(original, clean), 6),
+                "dice_after": round(foreground_dice(labels.reshape(-1).cpu().numpy(), clean), 6),
+                "uncorrupted": bool(np.array_equal(original, clean)),
+            })
         rows.append(row)
     return rows
 
