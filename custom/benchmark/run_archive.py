@@ -2,7 +2,8 @@
 
 A work folder holds checkpoints and prepared data (gigabytes), so it lives outside the repository; on a machine that
 does not keep it between sessions, every run would have to be redone. The archive keeps only what the report reads
-(per-case metrics, curves, run statistics, label quality, the audit ranking, the commands), a few kB per run, in the
+(per-case metrics, curves, run statistics, label quality, the audit ranking, the commands, the run's record,
+:mod:`custom.benchmark.run_record`), a few kB per run, in the
 same ``<setting>/<method>_s<seed>/`` layout, so that a later invocation on a fresh machine imports them and resumes:
 
     archive/<setting>/<method>_s<seed>/eval/metrics_per_case.csv ...
@@ -47,6 +48,7 @@ ARCHIVED_FILES = (
     "training_command.json",
     "evaluating_command.json",
     "reused_from.json",
+    "run_record.json",
 )
 IMPORTED_FILE = "imported_from.json"
 _FINISHED = "eval/metrics_summary.json"
