@@ -6,7 +6,7 @@
     python scripts/audit_labels.py --bundle <trained bundle> --datalist <datalist.json> --output_dir <dir> \
         [--include_hq] [--ranking <audit_ranking.json>]
 
-The bundle is read as it was written by training (``custom.handlers.bundle_writer``): ``configs/inference.json``
+The bundle is read as it was written by training (``custom.bundle``): ``configs/inference.json``
 gives the network, the preprocessing and the sliding-window inferer; ``models/model.pt`` the weights. Images and
 labels pair by file name (``case.nii.gz`` in both folders; the case id is the name without ``.nii.gz``). A datalist
 audits its ``training`` LQ cases (``--include_hq``: all of them) and knows the clean labels of simulated noise.

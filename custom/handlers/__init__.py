@@ -1,12 +1,8 @@
 """Ignite/MONAI handlers: bundle writing, label-quality monitoring, evaluation reports."""
 
-from custom.handlers.bundle_writer import (
-    BundleWriter,
-    best_metric_state,
-    latest_checkpoint,
-    plain_state_dict,
-    write_bundle,
-)
+from custom.bundle import plain_state_dict, write_bundle
+from custom.handlers.bundle_writer import BundleWriter
+from custom.handlers.checkpoints import best_metric_state, latest_checkpoint
 from custom.handlers.coteaching_schedule import KeepRatioWarmup, LossGapHandler
 from custom.handlers.label_quality import LabelQualityHandler, foreground_dice_per_sample
 from custom.handlers.run_stats import RunStatsHandler

@@ -35,7 +35,7 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
     _save(newer, 2.0)
     assert latest_checkpoint(tmp_path) == str(newer)
     _truncate(newer)
-    with caplog.at_level(logging.WARNING, logger="custom.handlers.bundle_writer"):
+    with caplog.at_level(logging.WARNING, logger="custom.handlers.checkpoints"):
         assert latest_checkpoint(tmp_path) == str(older)
     assert f"resuming from {older}: the newer {newer} is unreadable" in caplog.text
     _truncate(older)
