@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from custom.data.prepare import main_la  # noqa: E402
+from custom.data.prepare_cli import main_la  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main_la())

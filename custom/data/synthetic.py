@@ -26,7 +26,8 @@ import numpy as np
 from scipy import ndimage
 
 from custom.data.datalist import read_datalist_meta
-from custom.data.prepare import CaseSource, prepare_dataset
+from custom.data.prepare import prepare_dataset
+from custom.data.sources import CaseSource
 from custom.io import DataError
 from custom.seeding import rng_for_case
 

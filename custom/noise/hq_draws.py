@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from custom.transforms.resampling import downsample_label
+
 __all__ = ["hq_noise_draws"]
 
 
@@ -32,10 +34,11 @@ def hq_noise_draws(
 
     The datalist's simulator (``meta["noise"]``: name and params; ``meta["seed"]``) is applied to each item's clean
     label upsampled ``meta["downsample"]`` = K times per axis (nearest) at the native spacing (stored spacing / K),
-    and the result pooled back with the preparation's majority vote (:func:`custom.data.prepare.downsample_label`):
-    ``scripts/prepare_la.py`` / ``prepare_nifti.py`` simulate at native resolution and downsample afterwards, so a
-    voxel-sized simulator parameter (MTCL's radii) means here what it meant when the LQ labels were made. Draw ``k``
-    of a case uses the case id ``"<case_id>#hq_estimate<k>"``.
+    and the result pooled back with the preparation's majority vote
+    (:func:`custom.transforms.resampling.downsample_label`): ``scripts/prepare_la.py`` / ``prepare_nifti.py``
+    simulate at native resolution and downsample afterwards, so a voxel-sized simulator parameter (MTCL's radii)
+    means here what it meant when the LQ labels were made. Draw ``k`` of a case uses the case id
+    ``"<case_id>#hq_estimate<k>"``.
 
     Args:
         items: datalist items with absolute paths (``label_clean`` or ``label``, ``case_id``).
@@ -47,7 +50,6 @@ def hq_noise_draws(
     Raises:
         ValueError: no noise simulator recorded in the datalist, or a downsample factor below 1.
     """
-    from custom.data.prepare import downsample_label
     from custom.noise import simulate_noise
 
     noise = datalist_meta.get("noise") or {}

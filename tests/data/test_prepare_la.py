@@ -11,17 +11,11 @@ import numpy as np
 import pytest
 
 from custom.data import load_datalist, read_datalist_meta
-from custom.data.prepare import (
-    assign_splits,
-    downsample_affine,
-    downsample_image,
-    downsample_label,
-    main_la,
-    parse_noise_params,
-    resolve_output,
-    staged_directory,
-)
+from custom.data.prepare_cli import main_la, parse_noise_params
+from custom.data.splits import assign_splits
+from custom.data.staging import resolve_output, staged_directory
 from custom.io import DataError, load_nifti
+from custom.transforms.resampling import downsample_affine, downsample_image, downsample_label
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "prepare_la.py"
@@ -390,7 +384,8 @@ def test_staged_directory_publishes_only_on_success(tmp_path):
 
 
 def test_case_ids_must_be_file_names(tmp_path):
-    from custom.data.prepare import CaseSource, prepare_dataset
+    from custom.data.prepare import prepare_dataset
+    from custom.data.sources import CaseSource
 
     def load():
         raise AssertionError("must not be loaded")
@@ -433,7 +428,7 @@ def _extra_list(folder: Path, ids: list[str]) -> None:
 
 
 def test_parse_list_spec_slices_like_python(h5_dir):
-    from custom.data.prepare import parse_list_spec, read_list_specs
+    from custom.data.sources import parse_list_spec, read_list_specs
 
     assert parse_list_spec("test.list", h5_dir) == (h5_dir / "test.list", slice(None, None))
     assert parse_list_spec("extra.list::2", h5_dir) == (h5_dir / "extra.list", slice(None, 2))

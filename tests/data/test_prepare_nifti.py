@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from custom.data import load_datalist, read_datalist_meta
-from custom.data.prepare import downsample_affine, main_nifti, read_dataset_labels
+from custom.data.prepare_cli import main_nifti
+from custom.data.sources import read_dataset_labels
 from custom.io import DataError, load_nifti, save_nifti
+from custom.transforms.resampling import downsample_affine
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "prepare_nifti.py"

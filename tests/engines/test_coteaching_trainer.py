@@ -318,7 +318,7 @@ def test_hq_estimate_matches_the_true_label_precision_of_a_downsampled_dataset(t
     import h5py
 
     from custom.data import load_datalist, read_datalist_meta
-    from custom.data.prepare import main_la
+    from custom.data.prepare_cli import main_la
     from custom.io import load_nifti
 
     h5 = tmp_path / "h5"

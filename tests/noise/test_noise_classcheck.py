@@ -88,7 +88,7 @@ def test_redraw_gives_up_after_max_attempts(thin_label):
 def test_redraw_of_a_drawless_simulator_fails_at_once():
     # sp_erode never empties a class, but pooling by 2 (the view) can: class 2, a 4^3 block on the 2^3 grid, keeps
     # only its 2^3 core after beta = 0.8, one voxel per pooled block, and loses every majority vote
-    from custom.data.prepare import downsample_label
+    from custom.transforms.resampling import downsample_label
 
     label = np.zeros((16, 16, 16), np.uint8)
     label[0:8, 0:8, 0:8] = 1
