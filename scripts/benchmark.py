@@ -5,10 +5,12 @@
     python scripts/benchmark.py --write-docs         # the same, and write docs/benchmarks.md (+ results json)
     python scripts/benchmark.py --profile gpu        # the papers' scale (configs/paper_la.json), for a GPU
     python scripts/benchmark.py --report-only        # rebuild the report from finished runs
-    python scripts/benchmark.py --method-issue-runs  # the method issues' runs (METHOD_ISSUE_RUNS), 3 seeds
+    python scripts/benchmark.py --protocol-runs      # the protocol's runs (PROTOCOL_RUNS), 3 seeds
 
 Runs are skipped when already finished, so re-running after an interruption continues where it stopped.
-Seeds, commands and timings are recorded beside each run (``<work-dir>/<setting>/<method>_s<seed>/``).
+Seeds, commands, timings and the run's own record (``run_record.json``: the method's configs, overrides, label and
+baselines, the commit) are kept beside each run (``<work-dir>/<setting>/<method>_s<seed>/``); the report reads the
+methods' labels and baselines from those records, so archived variants need no entry in code.
 
 Parallel runs: ``--jobs N`` runs N (setting, method, seed) runs at a time (default 2 on this 2-core machine for the
 CPU and quick profiles, i.e. min(2, CPUs); 1 for the GPU profile), started in the order given. Each run gets
@@ -30,27 +32,18 @@ import sys
 import time
 from pathlib import Path
 
-from custom.benchmark.figures import plot_dice_vs_noise, plot_learning_curves, plot_paired_differences
-from custom.benchmark.harness import (
+from custom.benchmark.registry import (
     AUDIT_SOURCES,
-    METHOD_ISSUE_RUNS,
-    METHOD_LABELS,
     METHODS,
     PROTOCOL_PREPARE_ARGS,
+    PROTOCOL_RUNS,
     PROTOCOL_SEEDS,
-    SETTING_INDEPENDENT_METHODS,
     SETTINGS,
-    TIMING_FILE,
-    available_cpus,
-    describe_timing,
-    read_timing,
-    run_benchmark,
 )
-from custom.benchmark.report import write_markdown
-from custom.benchmark.results import PRIMARY_SETTINGS, build_results, collect_runs
+from custom.benchmark.report import write_outputs
 from custom.benchmark.run_archive import export_runs, import_runs
-from custom.benchmark.timing import describe_run_time_budget, run_time_budget
-from custom.io import write_json
+from custom.benchmark.scheduler import available_cpus, run_benchmark
+from custom.errors import PREFIX
 
 # cpu_converged (the CPU protocol): cpu_la.json's data, patch, width and batch with 1400 iterations in bfloat16
 # autocast (docs/benchmark_notes.md "How the profile was chosen"); cpu: the superseded float32 profile (docs/float32/)
@@ -63,72 +56,6 @@ PROFILES = {
 DEFAULT_SETTINGS = ["mtcl_hq25", "sp_a0.7_b0.7"]
 
 
-def write_outputs(
-    work_dir: str | Path,
-    report_path: Path,
-    results_path: Path,
-    figures_dir: Path,
-    notes: str,
-    protocol: dict,
-    profile: str,
-    runs_from: str | Path | None = None,
-) -> tuple[dict, Path]:
-    """Build the results document from the finished runs of ``work_dir``, then write it (JSON), the figures and the
-    markdown report generated from the same document. ``runs_from``: where the report says the runs and their
-    timing records are kept (the run archive they were imported from; default ``work_dir``). Returns ``(results,
-    report path)``."""
-    runs_from = Path(work_dir if runs_from is None else runs_from)
-    settings = [s for s in SETTINGS if (Path(work_dir) / s).is_dir()]
-    runs = collect_runs(work_dir, settings, list(METHODS))
-    results = build_results(runs, list(METHODS), PRIMARY_SETTINGS, protocol)
-    records = read_timing(work_dir)
-    required = [(s, m, seed) for s, methods in METHOD_ISSUE_RUNS.items() for m in methods for seed in PROTOCOL_SEEDS]
-    results["run_time_budget"] = {
-        "method_issues": {
-            "runs": {s: list(m) for s, m in METHOD_ISSUE_RUNS.items()}, "seeds": list(PROTOCOL_SEEDS),
-            **run_time_budget(records, required, SETTING_INDEPENDENT_METHODS),
-        }
-    }
-    write_json(results, results_path)
-    figures: dict[str, list[Path]] = {}
-    for name in results["settings"]:
-        made = [
-            plot_learning_curves(  # the protocol's rows; one-seed tuning and diagnostic runs are in the tables
-                runs, name, list(METHODS), METHOD_LABELS, figures_dir / f"learning_curves_{name}.png",
-                min_seeds=len(PROTOCOL_SEEDS),
-            ),
-            plot_paired_differences(
-                results["settings"][name], name, METHOD_LABELS, figures_dir / f"paired_diff_{name}.png"
-            ),
-        ]
-        figures[name] = [p for p in made if p is not None]
-    for family, xlabel in (("sp", "SP noise level (alpha * beta)"), ("mtcl", "fraction of LQ cases")):
-        levels = [(s.name, s.noise_level) for s in SETTINGS.values() if s.family == family]
-        made = plot_dice_vs_noise(
-            results, levels, list(METHODS), METHOD_LABELS, figures_dir / f"dice_vs_noise_{family}.png", xlabel
-        )
-        if made is not None:
-            figures.setdefault("", []).append(made)
-    header = (
-        notes.rstrip()
-        + "\n\n"
-        + f"## Results (`scripts/benchmark.py --profile {profile}`, runs in `{runs_from}`)\n\n"
-        + "Test Dice against clean labels, last checkpoint (never selected on test), mean +- std over seeds; "
-        "paired diff = mean over test cases of (method - baseline), each case averaged over the common seeds, with a "
-        "95% percentile bootstrap interval over cases (10000 resamples): *better*/*worse* only when the interval "
-        "excludes 0, else *not resolved*; (k/n) = cases where the method is better. Gap recovery = (method - HL-Sup) "
-        "/ (clean - HL-Sup). Label Dice = last epoch's training-patch labels vs clean. s/iter = median training "
-        "step; iteration / step = median iteration with data loading over median step, in the same run. "
-        f"Machine-readable: `{results_path.name}` beside this file."
-    )
-    timing = describe_timing(records, str(runs_from / TIMING_FILE))
-    timing += "\n\n" + describe_run_time_budget(
-        results["run_time_budget"]["method_issues"], "the method issues' runs (3 seeds; `METHOD_ISSUE_RUNS`)"
-    )
-    report = write_markdown(results, report_path, METHOD_LABELS, header, timing, figures)
-    return results, report
-
-
 def _run(args: argparse.Namespace, argv: list[str] | None, jobs: int, extra: dict) -> None:
     """Run (or resume) the benchmark invocation that the arguments describe."""
     # SIGTERM ends the run like Ctrl-C: children stopped, the timing record marked "interrupted"
@@ -137,8 +64,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None, jobs: int, extra: dic
     run_benchmark(
         args.h5_dir,
         args.work_dir,
-        list(METHOD_ISSUE_RUNS) if args.method_issue_runs else args.settings,
-        METHOD_ISSUE_RUNS if args.method_issue_runs else args.methods,
+        list(PROTOCOL_RUNS) if args.protocol_runs else args.settings,
+        PROTOCOL_RUNS if args.protocol_runs else args.methods,
         PROFILES[args.profile],
         args.seeds,
         args.downsample,
@@ -149,6 +76,29 @@ def _run(args: argparse.Namespace, argv: list[str] | None, jobs: int, extra: dic
         prepare_args=PROTOCOL_PREPARE_ARGS if args.lists == "protocol" else (),
         audit_methods=args.audit_methods,
     )
+
+
+def _check_args(args: argparse.Namespace) -> str | None:
+    """The first problem of the arguments as ``<option>: <problem>`` (the error line's text), or None."""
+    for item in args.override:
+        if "=" not in item:
+            return f"--override: expected KEY=VALUE, got {item!r}"
+    if args.jobs is not None and args.jobs < 1:
+        return f"--jobs: must be >= 1, got {args.jobs}"
+    if args.threads_per_job is not None and args.threads_per_job < 1:
+        return f"--threads-per-job: must be >= 1, got {args.threads_per_job}"
+    archive = Path(args.archive_dir) if args.archive_dir is not None else None
+    if archive is not None and archive.exists() and not archive.is_dir():
+        return f"--archive-dir: {archive} is not a folder"
+    if args.notes and not Path(args.notes).is_file():
+        return f"--notes: {args.notes} not found (give an existing markdown file, or '' for no link)"
+    if args.report_only:
+        if not Path(args.work_dir).is_dir() and not (archive is not None and archive.is_dir()):
+            return (f"--work-dir: {args.work_dir} is not a folder of finished runs (nothing to report; give the "
+                    "benchmark's work folder, or --archive-dir with a run archive)")
+    elif not (Path(args.h5_dir) / "train.list").is_file():
+        return f"--h5-dir: {args.h5_dir} holds no LA h5 data (train.list missing)"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,17 +114,20 @@ def main(argv: list[str] | None = None) -> int:
         help="subset of methods (default: every method of each setting)",
     )
     parser.add_argument(
+        "--protocol-runs",
         "--method-issue-runs",
+        dest="protocol_runs",
         action="store_true",
-        help="run exactly the methods each primary setting needs for the method issues (METHOD_ISSUE_RUNS of "
-        "custom/benchmark/harness.py, longest first) instead of --settings x --methods",
+        help="run exactly the protocol's methods of each primary setting (PROTOCOL_RUNS of "
+        "custom/benchmark/registry.py, longest first) instead of --settings x --methods",
     )
     parser.add_argument(
         "--profile",
         default="cpu_converged",
         choices=sorted(PROFILES),
         help="config overlays of every run: cpu_converged = the CPU protocol (1400 iterations, bfloat16 autocast; "
-        "default), cpu = the float32 1000-iteration profile of docs/float32/, gpu = the papers' scale, quick = smoke",
+        "default), cpu = the float32 1000-iteration profile of the previous protocol, gpu = the papers' scale, quick = "
+        "smoke",
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=list(PROTOCOL_SEEDS), help="training and noise seeds")
     parser.add_argument(
@@ -200,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--notes",
         default="docs/benchmark_notes.md",
-        help="markdown placed above the generated tables (how to read them, targets met or missed)",
+        help="markdown file the report links to for the protocol and the reading of the results (never copied in; "
+        "empty: no link)",
     )
     parser.add_argument(
         "--jobs",
@@ -218,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--archive-dir",
         default=None,
-        help="run archive (e.g. docs/benchmark_runs): its runs are imported into the work folder first (a finished "
-        "local run wins) and every finished local run is exported to it at the end, also after an interruption; "
+        help="run archive (e.g. docs/benchmark_runs_converged): its runs are imported into the work folder first (a "
+        "finished local run wins) and every finished local run is exported to it at the end, also after an "
+        "interruption; "
         "lets a fresh machine resume an invocation (custom/benchmark/run_archive.py)",
     )
     parser.add_argument(
@@ -236,22 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.report is None:
         args.report = "docs/benchmarks.md" if args.write_docs else str(Path(args.work_dir) / "benchmarks.md")
-    if not args.report_only and not (Path(args.h5_dir) / "train.list").is_file():
-        parser.error(f"{args.h5_dir}: no LA h5 data (train.list missing)")
-    extra = {}
-    for item in args.override:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--override expects KEY=VALUE, got {item!r}")
-        extra[key] = value
+    problem = _check_args(args)
+    if problem is not None:
+        print(f"{PREFIX}{problem}", file=sys.stderr)
+        return 2
+    extra = dict(item.partition("=")[::2] for item in args.override)
     jobs = args.jobs if args.jobs is not None else (1 if args.profile == "gpu" else min(2, available_cpus()))
-    if jobs < 1:
-        parser.error(f"--jobs must be >= 1, got {jobs}")
-    if args.threads_per_job is not None and args.threads_per_job < 1:
-        parser.error(f"--threads-per-job must be >= 1, got {args.threads_per_job}")
     archive = Path(args.archive_dir) if args.archive_dir is not None else None
-    if archive is not None and archive.exists() and not archive.is_dir():
-        parser.error(f"--archive-dir {archive}: not a folder")
     start = time.perf_counter()
     if archive is not None and archive.is_dir():  # a new archive is made by the export below
         imported = import_runs(args.archive_dir, args.work_dir)
@@ -265,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"archived {len(exported)} run(s) in {args.archive_dir}")
     results_path = Path(args.report).with_name("benchmark_results.json")
     figures_dir = Path(args.report).parent / "figures"
-    notes = Path(args.notes).read_text() if args.notes and Path(args.notes).is_file() else "# Benchmarks\n"
+    notes = Path(args.notes) if args.notes else None
     protocol = {
         "profile": args.profile,
         "profile_configs": PROFILES[args.profile],

@@ -69,59 +69,120 @@ def _mean_curve(curves: Sequence[Sequence[Mapping[str, float]]], x: str, y: str)
     return xs, [sum(points[k]) / len(points[k]) for k in xs]
 
 
+_BASELINE_COLOURS = ("black", "tab:gray", "darkgoldenrod")
+
+
+def _panels(
+    methods: Sequence[str], families: Mapping[str, str] | None, baselines: Sequence[str]
+) -> list[tuple[str, list[str]]]:
+    """``[(family, its methods)]`` in the order the families first appear in ``methods``, baselines left out (they
+    are drawn in every panel); one panel ``""`` of every method without ``families``."""
+    if not families:
+        return [("", [m for m in methods if m not in baselines])]
+    panels: dict[str, list[str]] = {}
+    for method in methods:
+        if method not in baselines:
+            panels.setdefault(families.get(method, ""), []).append(method)
+    return list(panels.items())
+
+
+def _draw_curves(ax, group_runs: Sequence[Mapping[str, Any]], colour, label: str, style: str, width: float) -> bool:
+    """Each seed's validation curve thin and the mean over seeds bold; whether anything was drawn."""
+    group = [r for r in group_runs if r.get("validation_curve")]
+    if not group:
+        return False
+    for run in group:
+        xs = [p["iteration"] for p in run["validation_curve"]]
+        ys = [p.get("val_mean_dice") for p in run["validation_curve"]]
+        ax.plot(xs, ys, style, color=colour, alpha=0.2, linewidth=0.7)
+    xs, ys = _mean_curve([r["validation_curve"] for r in group], "iteration", "val_mean_dice")
+    ax.plot(xs, ys, style, color=colour, linewidth=width, label=f"{label} (n={len(group)})")
+    return True
+
+
 def plot_learning_curves(
     runs: Sequence[Mapping[str, Any]],
     setting: str,
     methods: Sequence[str],
     labels: Mapping[str, str],
     path: Path,
+    families: Mapping[str, str] | None = None,
+    family_titles: Mapping[str, str] | None = None,
+    baselines: Sequence[str] = (),
     min_seeds: int = 1,
 ) -> Path | None:
-    """Validation Dice per iteration of every method of ``setting`` (mean over seeds bold, each seed thin) and,
-    for the methods that log label quality, the noisy- and refined-label Dice against clean labels per epoch.
+    """Small multiples of the learning curves of ``setting``: one row per method family, the baselines in every row.
 
-    Methods with fewer than ``min_seeds`` runs in the setting (one-seed tuning and diagnostic runs) are left out,
-    and colours are assigned over the methods drawn, so that none repeats up to 20 methods."""
+    Left: validation Dice per iteration (mean over seeds bold, each seed thin; the baselines dashed). Right, where a
+    family logs label quality: the noisy- (dotted) and refined-label (solid) Dice against clean labels per iteration.
+    Within a row every method has its own colour; the row's legend sits right of its panels, outside the data.
+
+    Args:
+        runs: run records of :func:`custom.benchmark.results.collect_runs`.
+        methods: the methods to draw, in order.
+        labels: display names.
+        path: PNG to write.
+        families: method -> family (None: one row of every method).
+        family_titles: family -> the row's title.
+        baselines: methods drawn in every row.
+        min_seeds: methods with fewer runs in the setting (one-seed tuning and diagnostic runs) are left out.
+    """
     plt = _pyplot()
     if plt is None:
         return None
     chosen = [r for r in runs if r["setting"] == setting]
     methods = [m for m in methods if sum(r["method"] == m for r in chosen) >= max(1, int(min_seeds))]
     chosen = [r for r in chosen if r["method"] in methods]
-    if not chosen:
+    panels = [(f, ms) for f, ms in _panels(methods, families, baselines) if ms]
+    present_baselines = [b for b in baselines if b in methods]
+    if not chosen or not (panels or present_baselines):
         return None
-    colours = method_colours(methods)
-    with_quality = [m for m in methods if any(r["method"] == m and r.get("label_quality") for r in chosen)]
-    ncols = 2 if with_quality else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(7 * ncols, 4.8), squeeze=False)
-    ax = axes[0][0]
-    for method in methods:
-        group = [r for r in chosen if r["method"] == method and r.get("validation_curve")]
-        if not group:
-            continue
-        for run in group:
-            xs = [p["iteration"] for p in run["validation_curve"]]
-            ys = [p.get("val_mean_dice") for p in run["validation_curve"]]
-            ax.plot(xs, ys, color=colours[method], alpha=0.25, linewidth=0.8)
-        xs, ys = _mean_curve([r["validation_curve"] for r in group], "iteration", "val_mean_dice")
-        ax.plot(xs, ys, color=colours[method], linewidth=2, label=f"{labels.get(method, method)} (n={len(group)})")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("validation Dice (clean labels of the validation cases)")
-    ax.set_title(f"{setting}: validation Dice (bold: mean over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, loc="lower right", framealpha=0.6)
-    if with_quality:
-        ax = axes[0][1]
-        for method in with_quality:
-            group = [r for r in chosen if r["method"] == method and r.get("label_quality")]
-            for column, style in (("noisy_dice", ":"), ("refined_dice", "-")):
-                xs, ys = _mean_curve([r["label_quality"] for r in group], "iteration", column)
-                if xs:
-                    name = "noisy" if column == "noisy_dice" else "refined"
-                    ax.plot(xs, ys, style, color=colours[method], label=f"{labels.get(method, method)}: {name}")
-        ax.set_title("label quality per epoch (dotted: noisy, solid: refined)")
-        _label_axes(ax, "iteration", "training-label Dice vs clean (LQ patches)")
-    return _save_and_close(plt, fig, path)
+    panels = panels or [("", [])]
+    quality = [[m for m in ms if any(r["method"] == m and r.get("label_quality") for r in chosen)] for _, ms in panels]
+    ncols = 2 if any(quality) else 1
+    fig, axes = plt.subplots(len(panels), ncols, figsize=(6.5 * ncols + 3.2, 3.6 * len(panels)), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    palette = [cmap(i) for i in (0, 1, 2, 3, 4, 5, 6, 8, 9)]  # tab10 without its grey (a baseline's colour)
+    for row, ((family, members), with_quality) in enumerate(zip(panels, quality)):
+        colours = {m: palette[i % len(palette)] for i, m in enumerate(members)}
+        ax = axes[row][0]
+        for i, base in enumerate(present_baselines):
+            colour = _BASELINE_COLOURS[i % len(_BASELINE_COLOURS)]
+            _draw_curves(ax, [r for r in chosen if r["method"] == base], colour, labels.get(base, base), "--", 1.6)
+        for method in members:
+            _draw_curves(ax, [r for r in chosen if r["method"] == method], colours[method],
+                         labels.get(method, method), "-", 2.0)
+        title = (family_titles or {}).get(family, family) or "methods"
+        ax.set_title(f"{setting}: {title}", fontsize=9)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("validation Dice")
+        ax.grid(alpha=0.3)
+        handles, names = ax.get_legend_handles_labels()
+        if ncols == 2:
+            qax = axes[row][1]
+            for method in with_quality:
+                group = [r for r in chosen if r["method"] == method and r.get("label_quality")]
+                for column, style in (("noisy_dice", ":"), ("refined_dice", "-")):
+                    xs, ys = _mean_curve([r["label_quality"] for r in group], "iteration", column)
+                    if xs:
+                        qax.plot(xs, ys, style, color=colours[method])
+            if with_quality:
+                qax.set_title("training-label Dice vs clean (dotted: noisy, solid: refined)", fontsize=9)
+                qax.set_xlabel("iteration")
+                qax.set_ylabel("label Dice (LQ patches)")
+                qax.grid(alpha=0.3)
+            else:
+                qax.axis("off")
+        if handles:
+            axes[row][-1].legend(handles, names, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7,
+                                 frameon=False)
+    fig.suptitle(f"{setting}: learning curves (bold: mean over seeds; dashed: the baselines)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")  # the legends lie outside the axes
+    plt.close(fig)
+    return path
 
 
 def plot_paired_differences(

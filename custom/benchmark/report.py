@@ -1,8 +1,11 @@
-"""The benchmark's markdown report, generated from the results document of :mod:`custom.benchmark.results`.
+"""The benchmark's outputs: the results document, its markdown report and the figures, from the finished runs.
 
-The tables hold exactly the numbers of ``benchmark_results.json`` (the same dictionary is written to both), so the
-two never disagree. Ties are judged by the paired interval: a difference whose 95% interval contains 0 is written
-"not resolved", never as a win.
+:func:`write_outputs` builds the results document (:mod:`custom.benchmark.results`) from a work folder's runs and
+writes it (``benchmark_results.json``), the figures (:mod:`custom.benchmark.figures`) and the report generated from
+the same dictionary, so the tables and the JSON never disagree. The methods' labels, families and baselines come from
+the runs' own records (:mod:`custom.benchmark.run_record`): an archived variant is reported with no entry in code.
+Ties are judged by the paired interval: a difference whose 95% interval contains 0 is written "not resolved", never
+as a win.
 """
 
 from __future__ import annotations
@@ -12,10 +15,29 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from custom.benchmark.timing import format_number
-from custom.io import atomic_output
+from custom.benchmark.figures import plot_dice_vs_noise, plot_learning_curves, plot_paired_differences
+from custom.benchmark.registry import (
+    BASELINES,
+    FAMILIES,
+    PRIMARY_SETTINGS,
+    PROTOCOL_RUNS,
+    PROTOCOL_SEEDS,
+    SETTING_INDEPENDENT_METHODS,
+    SETTINGS,
+)
+from custom.benchmark.results import build_results, collect_runs
+from custom.benchmark.run_archive import TIMING_FILE
+from custom.benchmark.run_record import method_specs, report_order
+from custom.benchmark.timing import (
+    describe_run_time_budget,
+    describe_timing,
+    format_number,
+    read_timing,
+    run_time_budget,
+)
+from custom.io import atomic_output, write_json
 
-__all__ = ["format_difference", "audit_ranking_table", "setting_tables", "write_markdown"]
+__all__ = ["format_difference", "audit_ranking_table", "setting_tables", "write_markdown", "write_outputs"]
 
 PM = "\u00b1"
 
@@ -165,3 +187,87 @@ def write_markdown(
     with atomic_output(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     return path
+
+
+_READING = (
+    "Test Dice against clean labels, last checkpoint (never selected on test), mean +- std over seeds; paired diff = "
+    "mean over test cases of (method - baseline), each case averaged over the common seeds, with a 95% percentile "
+    "bootstrap interval over cases (10000 resamples): *better*/*worse* only when the interval excludes 0, else *not "
+    "resolved*; (k/n) = cases where the method is better. Gap recovery = (method - HL-Sup) / (clean - HL-Sup). Label "
+    "Dice = last epoch's training-patch labels vs clean. s/iter = median training step; iteration / step = median "
+    "iteration with data loading over median step, in the same run."
+)
+
+
+def write_outputs(
+    work_dir: str | Path,
+    report_path: Path,
+    results_path: Path,
+    figures_dir: Path,
+    notes: str | Path | None,
+    protocol: Mapping[str, Any],
+    profile: str,
+    runs_from: str | Path | None = None,
+) -> tuple[dict, Path]:
+    """Build the results document from the finished runs of ``work_dir``, then write it (JSON), the figures and the
+    markdown report generated from the same document.
+
+    Args:
+        work_dir: the benchmark's work folder (``<setting>/<method>_s<seed>/`` runs, ``benchmark_timing.json``).
+        report_path: the markdown report to write.
+        results_path: the results document to write.
+        figures_dir: folder of the PNG figures.
+        notes: a markdown file the report links to for the protocol and the reading of the results (None or empty:
+            no link); it is linked, never copied in.
+        protocol: free-form description stored under ``"protocol"``.
+        profile: the profile's name, for the report's heading.
+        runs_from: where the report says the runs and their timing records are kept (the run archive they were
+            imported from; default ``work_dir``).
+
+    Returns:
+        ``(results, report path)``.
+    """
+    runs_from = Path(work_dir if runs_from is None else runs_from)
+    settings = [s for s in SETTINGS if (Path(work_dir) / s).is_dir()]
+    runs = collect_runs(work_dir, settings)
+    specs = method_specs(runs)
+    order = report_order(specs)
+    labels = {k: spec.label for k, spec in specs.items()}
+    results = build_results(runs, order, PRIMARY_SETTINGS, protocol)
+    records = read_timing(work_dir)
+    required = [(s, m, seed) for s, methods in PROTOCOL_RUNS.items() for m in methods for seed in PROTOCOL_SEEDS]
+    results["run_time_budget"] = {
+        "method_issues": {  # the key other tooling reads: the protocol's runs
+            "runs": {s: list(m) for s, m in PROTOCOL_RUNS.items()}, "seeds": list(PROTOCOL_SEEDS),
+            **run_time_budget(records, required, SETTING_INDEPENDENT_METHODS),
+        }
+    }
+    write_json(results, results_path)
+    families = {k: spec.family for k, spec in specs.items()}
+    figures: dict[str, list[Path]] = {}
+    for name in results["settings"]:
+        made = [
+            plot_learning_curves(  # the protocol's rows; one-seed tuning and diagnostic runs are in the tables
+                runs, name, order, labels, figures_dir / f"learning_curves_{name}.png", families=families,
+                family_titles=FAMILIES, baselines=BASELINES, min_seeds=len(PROTOCOL_SEEDS),
+            ),
+            plot_paired_differences(results["settings"][name], name, labels, figures_dir / f"paired_diff_{name}.png"),
+        ]
+        figures[name] = [p for p in made if p is not None]
+    for family, xlabel in (("sp", "SP noise level (alpha * beta)"), ("mtcl", "fraction of LQ cases")):
+        levels = [(s.name, s.noise_level) for s in SETTINGS.values() if s.family == family]
+        made = plot_dice_vs_noise(results, levels, order, labels, figures_dir / f"dice_vs_noise_{family}.png", xlabel)
+        if made is not None:
+            figures.setdefault("", []).append(made)
+    header = f"# Benchmark results (`scripts/benchmark.py --profile {profile}`, runs in `{runs_from}`)\n\n"
+    header += "Generated from the run folders and their records; do not edit by hand. "
+    if notes:
+        link = os.path.relpath(Path(notes), Path(report_path).parent)
+        header += f"The protocol, how it was chosen and how to read the results: [{Path(notes).name}]({link}). "
+    header += f"{_READING} Machine-readable: `{results_path.name}` beside this file."
+    timing = describe_timing(records, str(runs_from / TIMING_FILE))
+    timing += "\n\n" + describe_run_time_budget(
+        results["run_time_budget"]["method_issues"], "the protocol's runs (3 seeds; `PROTOCOL_RUNS`)"
+    )
+    report = write_markdown(results, report_path, labels, header, timing, figures)
+    return results, report

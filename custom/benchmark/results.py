@@ -39,11 +39,11 @@ from typing import Any
 
 from custom.benchmark.audit_ranking import AUDIT_RANKING_FILE
 from custom.benchmark.paired import compare_to_baseline, seed_mean_std
+from custom.benchmark.registry import PRIMARY_SETTINGS
+from custom.benchmark.run_record import method_specs, read_run_record, report_order
 from custom.handlers.validation_curve import plateau_delta, read_validation_curve
 
 __all__ = [
-    "DIFF_TO",
-    "PRIMARY_SETTINGS",
     "PLATEAU_TAIL",
     "read_case_dice",
     "refinement_volume_dice",
@@ -56,40 +56,7 @@ __all__ = [
     "build_results",
 ]
 
-PRIMARY_SETTINGS = {"mtcl": "mtcl_hq25", "sp": "sp_a0.7_b0.7"}
 PLATEAU_TAIL = 0.25
-# the baselines each method issue compares against, beyond HL-Sup
-DIFF_TO: dict[str, list[str]] = {
-    "spguided": ["coteaching"],
-    "spguided_voxel": ["coteaching"],
-    "spguided_lam065": ["coteaching", "spguided"],
-    "spguided_conf0": ["coteaching", "spguided"],
-    "spguided_conf095": ["coteaching", "spguided"],
-    "spguided_hqgate": ["coteaching", "spguided"],
-    "spguided_no_case_gate": ["coteaching", "spguided"],
-    "spguided_all_ranked": ["coteaching", "spguided"],
-    "coteaching_all_ranked": ["coteaching"],
-    "spguided_gate08": ["coteaching", "spguided"],
-    "jocor": ["coteaching"],
-    "alc": ["mean_teacher", "alc_no_lr", "alc_no_ls"],
-    "alc_gated": ["mean_teacher", "alc"],
-    "alc_group_weights": ["mean_teacher", "alc"],
-    "alc_no_lr": ["mean_teacher"],
-    "alc_no_ls": ["mean_teacher"],
-    "mtcl": ["mean_teacher"],
-    "jcas": ["jcas_warmup_only", "jcas_no_dar"],
-    "jcas_no_dar": ["jcas_warmup_only"],
-    "jcas_warmup_only_ce": ["jcas_warmup_only_attached_heads"],
-    "jcas_warmup_only_no_dar": ["jcas_warmup_only_attached_heads"],
-    "jcas_warmup_only_no_affinity": ["jcas_warmup_only_attached_heads"],
-    "jcas_warmup_only_attached_heads": ["jcas_warmup_only"],
-    "jcas_no_dar_attached_heads": ["jcas_warmup_only_attached_heads"],
-    "jcas_attached_heads": ["jcas_warmup_only_attached_heads", "jcas"],
-    "jcas_warmup_only_aff01": ["jcas_warmup_only_attached_heads"],
-    "jcas_aff01_estimate": ["jcas_warmup_only_attached_heads", "jcas_warmup_only_aff01"],
-    "jcas_aff01_prior": ["jcas_warmup_only_attached_heads", "jcas_warmup_only_aff01"],
-    "clean": [],
-}
 _METRICS = ("dice", "jaccard", "hd95_mm", "asd_mm")
 
 
@@ -240,10 +207,15 @@ def _audit_ranking_summary(group: Sequence[Mapping[str, Any]]) -> dict[str, Any]
     return summary
 
 
-def collect_runs(work_dir: str | Path, settings: Sequence[str], methods: Sequence[str]) -> list[dict[str, Any]]:
-    """Every finished run (``eval/metrics_per_case.csv`` present) of the given settings and methods.
+def collect_runs(
+    work_dir: str | Path, settings: Sequence[str], methods: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """Every finished run (``eval/metrics_per_case.csv`` present) of the given settings, of every method found
+    (``methods`` None) or of the given ones: a method is whatever its run folders are named, with or without an
+    entry in the code.
 
-    Each record: ``setting``, ``method``, ``seed``, ``case_dice`` (:func:`read_case_dice`), the summary means of
+    Each record: ``setting``, ``method``, ``seed``, ``method_record`` (the ``"method"`` entry of the run's
+    ``run_record.json``, None without one), ``case_dice`` (:func:`read_case_dice`), the summary means of
     Dice / Jaccard / HD95 / ASD, ``run_stats.json`` figures, the validation curve, label quality rows and their
     last values, the SP-guided refinement's whole-volume LQ Dice before/after and the audit ranking figures
     (:func:`audit_ranking_figures`; where present).
@@ -258,11 +230,15 @@ def collect_runs(work_dir: str | Path, settings: Sequence[str], methods: Sequenc
             continue
         for run_dir in sorted(folder.iterdir()):
             method, _, seed = run_dir.name.rpartition("_s")
-            if method not in methods or not seed.isdigit():
+            if not method or not seed.isdigit() or (methods is not None and method not in methods):
                 continue
             if not (run_dir / "eval" / "metrics_per_case.csv").is_file():
                 continue
-            record: dict[str, Any] = {"setting": setting, "method": method, "seed": int(seed)}
+            run_record = read_run_record(run_dir)
+            record: dict[str, Any] = {
+                "setting": setting, "method": method, "seed": int(seed),
+                "method_record": run_record["method"] if run_record else None,
+            }
             record["case_dice"] = read_case_dice(run_dir)
             summary_path = run_dir / "eval" / "metrics_summary.json"
             summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
@@ -299,20 +275,26 @@ def _diff_entry(comparison: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
 def build_results(
     runs: Sequence[Mapping[str, Any]],
-    method_order: Sequence[str],
+    method_order: Sequence[str] | None = None,
     primary_settings: Mapping[str, str] | None = None,
     protocol: Mapping[str, Any] | None = None,
     n_boot: int = 10000,
 ) -> dict[str, Any]:
     """The results document (module docstring) from :func:`collect_runs` records.
 
+    Each method's ``diff_to`` baselines come from its runs' records (:func:`~custom.benchmark.run_record.method_specs`).
+
     Args:
         runs: run records.
-        method_order: the order of methods in the document (the harness's ``METHODS``).
+        method_order: the methods of the document, in order (None: every method of ``runs`` in
+            :func:`~custom.benchmark.run_record.report_order`).
         primary_settings: ``{"mtcl": ..., "sp": ...}`` (default :data:`PRIMARY_SETTINGS`).
         protocol: free-form description stored under ``"protocol"`` (lists, resolution, profile, command).
         n_boot: bootstrap resamples of the paired intervals.
     """
+    specs = method_specs(runs)
+    if method_order is None:
+        method_order = report_order(specs)
     by_key: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for run in runs:
         by_key.setdefault((run["setting"], run["method"]), []).append(run)
@@ -347,7 +329,7 @@ def build_results(
             )
             entry["diff_to"] = {
                 other: _diff_entry(compare_to_baseline(case_dice[method], case_dice[other], n_boot=n_boot))
-                for other in DIFF_TO.get(method, [])
+                for other in specs[method].diff_to
                 if other in case_dice
             }
             entry["noisy_label_dice"] = _mean_of(group, "noisy_label_dice")

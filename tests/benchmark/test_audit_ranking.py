@@ -22,9 +22,9 @@ from custom.benchmark.audit_ranking import (
     spearman,
     top_k_precision,
 )
-from custom.benchmark.harness import read_run
 from custom.benchmark.report import write_markdown
 from custom.benchmark.results import audit_ranking_figures, build_results, collect_runs
+from custom.benchmark.runner import read_run
 
 
 def test_midranks_share_the_mean_rank_of_a_tie():
@@ -211,7 +211,7 @@ def test_audit_ranking_figures_of_a_run(tmp_path):
 
 
 def test_harness_audits_only_the_methods_with_an_audit(tmp_path, monkeypatch):
-    from custom.benchmark import harness
+    from custom.benchmark import runner
 
     commands = []
 
@@ -219,39 +219,39 @@ def test_harness_audits_only_the_methods_with_an_audit(tmp_path, monkeypatch):
         commands.append(list(cmd))
         return 0
 
-    monkeypatch.setattr(harness, "_run_child", fake_child)
+    monkeypatch.setattr(runner, "run_child", fake_child)
     dataset = tmp_path / "data"
     dataset.mkdir()
     (dataset / "datalist.json").write_text("{}")
     run = _finished_run(tmp_path, "sp_a0.7_b0.7", "alc", 0)
-    assert not harness.audit_run("mean_teacher", dataset, run)  # no audit for this method: nothing started
+    assert not runner.audit_run("mean_teacher", dataset, run)  # no audit for this method: nothing started
     assert commands == []
-    assert not harness.audit_run("alc", None, run)  # the run's dataset is unknown (no training_command.json)
+    assert not runner.audit_run("alc", None, run)  # the run's dataset is unknown (no training_command.json)
     assert commands == []
     (run / "training_command.json").write_text(json.dumps({"command": ["python", "--dataset_dir", str(dataset)]}))
-    harness.audit_run("alc", None, run, extra={"device": "cpu"})
+    runner.audit_run("alc", None, run, extra={"device": "cpu"})
     cmd = commands[-1]
     assert cmd[1] == "scripts/audit_labels.py"
     assert cmd[cmd.index("--datalist") + 1] == str(dataset / "datalist.json")
     assert cmd[cmd.index("--source") + 1] == "alc" and cmd[cmd.index("--device") + 1] == "cpu"
     assert cmd[cmd.index("--ranking") + 1] == str(run / AUDIT_RANKING_FILE)
-    harness.audit_run("hl_sup", dataset, run)
+    runner.audit_run("hl_sup", dataset, run)
     assert commands[-1][commands[-1].index("--source") + 1] == "disagreement"
     (run / AUDIT_RANKING_FILE).write_text("{}")
     n = len(commands)
-    assert harness.audit_run("alc", dataset, run) and len(commands) == n  # done once: not repeated
+    assert runner.audit_run("alc", dataset, run) and len(commands) == n  # done once: not repeated
 
 
 def test_run_one_audits_only_when_asked(tmp_path, monkeypatch):
-    from custom.benchmark import harness
+    from custom.benchmark import runner
 
     commands = []
-    monkeypatch.setattr(harness, "_run_child", lambda cmd, env=None, stdout=None: commands.append(list(cmd)) or 0)
+    monkeypatch.setattr(runner, "run_child", lambda cmd, env=None, stdout=None: commands.append(list(cmd)) or 0)
     dataset = tmp_path / "data"
     dataset.mkdir()
     (dataset / "datalist.json").write_text("{}")
     run = _finished_run(tmp_path, "mtcl_hq25", "alc", 0)
-    harness.run_one("alc", dataset, run, [], 0, audit=False)  # finished: no training; audit off: nothing started
+    runner.run_one("alc", dataset, run, [], 0, audit=False)  # finished: no training; audit off: nothing started
     assert commands == []
-    harness.run_one("alc", dataset, run, [], 0)
+    runner.run_one("alc", dataset, run, [], 0)
     assert [c[1] for c in commands] == ["scripts/audit_labels.py"]

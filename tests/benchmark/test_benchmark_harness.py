@@ -11,15 +11,10 @@ import h5py
 import numpy as np
 import pytest
 
-from custom.benchmark.harness import (
-    TIMING_FILE,
-    _bundle_cmd,
-    describe_timing,
-    estimate_eta,
-    read_timing,
-    run_benchmark,
-    threads_per_job,
-)
+from custom.benchmark.run_archive import TIMING_FILE
+from custom.benchmark.runner import _bundle_cmd
+from custom.benchmark.scheduler import estimate_eta, run_benchmark, threads_per_job
+from custom.benchmark.timing import describe_timing, read_timing
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -175,7 +170,7 @@ def test_describe_timing_cites_latest_full_invocation():
     no_op = {**resumed, "runs_trained": 0, "runs_skipped": 4}
     assert "Since then" not in describe_timing([full, no_op])
     assert "the same command" in describe_timing([{**full, "command": "x"}, {**resumed, "command": "x"}])
-    # --method-issue-runs records its methods per setting; the text lists them per setting
+    # --protocol-runs records its methods per setting; the text lists them per setting
     per_setting = {**full, "settings": ["s1", "m1"], "methods": {"s1": ["alc", "jcas"], "m1": ["mtcl"]}}
     assert "methods s1: alc, jcas; m1: mtcl;" in describe_timing([per_setting])
 
@@ -207,7 +202,7 @@ def test_a_setting_independent_run_copied_from_this_invocation_is_reused_not_ski
 
 
 def test_read_run_takes_the_last_logged_label_dice_and_the_refinement_round(tmp_path):
-    from custom.benchmark.harness import read_run
+    from custom.benchmark.runner import read_run
 
     run = tmp_path / "run"
     (run / "eval").mkdir(parents=True)
@@ -298,7 +293,8 @@ def test_sigterm_stops_the_benchmark_and_its_runs(tmp_path):
 
 
 def test_setting_independent_runs_are_reused_across_settings_with_the_same_hq_fraction(tmp_path):
-    from custom.benchmark.harness import SETTINGS, copy_reused_run, reusable_run
+    from custom.benchmark.registry import SETTINGS
+    from custom.benchmark.runner import copy_reused_run, reusable_run
 
     work = tmp_path / "work"
     done = work / "mtcl_hq25" / "h_sup_s1"
@@ -329,22 +325,23 @@ def test_bundle_overrides_reach_the_bundle_as_python_literals():
 
 
 def test_every_method_has_a_label_existing_configs_and_known_baselines():
-    from custom.benchmark.harness import METHOD_LABELS, METHODS, SETTINGS
-    from custom.benchmark.results import DIFF_TO
+    from custom.benchmark.registry import AUDIT_SOURCES, FAMILIES, METHODS, PROTOCOL_RUNS, SETTINGS
 
-    assert set(METHOD_LABELS) == set(METHODS)
-    for method, (configs, _) in METHODS.items():
-        assert all((REPO_ROOT / config).is_file() for config in configs), method
-    for method, baselines in DIFF_TO.items():
-        assert method in METHODS and set(baselines) <= set(METHODS), method
+    for key, spec in METHODS.items():
+        assert spec.key == key and spec.label and spec.family in FAMILIES, key
+        assert all((REPO_ROOT / config).is_file() for config in spec.configs), key
+        assert set(spec.diff_to) <= set(METHODS), key  # the protocol's methods are paired with its methods only
     assert SETTINGS["mtcl_hq25"].methods == list(METHODS)
-    assert "spguided_hqgate" in SETTINGS["sp_a0.7_b0.7"].methods and "mtcl" not in SETTINGS["sp_a0.7_b0.7"].methods
+    assert "spguided" in SETTINGS["sp_a0.7_b0.7"].methods and "mtcl" not in SETTINGS["sp_a0.7_b0.7"].methods
+    assert set(AUDIT_SOURCES) == {"alc", "mtcl", "spguided", "hl_sup"}
+    for setting, methods in PROTOCOL_RUNS.items():
+        assert set(methods) <= set(SETTINGS[setting].methods), setting
 
 
-def test_methods_per_setting_and_the_method_issue_runs_flag(tmp_path, monkeypatch):
+def test_methods_per_setting_and_the_protocol_runs_flag(tmp_path, monkeypatch):
     import importlib.util
 
-    from custom.benchmark.harness import METHOD_ISSUE_RUNS
+    from custom.benchmark.registry import PROTOCOL_RUNS
 
     monkeypatch.chdir(REPO_ROOT)
     work = tmp_path / "work"
@@ -361,9 +358,9 @@ def test_methods_per_setting_and_the_method_issue_runs_flag(tmp_path, monkeypatc
     flagged, listed_only = tmp_path / "flagged", tmp_path / "listed_only"
     listed_only.mkdir()
     (listed_only / "train.list").write_text("MISSING_CASE\n")  # listed, no .h5: each preparation fails at once
-    script.main(["--method-issue-runs", "--h5-dir", str(listed_only), "--work-dir", str(flagged),
+    script.main(["--protocol-runs", "--h5-dir", str(listed_only), "--work-dir", str(flagged),
                  "--profile", "quick", "--seeds", "0", "--notes", ""])
     (record,) = read_timing(flagged)
-    expected = [(s, m) for s, methods in METHOD_ISSUE_RUNS.items() for m in methods]
+    expected = [(s, m) for s, methods in PROTOCOL_RUNS.items() for m in methods]
     assert sorted((r["setting"], r["method"]) for r in record["runs"]) == sorted(expected)  # in finishing order
     assert record["runs_failed"] == len(expected)  # no data here: every run fails at its dataset's preparation

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from custom.benchmark.harness import run_one
 from custom.benchmark.results import collect_runs
 from custom.benchmark.run_archive import IMPORTED_FILE, export_runs, import_runs, merge_timing
+from custom.benchmark.runner import run_one
 
 CSV_HEADER = "case_id,dice_left_atrium,dice_mean\n"
 
@@ -100,7 +100,7 @@ def test_import_names_a_missing_archive(tmp_path):
         import_runs(tmp_path / "nowhere", tmp_path / "work")
 
 
-def test_benchmark_script_reports_from_an_archive_on_an_empty_work_folder(tmp_path, monkeypatch):
+def test_benchmark_script_reports_from_an_archive_on_an_empty_work_folder(tmp_path, monkeypatch, capsys):
     import importlib.util
 
     repo = Path(__file__).resolve().parents[2]
@@ -117,5 +117,5 @@ def test_benchmark_script_reports_from_an_archive_on_an_empty_work_folder(tmp_pa
     alc = doc["settings"]["mtcl_hq25"]["methods"]["alc"]
     assert alc["diff_to_hl_sup"]["mean"] == pytest.approx(0.1)
     (tmp_path / "file").write_text("")
-    with pytest.raises(SystemExit):
-        script.main(["--report-only", "--work-dir", str(work), "--archive-dir", str(tmp_path / "file")])
+    assert script.main(["--report-only", "--work-dir", str(work), "--archive-dir", str(tmp_path / "file")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("noisyseg: error: --archive-dir: ")
