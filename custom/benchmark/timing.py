@@ -1,6 +1,6 @@
 """The benchmark's time records: one JSON record per invocation in ``<work_dir>/benchmark_timing.json``.
 
-A record (written by :mod:`custom.benchmark.harness`) holds the invocation's start, end, wall seconds, jobs, threads
+A record (written by :mod:`custom.benchmark.scheduler`) holds the invocation's start, end, wall seconds, jobs, threads
 per job and, per run, its status and seconds. :func:`describe_timing` states the wall time of the latest full
 invocation; :func:`run_time_budget` sums the run times of a required set of runs over every invocation that trained
 one of them, for a budget that no single invocation covers (runs resumed over several sessions).

@@ -1,6 +1,6 @@
 """Hyperparameter choices on the validation split: the converged validation Dice of competing benchmark runs.
 
-A choice between two values of an option (a method and its variant in the harness's ``METHODS``, e.g. ``spguided``
+A choice between two values of an option (a method and its variant, e.g. ``spguided``
 with ``lam`` 0.3 and ``spguided_lam065`` with 0.65) compares the runs' validation curves only, never their test
 Dice. A run's score is the mean validation Dice over the rounds in the last quarter of its iterations
 (:func:`custom.handlers.validation_curve.tail_mean`), the window of the protocol's plateau check: on a 4-case
