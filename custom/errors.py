@@ -26,12 +26,23 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Mapping
-from types import TracebackType
+from types import FrameType, TracebackType
 
-__all__ = ["OptionError", "PREFIX", "cause_chain", "root_cause", "source_file", "describe", "install_excepthook"]
+__all__ = [
+    "OptionError",
+    "PREFIX",
+    "cause_chain",
+    "root_cause",
+    "source_file",
+    "describe",
+    "install_excepthook",
+    "startup_problem",
+]
 
 PREFIX = "noisyseg: error: "
 
@@ -127,9 +138,54 @@ def source_file(exc: BaseException) -> str | None:
     return None
 
 
+def _frames(exc: BaseException) -> list[FrameType]:
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    return frames
+
+
+def _frame_of(frames: list[FrameType], function: str, module_suffix: str) -> FrameType | None:
+    for frame in frames:
+        if frame.f_code.co_name == function and str(frame.f_globals.get("__name__", "")).endswith(module_suffix):
+            return frame
+    return None
+
+
+_RUN_ID_MISSING = re.compile(r"run ID '(?P<run_id>[^']*)' doesn't exist in the config file")
+
+
+def startup_problem(exc: BaseException) -> str | None:
+    """The line for an error MONAI's ``ConfigWorkflow`` raises outside the configs' expressions (None for any other
+    error): a mistyped run id (``run trainig``: MONAI's own message lists no valid one). The configs'
+    ``initialize`` list installs the hook before MONAI looks the run id up; the valid ids are read from the
+    workflow's parser in the traceback's frames."""
+    frames = _frames(exc)
+    match = _RUN_ID_MISSING.search(str(exc)) if isinstance(exc, ValueError) else None
+    run_frame = _frame_of(frames, "run", "monai.bundle.workflows")
+    if match and run_frame is not None:
+        config = getattr(getattr(run_frame.f_locals.get("self"), "parser", None), "config", None)
+        config = config if isinstance(config, Mapping) else {}
+        ids = sorted(
+            str(k) for k, v in config.items()
+            if k not in ("imports", "initialize", "finalize")
+            and isinstance(v, list) and v and all(isinstance(x, str) for x in v)
+        )
+        guess = difflib.get_close_matches(match["run_id"], ids, n=1, cutoff=0.5)
+        hint = f"did you mean {guess[0]}? " if guess else ""
+        return f"run {match['run_id']}: no such run id in the config; {hint}(run ids: {', '.join(ids)})"
+    return None
+
+
 def describe(exc: BaseException) -> str:
     """One line for ``exc``'s root cause: its message (with the type for other than user errors),
-    preceded by the file being read when the message does not name it (see :func:`source_file`)."""
+    preceded by the file being read when the message does not name it (see :func:`source_file`); MONAI's start-up
+    errors as :func:`startup_problem` words them."""
+    startup = startup_problem(exc)
+    if startup is not None:
+        return startup
     cause = root_cause(exc)
     message = " ".join(str(cause).split()) or type(cause).__name__
     if isinstance(cause, KeyError) and len(cause.args) == 1:
@@ -147,14 +203,17 @@ def _user_error(cause: BaseException) -> bool:
     return _marked(cause) or isinstance(cause, (FileNotFoundError, NotADirectoryError, PermissionError))
 
 
+def _fixable(exc: BaseException) -> bool:
+    return _user_error(root_cause(exc)) or startup_problem(exc) is not None
+
+
 def _make_hook(previous: Callable) -> Callable:
     def hook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
         if issubclass(exc_type, KeyboardInterrupt) or exc is None:
             previous(exc_type, exc, tb)
             return
         try:
-            cause = root_cause(exc)
-            if os.environ.get("NOISYSEG_TRACEBACK", "") not in ("", "0") or not _user_error(cause):
+            if os.environ.get("NOISYSEG_TRACEBACK", "") not in ("", "0") or not _fixable(exc):
                 previous(exc_type, exc, tb)
             sys.stderr.write(PREFIX + describe(exc) + "\n")
             sys.stderr.flush()

@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from custom.errors import OptionError
-from custom.options import check_options, check_patch_size, positive_int, rotation_prob, size_divisor
+from custom.options import (
+    check_device,
+    check_options,
+    check_overrides,
+    check_patch_size,
+    positive_int,
+    rotation_prob,
+    size_divisor,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,3 +77,89 @@ def test_non_square_patch_trains(demo_dataset, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "models" / "model.pt").is_file()
     assert "random 90-degree rotation is off" in proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------------------------------- overrides
+
+SUPERVISED = ["configs/supervised_la.json", "configs/quick.json"]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"max_epoch": 3}, "--max_epoch: unknown option; did you mean --max_epochs?"),
+        ({"learnig_rate": 0.1}, "--learnig_rate: unknown option; did you mean --learning_rate?"),
+        ({"data#max_voxel": 5}, "--data#max_voxel: unknown option; did you mean --data#max_voxels?"),
+        ({"zzz_qqq": 1}, "--zzz_qqq: unknown option (no such id in configs/supervised_la.json, configs/quick.json)"),
+        ({"amp": "maybe"}, "--amp: must be true or false, got 'maybe'"),
+        ({"resume": 1}, "--resume: must be true or false, got 1"),
+    ],
+)
+def test_bad_overrides(overrides, message):
+    with pytest.raises(OptionError) as info:
+        check_overrides(overrides, SUPERVISED)
+    assert str(info.value) == message
+
+
+def test_good_overrides_and_boolean_words():
+    checked = check_overrides({"max_epochs": 3, "amp": "false", "resume": "True", "data::max_voxels": 10,
+                               "init_from": "x", "workflow_type": "train"}, SUPERVISED)
+    assert checked == {"max_epochs": 3, "amp": False, "resume": True, "data#max_voxels": 10, "init_from": "x"}
+    assert check_overrides() == {}  # not started through monai.bundle's run: nothing to check
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"network_width": 0}, "--network_width: must be an integer >= 1, got 0"),
+        ({"network_width": 1024}, "--network_width: must be at most 256, got 1024"),
+        ({"learning_rate": 1e6}, "--learning_rate: 1000000.0 is above the sane range (0, 1.0] for SGD"),
+        ({"dropout": 1.0}, "--dropout: must be below 1"),
+        ({"max_voxels": "many"}, "--max_voxels: must be an integer >= 1, got 'many'"),
+        ({"device": "gpu7"}, "--device: 'gpu7' is no device name"),
+        ({"device": "cuda:99"}, "--device: 'cuda"),
+    ],
+)
+def test_numeric_ranges_and_device(options, message):
+    with pytest.raises(OptionError) as info:
+        check_options(options)
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_device_cuda_without_cuda(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(OptionError, match="--device: 'cuda' asks for a GPU, but CUDA is not available here"):
+        check_device("cuda")
+    assert check_device("cpu") == "cpu"
+
+
+def _run(run_id: str, *args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("NOISYSEG_TRACEBACK", None)
+    command = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str(SUPERVISED).replace(" ", ""),
+               *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "run_id, override, last",
+    [
+        ("training", ("--max_epoch", "3"), "--max_epoch: unknown option; did you mean --max_epochs?"),
+        ("training", ("--amp", "maybe"), "--amp: must be true or false, got 'maybe'"),
+        ("training", ("--network_width", "0"), "--network_width: must be an integer >= 1, got 0"),
+        ("evaluating", ("--device", "cuda:99"), "--device: 'cuda:99'"),
+        ("trainig", (), "run trainig: no such run id in the config; did you mean training? "
+                        "(run ids: evaluating, inference, training)"),
+    ],
+)
+def test_option_errors_end_with_one_line(run_id, override, last, demo_dataset, tmp_path):
+    out = tmp_path / "bundle"
+    proc = _run(run_id, "--dataset_dir", str(demo_dataset.parent), "--datalist", str(demo_dataset),
+                "--output_dir", str(out), *override)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("noisyseg: error: " + last), lines[-1]
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
