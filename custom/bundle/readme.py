@@ -98,7 +98,19 @@ The same segmentations through MONAI's engines (`dataset` -> `evaluator`, stops 
     python -m monai.bundle run run_evaluator --config_file <this folder>/configs/inference.json \\
         --dataset_dir <input folder> --output_dir <output folder>
 
-Training (from the noisyseg repository; this bundle has no `train.json`):
+Fine-tuning from this folder (`configs/train.json`: plain Dice + cross-entropy training, no noisy-label method, on
+labels you trust, e.g. reviewed ones). It starts from `models/model.pt` (`--pretrained False`: random weights),
+validates on the datalist's `validation` cases when it has any, and replaces `models/model.pt` at the end, so copy
+the bundle first to keep the original. The datalist's `training` cases give `image` and `label`, paths relative to
+the datalist's folder:
+
+    cd <this folder>
+    python -m monai.bundle run training --config_file configs/train.json --datalist <datalist.json> \\
+        --max_epochs 20
+
+MONAI Label's bundle app runs the same config for its `/train` request (on its datastore's labelled images).
+
+The run that made this bundle (from the noisyseg repository, with its noisy-label method):
 
     {train_command}
 

@@ -1,7 +1,8 @@
 """Write a self-contained MONAI bundle from trained networks (the model-zoo layout).
 
 ``output_dir/``: ``configs/metadata.json`` (:mod:`custom.bundle.metadata`), ``configs/inference.json``
-(:mod:`custom.bundle.inference_config`), ``configs/logging.conf``, ``docs/README.md`` and ``LICENSE``
+(:mod:`custom.bundle.inference_config`), ``configs/train.json`` (fine-tuning from the bundle folder and MONAI
+Label's ``/train``: :mod:`custom.bundle.training_config`), ``configs/logging.conf``, ``docs/README.md`` and ``LICENSE``
 (:mod:`custom.bundle.readme`), ``models/model.pt`` (a plain ``state_dict`` of exactly ``network_def``; extra
 training-time networks such as a teacher or a peer in ``models/extra/<name>.pt``, out of the ``models/*.pt`` that
 MONAI Label offers as model files) and ``scripts/`` (the network code and the folder-inference code, copied so that
@@ -22,6 +23,7 @@ from custom.bundle.inference_config import inference_config
 from custom.bundle.layout import EXTRA_MODELS_DIR, PACKAGE_ROOT, shipped_files
 from custom.bundle.metadata import bundle_metadata
 from custom.bundle.readme import bundle_readme, license_text
+from custom.bundle.training_config import training_config
 from custom.io import atomic_output, write_json
 
 __all__ = ["LOGGING_CONF", "plain_state_dict", "write_bundle"]
@@ -122,6 +124,7 @@ def write_bundle(
         with atomic_output(scripts / dst) as tmp:
             shutil.copyfile(PACKAGE_ROOT / src, tmp)
     write_json(inference_config(network_class, kwargs, spacing, patch_size), root / "configs" / "inference.json")
+    write_json(training_config(network_class, kwargs, spacing, patch_size), root / "configs" / "train.json")
     extra = dict(extra_metadata or {})
     if validation:
         extra["validation"] = dict(validation)
