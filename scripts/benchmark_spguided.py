@@ -98,6 +98,7 @@ def build_steps(args: argparse.Namespace, device) -> dict[str, Callable[[], Any]
 
     from custom.engines import CoTeachingTrainer, JoCoRTrainer, SPGuidedTrainer, SPGuidedVoxelTrainer
     from custom.engines.base import batch_to_device
+    from custom.engines.memory_format import DEFAULT_MEMORY_FORMAT, apply_memory_format
     from custom.networks import PaperVNet
 
     cpu_batch = fixed_batch(args.patch, args.batch, args.seed)
@@ -106,7 +107,10 @@ def build_steps(args: argparse.Namespace, device) -> dict[str, Callable[[], Any]
 
     def network(offset: int) -> torch.nn.Module:
         torch.manual_seed(args.seed + offset)  # f1 and f2: same weights in every trainer, different from each other
-        return PaperVNet(3, 1, 2, base_filters=args.base_filters, dropout=0.0).to(device)
+        net = PaperVNet(3, 1, 2, base_filters=args.base_filters, dropout=0.0).to(device)
+        # the training's layout (config key memory_format); scripts/benchmark_step.py --compare-layouts sets it
+        apply_memory_format([net], getattr(args, "memory_format", DEFAULT_MEMORY_FORMAT))
+        return net
 
     def common(nets: list[torch.nn.Module], data: dict) -> dict:
         params = [p for n in nets for p in n.parameters()]

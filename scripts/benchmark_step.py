@@ -61,6 +61,10 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 STEPS = ("supervised", "mean_teacher", "alc", "mtcl", "mtcl_consistency_source", "alc_floor", "mt_plus_clean_pass",
          "mtcl_correction")
+#: the methods whose step ``--compare-layouts`` times in both memory layouts
+LAYOUT_METHODS = ("supervised", "alc", "mtcl", "coteaching", "spguided", "jcas")
+DEFAULT_LAYOUT = "channels_last_3d"
+JCAS_TOKEN_GRID = [8, 8, 8]  # configs/jcas_la.json
 
 
 def fixed_batch(patch: list[int], batch_hq: int, batch_lq: int, num_classes: int, device, seed: int = 0) -> dict:
@@ -96,6 +100,7 @@ def build_steps(args: argparse.Namespace, device) -> tuple[dict[str, Callable[[]
     from monai.inferers import SimpleInferer
 
     from custom.engines import MeanTeacherTrainer, MTCLTrainer
+    from custom.engines.memory_format import apply_memory_format
     from custom.losses.segmentation_losses import CEDiceLoss
     from custom.networks import PaperVNet
     from custom.refinement.confident_learning import correct_labels, find_label_issues
@@ -106,7 +111,9 @@ def build_steps(args: argparse.Namespace, device) -> tuple[dict[str, Callable[[]
 
     def network() -> torch.nn.Module:
         torch.manual_seed(args.seed)  # every trainer starts from the same weights
-        return PaperVNet(3, 1, args.num_classes, base_filters=args.base_filters, dropout=0.5).to(device)
+        net = PaperVNet(3, 1, args.num_classes, base_filters=args.base_filters, dropout=0.5).to(device)
+        apply_memory_format([net], args.memory_format)  # as training does before its first iteration
+        return net
 
     def common(net: torch.nn.Module) -> dict:
         return dict(
@@ -168,6 +175,138 @@ def build_steps(args: argparse.Namespace, device) -> tuple[dict[str, Callable[[]
     return steps, trainers
 
 
+def jcas_step(args: argparse.Namespace, device) -> Callable[[], Any]:
+    """One JCAS correction-stage step (deep-supervised VNet with DAR, JCAS loss with the transition matrices, SGD on
+    both), at the batch, patch and width of ``args``, in the layout ``args.memory_format``."""
+    import torch
+
+    from custom.engines.memory_format import apply_memory_format
+    from custom.engines.precision import amp_runs_on, training_autocast
+    from custom.losses.jcas_loss import JcasLoss, JcasTransitions
+    from custom.networks.deep_supervision import JcasVNet
+
+    batch = fixed_batch(args.patch, args.batch_hq, args.batch_lq, args.num_classes, device, args.seed)
+    torch.manual_seed(args.seed)
+    network = JcasVNet(spatial_dims=3, in_channels=1, out_channels=args.num_classes, base_filters=args.base_filters,
+                       dropout=0.5, normalization="batch", feature_dim=16, token_grid=JCAS_TOKEN_GRID).to(device)
+    apply_memory_format([network], args.memory_format)
+    transitions = JcasTransitions(args.num_classes, [0.8] + [0.2] * (args.num_classes - 1)).to(device)
+    loss_function = JcasLoss(args.num_classes, stage="correction")
+    optimisers = [torch.optim.SGD(network.parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-4),
+                  torch.optim.SGD(transitions.parameters(), lr=1e-4, momentum=0.9)]
+    amp = args.amp and amp_runs_on(device)
+
+    def run() -> None:
+        network.train()
+        for optimiser in optimisers:
+            optimiser.zero_grad(set_to_none=True)
+        with training_autocast(amp, device, [network]):
+            outputs = network(batch["image"])
+        loss_function(outputs, batch["label"], transitions)[0].backward()
+        for optimiser in optimisers:
+            optimiser.step()
+    return run
+
+
+def build_layout_steps(args: argparse.Namespace, device) -> dict[str, Callable[[], Any]]:
+    """``"<method> <layout>"``: one step of every method of :data:`LAYOUT_METHODS` in each layout of
+    :data:`custom.engines.memory_format.MEMORY_FORMATS` (the co-teaching family's steps come from
+    ``scripts/benchmark_spguided.py``, with real SLIC supervoxels; batch ``batch_hq + batch_lq``)."""
+    import benchmark_spguided  # the sibling script: its SP-guided and co-teaching steps
+
+    from custom.engines.memory_format import MEMORY_FORMATS
+
+    steps: dict[str, Callable[[], Any]] = {}
+    for layout in MEMORY_FORMATS:
+        layout_args = argparse.Namespace(**{**vars(args), "memory_format": layout})
+        mean_teacher_family, _ = build_steps(layout_args, device)
+        peer_args = argparse.Namespace(patch=args.patch, batch=args.batch_hq + args.batch_lq, seed=args.seed,
+                                       base_filters=args.base_filters, amp=args.amp, memory_format=layout,
+                                       steps=["coteaching", "spguided"])
+        peers = benchmark_spguided.build_steps(peer_args, device)
+        for method in LAYOUT_METHODS:
+            if method in mean_teacher_family:
+                steps[f"{method} {layout}"] = mean_teacher_family[method]
+            elif method in peers:
+                steps[f"{method} {layout}"] = peers[method]
+        steps[f"jcas {layout}"] = jcas_step(layout_args, device)
+    return steps
+
+
+def supervised_step_flops(args: argparse.Namespace, device) -> int:
+    """Floating-point operations of one supervised step (forward + backward), counted by
+    ``torch.utils.flop_counter`` (convolutions and matmuls: what bounds the step)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    steps, _ = build_steps(argparse.Namespace(**{**vars(args), "memory_format": "contiguous"}), device)
+    with FlopCounterMode(display=False) as counter:
+        steps["supervised"]()
+    return counter.get_total_flops()
+
+
+def matmul_rate(dtype, device, size: int = 2048, repeats: int = 5) -> float:
+    """Measured FLOP/s of a ``size`` x ``size`` matmul in ``dtype`` (median of ``repeats``, after one warm-up): the
+    hardware's dense-arithmetic rate at the current thread count, the ceiling a convolution step can approach."""
+    import time
+
+    import torch
+
+    from custom.benchmark.step_timing import synchronize
+
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    times = []
+    for index in range(repeats + 1):
+        synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        if index:
+            times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times)
+
+
+def report_layouts(args: argparse.Namespace, device) -> dict[str, float]:
+    """Time every method's step in each layout, interleaved, and print the channels-last / contiguous ratios, the
+    supervised step's achieved GFLOP/s and the measured matmul rates."""
+    import torch
+
+    from custom.benchmark.step_timing import interleaved_step_times
+    from custom.engines.precision import amp_runs_on
+
+    precision = "float32"
+    if args.amp and amp_runs_on(device):
+        precision = "float16 autocast" if device.type == "cuda" else "bfloat16 autocast"
+    elif args.amp:
+        precision = "float32 (amp requested; this CPU has no native bfloat16, so training runs float32)"
+    print(f"precision: {precision}")
+    steps = build_layout_steps(args, device)
+    measured = interleaved_step_times(steps, args.warmup, args.repeats, device)
+    wall = {name: statistics.median(t["wall"]) for name, t in measured.items()}
+    cpu = {name: statistics.median(t["cpu"]) for name, t in measured.items()}
+    print("\n" + header)
+    results: dict[str, float] = {}
+    for method in LAYOUT_METHODS:
+        before, after = f"{method} contiguous", f"{method} channels_last_3d"
+        ratio_wall, ratio_cpu = wall[after] / wall[before], cpu[after] / cpu[before]
+        print(f"{method:<12} {wall[before]:>16.3f} {wall[after]:>22.3f} {ratio_wall:>11.3f} {ratio_cpu:>10.3f}")
+        results.update({before: wall[before], after: wall[after], f"{method} ratio": ratio_wall,
+                        f"{method} ratio_cpu": ratio_cpu})
+    flops = supervised_step_flops(args, device)
+    rates = {"float32": matmul_rate(torch.float32, device), "bfloat16": matmul_rate(torch.bfloat16, device)}
+    if device.type == "cuda":
+        rates["float16"] = matmul_rate(torch.float16, device)
+    fast = wall["supervised channels_last_3d"]
+    print(f"\nsupervised step: {flops / 1e9:.1f} GFLOP (forward + backward); "
+          f"{flops / fast / 1e9:.1f} GFLOP/s achieved in {DEFAULT_LAYOUT} "
+          f"({flops / wall['supervised contiguous'] / 1e9:.1f} in contiguous)")
+    print("measured matmul rate at this thread count: " +
+          ", ".join(f"{dtype} {rate / 1e9:.1f} GFLOP/s" for dtype, rate in rates.items()))
+    results.update({"supervised_gflop": flops / 1e9, "supervised_gflops_achieved": flops / fast / 1e9,
+                    **{f"matmul_gflops_{dtype}": rate / 1e9 for dtype, rate in rates.items()}})
+    return results
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from custom.benchmark.step_timing import add_default_malloc_argument
 
@@ -184,7 +323,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument("--amp", action="store_true", help="autocast + grad scaling (CUDA only)")
+    parser.add_argument("--amp", action="store_true",
+                        help="the config's amp: float16 autocast + grad scaling on CUDA, bfloat16 autocast on a CPU "
+                             "that computes it natively (elsewhere the trainers run float32, as training does)")
+    parser.add_argument("--memory-format", choices=["channels_last_3d", "contiguous"], default=DEFAULT_LAYOUT,
+                        help="the networks' layout (config key memory_format)")
+    parser.add_argument("--compare-layouts", action="store_true",
+                        help="time every method's step (supervised, ALC, MTCL, Co-teaching, SP-guided, JCAS) in both "
+                             "layouts instead of --steps, print the ratios, the supervised step's GFLOP/s and the "
+                             "measured matmul rates")
     parser.add_argument("--seed", type=int, default=0)
     add_default_malloc_argument(parser)
     parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS), help="time only these steps")
@@ -210,8 +357,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if args.amp and device.type != "cuda":
-        raise SystemExit("--amp needs a CUDA device")
     load_before = os.getloadavg()
     shown_argv = sys.argv[1:] if argv is None else argv
     print(f"command: python scripts/benchmark_step.py {' '.join(shown_argv)}")
@@ -221,6 +366,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"patch {args.patch}, base_filters {args.base_filters}, batch {args.batch_hq} HQ + {args.batch_lq} LQ, "
           f"C {args.num_classes}, ALC T {args.num_samples}, mc_chunk {args.mc_chunk}, "
           f"warmup {args.warmup}, repeats {args.repeats}")
+    if args.compare_layouts:
+        result = report_layouts(args, device)
+        load_after = os.getloadavg()
+        print(f"load average after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
+        return result
     steps, _ = build_steps(args, device)
     steps = {name: steps[name] for name in STEPS if name in args.steps}
     measured = interleaved_step_times(steps, args.warmup, args.repeats, device)

@@ -3,7 +3,8 @@
 A method trainer implements :meth:`NoisyLabelTrainer.compute_loss` only: given the batch (already on the device)
 it runs its forward passes, puts ``Keys.PRED`` into ``engine.state.output``, fires ``FORWARD_COMPLETED``, and
 returns the loss. This class does the rest exactly as MONAI's ``SupervisedTrainer._iteration`` does: zero grad,
-autocast when ``amp`` is on (float16 with grad scaling on CUDA, bfloat16 on the CPU: :mod:`custom.engines.precision`),
+autocast when ``amp`` is on (float16 with grad scaling on CUDA, bfloat16 on a CPU that computes it natively:
+:mod:`custom.engines.precision`),
 ``LOSS_COMPLETED``, backward, ``BACKWARD_COMPLETED``, optimiser
 step, ``MODEL_COMPLETED``; then :meth:`after_step` (EMA updates and the like). Without an override,
 :meth:`NoisyLabelTrainer.compute_loss` is the plain supervised step.
@@ -28,7 +29,7 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
-from custom.engines.precision import training_autocast
+from custom.engines.precision import amp_runs_on, training_autocast
 
 __all__ = ["NoisyLabelTrainer", "batch_to_device"]
 
@@ -66,6 +67,10 @@ class NoisyLabelTrainer(SupervisedTrainer):
             super().__init__(*args, **kwargs)
         if self.amp and torch.device(self.state.device).type != "cuda":
             self.scaler = None  # bfloat16 autocast on the CPU: float32's exponent range, nothing to scale
+        if self.amp and not amp_runs_on(self.state.device):
+            self.amp = False
+            self.logger.info("amp: this CPU has no native bfloat16 (AVX-512 BF16 or AMX), where bfloat16 autocast "
+                             "is several times slower than float32; training in float32")
         self.add_event_handler(Events.STARTED, self._start_in_step)
 
     def _start_in_step(self, engine: NoisyLabelTrainer) -> None:

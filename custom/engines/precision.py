@@ -6,6 +6,11 @@ an AVX512-BF16 CPU, ``scripts/benchmark_step.py``) but, unlike CUDA's, leaves so
 ops in the input's dtype. The networks' outputs are therefore cast back to float32 (:func:`float32_outputs`), so that
 losses, sample selection and label refinement see float32 logits exactly as without ``amp``. bfloat16 keeps
 float32's exponent range, so no gradient scaling is needed.
+
+bfloat16 pays only where the CPU computes it natively (AVX-512 BF16 or AMX, which oneDNN reports): elsewhere oneDNN
+emulates it and a bfloat16 step is several times slower than a float32 one (measured about 10x on an AVX2-only
+CPU, ``scripts/benchmark_step.py --compare-layouts``). :func:`amp_runs_on` therefore turns ``amp`` off on such a CPU,
+and the trainers say so once in the log.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["autocast_dtype", "float32_outputs", "to_float32", "training_autocast"]
+__all__ = ["amp_runs_on", "autocast_dtype", "cpu_native_bfloat16", "float32_outputs", "to_float32",
+           "training_autocast"]
 
 _LOWER = (torch.float16, torch.bfloat16)
 
@@ -26,6 +32,20 @@ def autocast_dtype(device: torch.device | str, amp_kwargs: Mapping[str, Any] | N
     if amp_kwargs and amp_kwargs.get("dtype") is not None:
         return amp_kwargs["dtype"]
     return torch.float16 if torch.device(device).type == "cuda" else torch.bfloat16
+
+
+def cpu_native_bfloat16() -> bool:
+    """Whether this CPU runs bfloat16 convolutions natively (oneDNN's check: AVX-512 BF16 or AMX)."""
+    mkldnn_check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    if mkldnn_check is not None:
+        return bool(mkldnn_check())
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def amp_runs_on(device: torch.device | str) -> bool:
+    """Whether ``amp`` speeds up a training step on ``device``: always on CUDA (float16 autocast), on the CPU only
+    where bfloat16 is native (:func:`cpu_native_bfloat16`)."""
+    return torch.device(device).type != "cpu" or cpu_native_bfloat16()
 
 
 def to_float32(value: Any) -> Any:

@@ -8,8 +8,16 @@ import pytest
 import torch
 from monai.losses import DiceCELoss
 
+import custom.engines.base
 from custom.engines import CoTeachingTrainer, NoisyLabelTrainer
-from custom.engines.precision import autocast_dtype, float32_outputs, to_float32, training_autocast
+from custom.engines.precision import (
+    amp_runs_on,
+    autocast_dtype,
+    cpu_native_bfloat16,
+    float32_outputs,
+    to_float32,
+    training_autocast,
+)
 from custom.networks import PaperVNet
 
 
@@ -72,7 +80,36 @@ def _batches(n=2):
     return out
 
 
-def test_supervised_trainer_with_amp_on_cpu_trains_in_bfloat16_without_a_scaler():
+@pytest.fixture
+def native_bfloat16(monkeypatch):
+    """Run the trainers as on a CPU with native bfloat16 (AVX-512 BF16 / AMX), whatever this machine has: autocast
+    itself works on every CPU (emulated where not native, only slower)."""
+    monkeypatch.setattr(custom.engines.base, "amp_runs_on", lambda device: True)
+
+
+def test_amp_runs_on_cuda_always_and_on_the_cpu_only_with_native_bfloat16():
+    assert amp_runs_on("cuda") and amp_runs_on(torch.device("cuda:1"))
+    assert amp_runs_on("cpu") == cpu_native_bfloat16()
+
+
+def test_amp_on_a_cpu_without_native_bfloat16_trains_in_float32_and_says_so(monkeypatch, caplog):
+    monkeypatch.setattr(custom.engines.base, "amp_runs_on", lambda device: False)
+    torch.manual_seed(0)
+    net = PaperVNet(base_filters=2, dropout=0.0)
+    seen = _inner_dtypes(net)
+    with caplog.at_level("INFO"):
+        trainer = NoisyLabelTrainer(
+            device=torch.device("cpu"), max_epochs=1, epoch_length=1, train_data_loader=_batches(1), network=net,
+            optimizer=torch.optim.SGD(net.parameters(), lr=0.01),
+            loss_function=DiceCELoss(to_onehot_y=True, softmax=True), amp=True, decollate=False,
+        )
+    assert trainer.amp is False and trainer.scaler is None
+    assert any("no native bfloat16" in record.getMessage() for record in caplog.records)
+    trainer.run()
+    assert seen and set(seen) == {torch.float32}
+
+
+def test_supervised_trainer_with_amp_on_cpu_trains_in_bfloat16_without_a_scaler(native_bfloat16):
     torch.manual_seed(0)
     net = PaperVNet(base_filters=2, dropout=0.0)
     seen = _inner_dtypes(net)
@@ -91,7 +128,7 @@ def test_supervised_trainer_with_amp_on_cpu_trains_in_bfloat16_without_a_scaler(
     assert net.eval()(torch.randn(1, 1, 16, 16, 16)).dtype == torch.float32  # evaluation afterwards: float32
 
 
-def test_coteaching_with_amp_on_cpu_selects_on_float32_losses():
+def test_coteaching_with_amp_on_cpu_selects_on_float32_losses(native_bfloat16):
     torch.manual_seed(0)
     nets = [PaperVNet(base_filters=2, dropout=0.0) for _ in range(2)]
     trainer = CoTeachingTrainer(
