@@ -8,8 +8,10 @@
 
 The bundle is read as it was written by training (``custom.bundle``): ``configs/inference.json``
 gives the network, the preprocessing and the sliding-window inferer; ``models/model.pt`` the weights. Images and
-labels pair by file name (``case.nii.gz`` in both folders; the case id is the name without ``.nii.gz``). A datalist
-audits its ``training`` LQ cases (``--include_hq``: all of them) and knows the clean labels of simulated noise.
+labels pair by file name (``case.nii.gz`` in both folders; the case id is the name without ``.nii.gz``);
+images without a label are skipped and counted on stderr (a prepared data set has noisy labels for its LQ cases
+only). A datalist audits its ``training`` LQ cases (``--include_hq``: all of them) and knows the clean labels of
+simulated noise.
 
 Sources (``--source auto`` takes the first that the bundle has):
 
@@ -55,7 +57,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", required=True, help="trained bundle folder (configs/inference.json, models/)")
     parser.add_argument("--images", help="folder of NIfTI images")
-    parser.add_argument("--labels", help="folder of NIfTI labels to audit (same file names as the images)")
+    parser.add_argument("--labels", help="folder of NIfTI labels to audit (same file names as the images; images "
+                        "without one are skipped)")
     parser.add_argument("--clean_labels", help="folder of reference labels (evaluation only, same names)")
     parser.add_argument("--datalist", help="datalist JSON instead of --images/--labels (its training cases)")
     parser.add_argument("--include_hq", action="store_true", help="datalist: audit the HQ cases too")
@@ -90,28 +93,48 @@ def _nifti_files(folder: str, option: str) -> dict[str, Path]:
     return files
 
 
-def folder_items(images: str, labels: str, clean_labels: str | None = None) -> list[dict[str, Any]]:
-    """Audit items from image / label folders paired by file name.
+def folder_items(
+    images: str, labels: str, clean_labels: str | None = None
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Audit items from image / label folders paired by file name, and the images that have no label.
+
+    A prepared data set keeps every image in one folder and the noisy labels of the LQ cases only in another: the
+    images without a label are skipped (and reported by the caller), not an error.
+
+    Returns:
+        ``(items, skipped)``: one item per image that has a label, and the file names of the images without one.
 
     Raises:
-        custom.errors.OptionError: a missing or empty folder, or an image without a label (or clean label).
+        custom.errors.OptionError: a missing or empty folder, no image with a label, or an audited image without a
+            clean label when ``clean_labels`` is given.
     """
     from custom.errors import OptionError
 
     image_files = _nifti_files(images, "images")
     label_files = _nifti_files(labels, "labels")
     clean_files = _nifti_files(clean_labels, "clean_labels") if clean_labels else {}
-    items = []
+    items, skipped = [], []
     for case_id, image in image_files.items():
         if case_id not in label_files:
-            raise OptionError("labels", f"{labels}: no label for the image {image.name} (expected {case_id}.nii.gz)")
+            skipped.append(image.name)
+            continue
         item = {"case_id": case_id, "image": str(image), "label": str(label_files[case_id])}
         if clean_labels:
             if case_id not in clean_files:
                 raise OptionError("clean_labels", f"{clean_labels}: no clean label for {image.name}")
             item["label_clean"] = str(clean_files[case_id])
         items.append(item)
-    return items
+    if not items:
+        raise OptionError("labels", f"{labels}: no label for any image of {images} (labels pair with images by file "
+                                    f"name, e.g. {next(iter(image_files.values())).name})")
+    return items, skipped
+
+
+def _skipped_message(num_items: int, skipped: Sequence[str], labels: str) -> str:
+    """One line: how many images are audited, and which were skipped for lack of a label (the first few named)."""
+    shown = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+    return (f"auditing {num_items} of {num_items + len(skipped)} images; {len(skipped)} skipped: no label in "
+            f"{labels} ({shown})")
 
 
 def datalist_items(datalist: str, include_hq: bool = False) -> list[dict[str, Any]]:
@@ -292,8 +315,12 @@ def audit(args: argparse.Namespace) -> Path:
         raise OptionError("num_samples", f"must be an integer >= 1, got {args.num_samples}")
     output_dir = Path(args.output_dir).resolve()
     _check_output(output_dir)
-    items = datalist_items(args.datalist, args.include_hq) if args.datalist else folder_items(
-        args.images, args.labels, args.clean_labels)
+    if args.datalist:
+        items = datalist_items(args.datalist, args.include_hq)
+    else:
+        items, skipped = folder_items(args.images, args.labels, args.clean_labels)
+        if skipped:
+            print(_skipped_message(len(items), skipped, args.labels), file=sys.stderr, flush=True)
     if args.ranking and not all(i.get("label_clean") for i in items):
         raise OptionError("ranking", "needs the clean labels of every case (--clean_labels or a datalist with "
                                      "label_clean)")
