@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,18 @@ import torch
 from torch import nn
 
 from custom.errors import OptionError
+from custom.io import DataError
 
-__all__ = ["BUNDLE_WEIGHTS", "resolve_init_path", "load_network_state", "init_network"]
+__all__ = [
+    "BUNDLE_WEIGHTS",
+    "check_state",
+    "checked_checkpoint",
+    "init_network",
+    "load_network_state",
+    "load_weights",
+    "resolve_init_path",
+    "weights_file_problem",
+]
 
 OPTION = "init_from"
 BUNDLE_WEIGHTS = os.path.join("models", "model.pt")
@@ -64,24 +75,68 @@ def resolve_init_path(init_from: str | os.PathLike) -> Path:
     return path
 
 
-def _load(path: Path) -> Any:
+def _error(option: str | None, path: Path, problem: str) -> ValueError:
+    """The user error for a bad weights file: an OptionError naming ``--option`` (``--init_from``) or, for the files
+    a bundle or run folder holds, a DataError naming the file."""
+    return OptionError(option, f"{path}: {problem}") if option else DataError(path, problem)
+
+
+def weights_file_problem(path: str | os.PathLike) -> str | None:
+    """What is wrong with ``path`` as a ``torch.save`` file, read without unpickling anything: missing, empty, not a
+    zip archive (text, a pickle of an old torch, another format; its first bytes are named) or a cut-short or
+    corrupt archive; None when it is a complete archive."""
+    path = Path(path)
+    if not path.is_file():
+        return "no such file"
+    size = path.stat().st_size
+    if size == 0:
+        return "an empty file (0 bytes)"
+    if not zipfile.is_zipfile(path):
+        head = path.read_bytes()[:16]
+        kind = "text" if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else "binary data"
+        return f"not a readable PyTorch file: it holds {kind} starting {head!r} ({size} bytes), not the zip archive " \
+            "torch.save writes"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError) as exc:
+        return f"a cut-short or corrupt PyTorch file ({type(exc).__name__}: {exc})"
+    return None if bad is None else f"a corrupt PyTorch file (member {bad} fails its checksum)"
+
+
+def _load(path: Path, option: str | None = OPTION, checkpoint: bool = True) -> Any:
+    problem = weights_file_problem(path)
+    if problem:
+        raise _error(option, path, problem)
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        pass  # a training checkpoint (random states): full load, see the module docstring
+    except pickle.UnpicklingError as error:
+        if not checkpoint:
+            raise _error(option, path, "holds Python objects besides tensors (a pickled network or a training "
+                         "checkpoint?); a bundle's model.pt is a plain state_dict of tensors") from error
     except (RuntimeError, EOFError, OSError) as error:
-        raise OptionError(OPTION, f"{path}: not a readable PyTorch file ({type(error).__name__}: {error})") from error
-    try:
+        raise _error(option, path, f"not a readable PyTorch file ({type(error).__name__}: {error})") from error
+    try:  # a training checkpoint (random states): full load, see the module docstring
         return torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as error:  # any unpickling failure: the file is not a checkpoint we can use
-        raise OptionError(OPTION, f"{path}: not a readable PyTorch file ({type(error).__name__}: {error})") from error
+        raise _error(option, path, f"not a readable PyTorch file ({type(error).__name__}: {error})") from error
 
 
-def load_network_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def _holds(content: Any) -> str:
+    if isinstance(content, Mapping):
+        return f"a dict with keys {_listed(sorted(map(str, content)))}"
+    return f"a {type(content).__name__}"
+
+
+def load_network_state(
+    path: str | os.PathLike, option: str | None = OPTION, checkpoint: bool = True
+) -> dict[str, torch.Tensor]:
     """The network ``state_dict`` stored in ``path`` (a state_dict, or a checkpoint dict's ``"network"`` entry).
 
     Args:
         path: a weights file (use :func:`resolve_init_path` for bundle folders).
+        option: the option named by errors (``init_from``), or None to name only the file (a bundle's weights).
+        checkpoint: whether a training checkpoint (random states: a full, trusted load) may be read.
 
     Returns:
         ``{parameter or buffer name: tensor}`` on the CPU, without a common ``"module."`` prefix.
@@ -91,15 +146,15 @@ def load_network_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             entry.
     """
     path = Path(path)
-    content = _load(path)
+    content = _load(path, option, checkpoint)
     if isinstance(content, Mapping) and "network" in content and isinstance(content["network"], Mapping):
         content = content["network"]
     if not isinstance(content, Mapping) or not content or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in content.items()
     ):
-        found = sorted(map(str, content))[:5] if isinstance(content, Mapping) else type(content).__name__
-        raise OptionError(
-            OPTION, f"{path} holds neither a network state_dict nor a checkpoint with a 'network' entry (found {found})"
+        raise _error(
+            option, path, f"holds neither a network state_dict nor a checkpoint with a 'network' entry, but "
+            f"{_holds(content)}"
         )
     state = dict(content)
     if all(k.startswith("module.") for k in state):
@@ -132,6 +187,18 @@ def init_network(network: nn.Module, init_from: str | os.PathLike | None) -> nn.
         raise ValueError(f"network must be a torch.nn.Module, got {type(network).__name__}.")
     path = resolve_init_path(init_from)
     state = load_network_state(path)
+    check_state(state, network, path, OPTION)
+    network.load_state_dict(state, strict=True)
+    return network
+
+
+def check_state(state: Mapping[str, torch.Tensor], network: nn.Module, path: Path, option: str | None) -> None:
+    """Check that ``state`` (read from ``path``) fits ``network`` exactly and is finite.
+
+    Raises:
+        OptionError (``option`` given) or DataError naming ``path``: missing or unexpected keys, shapes that differ
+            (e.g. a bundle of another ``--network_width``), or NaN/Inf values.
+    """
     expected = network.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -148,8 +215,63 @@ def init_network(network: nn.Module, init_from: str | os.PathLike | None) -> nn.
     if wrong_shape:
         problems.append(f"shape mismatch (file vs network) {_listed(wrong_shape)}")
     if problems:
-        raise OptionError(
-            OPTION, f"{path} does not match the network {type(network).__name__}: {'; '.join(problems)}"
-        )
-    network.load_state_dict(state, strict=True)
+        if option:
+            raise OptionError(
+                option, f"{path} does not match the network {type(network).__name__}: {'; '.join(problems)}"
+            )
+        raise DataError(path, f"does not match the network {type(network).__name__}: {'; '.join(problems)}")
+    _check_finite(state, path, option)
+
+
+def load_weights(network: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load a bundle's ``models/model.pt`` (a plain state_dict) into ``network``, checked (see :func:`check_state`).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        DataError: naming ``path`` and what it holds, when it is no state_dict of tensors or does not fit.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such weights file (train the bundle first, or check --output_dir)")
+    device = next((p.device for p in network.parameters()), torch.device("cpu"))
+    state = load_network_state(path, option=None, checkpoint=False)
+    check_state(state, network, path, None)
+    network.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=True)
     return network
+
+
+def checked_checkpoint(
+    path: str | os.PathLike | None, network: nn.Module, entries: Any = ()
+) -> str | None:
+    """``path`` (the training checkpoint ``--resume true`` loads), after checking that it is a complete checkpoint
+    of this run's network: its ``network`` entry fits ``network`` exactly and it holds every entry of ``entries``
+    (the config's ``checkpoint_objects``); None stays None.
+
+    Raises:
+        DataError: naming the checkpoint: not a checkpoint, missing entries, or a network of another shape.
+    """
+    if path is None:
+        return None
+    path = Path(path)
+    content = _load(path, option=None, checkpoint=True)
+    if not isinstance(content, Mapping) or not isinstance(content.get("network"), Mapping):
+        raise DataError(path, f"is no training checkpoint (no 'network' entry): it holds {_holds(content)}")
+    missing = [str(k) for k in entries if k not in content]
+    if missing:
+        raise DataError(path, f"lacks the checkpoint entries {_listed(missing)} that this config resumes "
+                        "(a checkpoint of another method or an older version?)")
+    state = dict(content["network"])
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    check_state(state, network, path, None)
+    return str(path)
+
+
+def _check_finite(state: Mapping[str, torch.Tensor], path: Path, option: str | None) -> None:
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        problem = (
+            f"{path}: {len(bad)} of {len(state)} tensors hold NaN or Inf values ({_listed(bad)}): the weights of a "
+            "run that diverged; a network started from them learns nothing"
+        )
+        raise OptionError(option, problem) if option else DataError(None, problem)

@@ -7,7 +7,15 @@ import torch
 from torch import nn
 
 from custom.errors import OptionError, describe
-from custom.init_from import init_network, load_network_state, resolve_init_path
+from custom.init_from import (
+    checked_checkpoint,
+    init_network,
+    load_network_state,
+    load_weights,
+    resolve_init_path,
+    weights_file_problem,
+)
+from custom.io import DataError
 
 
 def _tiny(width: int = 4) -> nn.Module:
@@ -128,3 +136,68 @@ def test_method_config_network_uses_init_from(tmp_path, monkeypatch):
     parser["init_from"] = str(tmp_path / "weights.pt")
     network = parser.get_parsed_content("network", instantiate=True, lazy=False)
     _assert_same_weights(network, source)
+
+
+# ------------------------------------------------------------------------------------------- weights files
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    state = _trained().state_dict()
+    state["0.weight"] = state["0.weight"] * float("nan")
+    torch.save(state, tmp_path / "nan.pt")
+    with pytest.raises(OptionError) as info:
+        init_network(_tiny(), tmp_path / "nan.pt")
+    assert str(info.value) == (
+        f"--init_from: {tmp_path / 'nan.pt'}: 1 of {len(state)} tensors hold NaN or Inf values (0.weight): the "
+        "weights of a run that diverged; a network started from them learns nothing"
+    )
+
+
+def test_weights_file_problem_says_what_the_file_holds(tmp_path):
+    text, empty, cut, good = (tmp_path / n for n in ("text.pt", "empty.pt", "cut.pt", "good.pt"))
+    text.write_text("hello")
+    empty.write_bytes(b"")
+    torch.save(_trained().state_dict(), good)
+    cut.write_bytes(good.read_bytes()[:200])
+    assert weights_file_problem(text) == ("not a readable PyTorch file: it holds text starting b'hello' (5 bytes), "
+                                          "not the zip archive torch.save writes")
+    assert weights_file_problem(empty) == "an empty file (0 bytes)"
+    assert "not a readable PyTorch file: it holds binary data" in weights_file_problem(cut)
+    assert weights_file_problem(good) is None
+    assert weights_file_problem(tmp_path / "none.pt") == "no such file"
+
+
+def test_bundle_weights_are_checked_before_loading(tmp_path):
+    path = tmp_path / "model.pt"
+    with pytest.raises(FileNotFoundError, match="no such weights file"):
+        load_weights(_tiny(), path)
+    path.write_text("not weights")
+    with pytest.raises(DataError) as info:
+        load_weights(_tiny(), path)
+    assert str(info.value).startswith(f"{path}: not a readable PyTorch file: it holds text")
+    torch.save(_trained(width=8).state_dict(), path)
+    with pytest.raises(DataError) as info:
+        load_weights(_tiny(4), path)
+    assert str(info.value).startswith(f"{path}: does not match the network Sequential: shape mismatch (file vs "
+                                      "network) 0.weight (8, 1, 3, 3, 3) vs (4, 1, 3, 3, 3)")
+    torch.save(_trained(), path)  # a pickled network, not a state_dict
+    with pytest.raises(DataError) as info:
+        load_weights(_tiny(), path)
+    assert "holds Python objects besides tensors" in str(info.value)
+    assert "weights_only" not in str(info.value)  # never advise loading untrusted pickles
+    torch.save(_trained().state_dict(), path)
+    _assert_same_weights(load_weights(_tiny(), path), _trained())
+
+
+def test_resume_checkpoint_is_checked(tmp_path):
+    path = tmp_path / "checkpoint_epoch=1.pt"
+    assert checked_checkpoint(None, _tiny()) is None
+    torch.save({"network": _trained().state_dict(), "optimizer": {}}, path)
+    assert checked_checkpoint(path, _tiny(), ["network", "optimizer"]) == str(path)
+    with pytest.raises(DataError, match="lacks the checkpoint entries random_state"):
+        checked_checkpoint(path, _tiny(), ["network", "optimizer", "random_state"])
+    with pytest.raises(DataError, match="does not match the network Sequential"):
+        checked_checkpoint(path, _tiny(8), ["network"])
+    torch.save(_trained().state_dict(), path)
+    with pytest.raises(DataError, match="is no training checkpoint"):
+        checked_checkpoint(path, _tiny(), ["network"])
