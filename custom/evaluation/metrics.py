@@ -32,7 +32,15 @@ import numpy as np
 import torch
 from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance, compute_iou
 
-__all__ = ["METRIC_NAMES", "segmentation_metrics", "summarise", "class_labels", "foreground_dice_per_sample"]
+__all__ = [
+    "METRIC_NAMES",
+    "segmentation_metrics",
+    "summarise",
+    "class_labels",
+    "foreground_dice_per_sample",
+    "distance_undefined_reason",
+    "undefined_distances_note",
+]
 
 #: metric names in output order; each gives the keys ``f"{name}_{class}"`` and ``f"{name}_mean"``.
 METRIC_NAMES: tuple[str, ...] = ("dice", "jaccard", "hd95_mm", "asd_mm", "hd95_vox", "asd_vox")
@@ -231,6 +239,61 @@ def segmentation_metrics(
         finite = per_class[~np.isnan(per_class)]
         result[f"{metric}_mean"] = float(finite.mean()) if finite.size else math.nan
     return result
+
+
+def distance_undefined_reason(
+    pred: torch.Tensor | np.ndarray,
+    target: torch.Tensor | np.ndarray,
+    num_classes: int,
+    spatial_dims: int = 3,
+    class_names: Sequence[str] | None = None,
+) -> str:
+    """Why the surface distances of a case are NaN, per foreground class: ``""`` when every foreground class is in
+    both masks, else e.g. ``"left_atrium: empty prediction"`` (``; ``-joined over classes; the other reasons are
+    ``empty label`` and ``both empty``).
+
+    Args:
+        pred, target: as in :func:`segmentation_metrics` (label maps or one-hot/probabilities).
+        num_classes: number of classes including the background.
+        spatial_dims: 2 or 3.
+        class_names: as in :func:`segmentation_metrics`.
+    """
+    names = class_labels(num_classes, class_names)
+    pred_labels = _to_label_map(pred, num_classes, spatial_dims, "pred")
+    target_labels = _to_label_map(target, num_classes, spatial_dims, "target").to(pred_labels.device)
+    pred_counts = torch.bincount(pred_labels.reshape(-1).long(), minlength=num_classes)
+    target_counts = torch.bincount(target_labels.reshape(-1).long(), minlength=num_classes)
+    reasons = []
+    for index, name in enumerate(names, start=1):
+        in_pred, in_target = bool(pred_counts[index] > 0), bool(target_counts[index] > 0)
+        if not (in_pred and in_target):
+            why = "both empty" if not (in_pred or in_target) else ("empty prediction" if in_target else "empty label")
+            reasons.append(f"{name}: {why}")
+    return "; ".join(reasons)
+
+
+def undefined_distances_note(rows: Sequence[Mapping[str, Any]], column: str = "hd95_mm_mean",
+                             reason_key: str = "distance_undefined") -> str:
+    """How many cases have no value in ``column`` and why, for a summary line: ``""`` when every case has one, else
+    e.g. ``"19 of 20 undefined: empty prediction"`` or ``"3 of 20 undefined: 2 empty prediction, 1 empty label"``.
+
+    The reasons come from each row's ``reason_key`` (:func:`distance_undefined_reason`), class names left out;
+    ``unknown`` when a row has none.
+    """
+    undefined = [row for row in rows if not _is_number(row.get(column)) or math.isnan(float(row[column]))]
+    if not undefined:
+        return ""
+    counts: dict[str, int] = {}
+    for row in undefined:
+        text = str(row.get(reason_key) or "")
+        reasons = sorted({part.split(": ", 1)[-1] for part in text.split("; ") if part}) or ["unknown"]
+        key = " and ".join(reasons)
+        counts[key] = counts.get(key, 0) + 1
+    if len(counts) == 1:
+        why = next(iter(counts))
+    else:
+        why = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    return f"{len(undefined)} of {len(rows)} undefined: {why}"
 
 
 def _is_number(value: Any) -> bool:

@@ -26,7 +26,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from monai.data import MetaTensor, decollate_batch
 
-from custom.evaluation.metrics import METRIC_NAMES, class_labels, segmentation_metrics, summarise
+from custom.evaluation.metrics import (
+    METRIC_NAMES,
+    class_labels,
+    distance_undefined_reason,
+    segmentation_metrics,
+    summarise,
+    undefined_distances_note,
+)
 from custom.io import write_csv, write_json
 
 if TYPE_CHECKING:
@@ -184,7 +191,9 @@ class SegmentationReportHandler:
     @property
     def fieldnames(self) -> list[str]:
         names = [*self.class_names, "mean"]
-        return ["case_id"] + [f"{metric}_{name}" for metric in METRIC_NAMES for name in names]
+        return ["case_id"] + [f"{metric}_{name}" for metric in METRIC_NAMES for name in names] + [
+            "distance_undefined"
+        ]
 
     def attach(self, engine: Engine) -> None:
         """Register the handler on ``engine`` (EPOCH_STARTED, ITERATION_COMPLETED, EPOCH_COMPLETED)."""
@@ -224,7 +233,9 @@ class SegmentationReportHandler:
         except ValueError as exc:
             # e.g. a prediction inverted to the original grid scored against a resampled label
             raise ValueError(f"case {case_id}: {exc}") from exc
-        return {"case_id": case_id, **metrics}
+        # why HD95/ASD are NaN (empty prediction or label), for the summary line
+        reason = distance_undefined_reason(pred, label, self.num_classes, class_names=self.class_names)
+        return {"case_id": case_id, **metrics, "distance_undefined": reason}
 
     def iteration_completed(self, engine: Engine) -> None:
         """Score every sample of the current iteration."""
@@ -259,7 +270,8 @@ class SegmentationReportHandler:
         write_json(_json_safe(self.summary), self.json_path)
         hd95 = self.summary.get("hd95_mm_mean", {"mean": math.nan})
         asd = self.summary.get("asd_mm_mean", {"mean": math.nan})
+        note = undefined_distances_note(rows)
         engine.logger.info(
             f"{self.prefix}segmentation report: {len(rows)} cases, Dice {dice['mean']:.4f} +- {dice['std']:.4f}, "
-            f"HD95 {hd95['mean']:.2f} mm, ASD {asd['mean']:.2f} mm -> {self.csv_path}"
+            f"HD95 {hd95['mean']:.2f} mm, ASD {asd['mean']:.2f} mm{f' ({note})' if note else ''} -> {self.csv_path}"
         )

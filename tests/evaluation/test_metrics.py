@@ -212,3 +212,43 @@ def test_foreground_dice_per_sample_rejects_bad_shapes():
         foreground_dice_per_sample(a[:, 0], a[:, 0], 2)
     with pytest.raises(ValueError, match="num_classes"):
         foreground_dice_per_sample(a, a, 1)
+
+
+@pytest.mark.parametrize(
+    "pred, target, expected",
+    [
+        # shape (4,): class 1 in both -> defined
+        ([0, 1, 1, 0], [0, 1, 0, 0], ""),
+        ([0, 0, 0, 0], [0, 1, 0, 0], "fg: empty prediction"),
+        ([0, 1, 0, 0], [0, 0, 0, 0], "fg: empty label"),
+        ([0, 0, 0, 0], [0, 0, 0, 0], "fg: both empty"),
+    ],
+)
+def test_distance_undefined_reason(pred, target, expected):
+    from custom.evaluation.metrics import distance_undefined_reason
+
+    shape = (1, 1, 4)  # a 3D label map of 4 voxels
+    pred_map = torch.tensor(pred).view(shape)
+    target_map = torch.tensor(target).view(shape)
+    assert distance_undefined_reason(pred_map, target_map, num_classes=2, class_names=["bg", "fg"]) == expected
+
+
+def test_distance_undefined_reason_names_each_class():
+    from custom.evaluation.metrics import distance_undefined_reason
+
+    pred = torch.tensor([0, 1, 0, 0]).view(1, 1, 4)
+    target = torch.tensor([0, 1, 2, 0]).view(1, 1, 4)
+    assert distance_undefined_reason(pred, target, 3, class_names=["bg", "la", "scar"]) == "scar: empty prediction"
+
+
+def test_undefined_distances_note_counts_cases_and_reasons():
+    from custom.evaluation.metrics import undefined_distances_note
+
+    nan = float("nan")
+    rows = [{"hd95_mm_mean": 3.0, "distance_undefined": ""}] + [
+        {"hd95_mm_mean": nan, "distance_undefined": "la: empty prediction"}
+    ] * 2 + [{"hd95_mm_mean": nan, "distance_undefined": "la: empty label"}]
+    assert undefined_distances_note(rows) == "3 of 4 undefined: 2 empty prediction, 1 empty label"
+    assert undefined_distances_note(rows[:3]) == "2 of 3 undefined: empty prediction"
+    assert undefined_distances_note(rows[:1]) == ""
+    assert undefined_distances_note([{"hd95_mm_mean": nan}]) == "1 of 1 undefined: unknown"

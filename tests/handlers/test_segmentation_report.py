@@ -80,7 +80,8 @@ def test_report_on_supervised_evaluator(tmp_path, two_cases, decollate, postproc
     rows = _read_csv(tmp_path / "report" / "metrics_per_case.csv")
     assert [r["case_id"] for r in rows] == ["case_a", "case_b"]
     assert list(rows[0])[:3] == ["case_id", "dice_atrium", "dice_mean"]
-    a, b = ({k: float(v) for k, v in r.items() if k != "case_id"} for r in rows)
+    a, b = ({k: float(v) for k, v in r.items() if k not in ("case_id", "distance_undefined")} for r in rows)
+    assert [r["distance_undefined"] for r in rows] == ["", ""]  # every distance defined
     assert a["dice_atrium"] == 1.0 and a["hd95_mm_atrium"] == 0.0
     # shifted 4^3 cube, spacing (2, 1, 1) from the label affine: see tests/evaluation/test_metrics.py
     assert_allclose(b["dice_atrium"], 0.75)
@@ -177,3 +178,28 @@ def test_missing_keys_and_bad_arguments(tmp_path):
     ones = torch.ones(1, 2, 2, 2)
     row = handler.score_sample({"case_id": torch.tensor([7])}, {"pred": ones, "label": ones})
     assert row["case_id"] == "7" and row["dice_mean"] == 1.0
+
+
+def test_summary_line_says_how_many_distances_are_undefined_and_why(tmp_path, two_cases, caplog):
+    # a network that predicts no foreground anywhere: both cases have a Dice of 0 and no surface distance
+    silent = torch.nn.Conv3d(1, 2, kernel_size=1)
+    with torch.no_grad():
+        silent.weight.zero_()
+        silent.bias.copy_(torch.tensor([1.0, 0.0]))
+    handler = SegmentationReportHandler(tmp_path / "report", num_classes=2, class_names=["bg", "atrium"])
+    evaluator = _evaluator(two_cases, handler, decollate=True, postprocess=True, network=silent)
+    with caplog.at_level("INFO"):
+        evaluator.run()
+    lines = [r.getMessage() for r in caplog.records if "segmentation report:" in r.getMessage()]
+    assert len(lines) == 1
+    assert "2 cases, Dice 0.0000 +- 0.0000, HD95 nan mm, ASD nan mm (2 of 2 undefined: empty prediction)" in lines[0]
+    rows = _read_csv(tmp_path / "report" / "metrics_per_case.csv")
+    assert [r["distance_undefined"] for r in rows] == ["atrium: empty prediction"] * 2
+
+
+def test_summary_line_has_no_note_when_every_distance_is_defined(tmp_path, two_cases, caplog):
+    handler = SegmentationReportHandler(tmp_path / "report", num_classes=2, class_names=["bg", "atrium"])
+    with caplog.at_level("INFO"):
+        _evaluator(two_cases, handler, decollate=True, postprocess=True).run()
+    line = next(r.getMessage() for r in caplog.records if "segmentation report:" in r.getMessage())
+    assert "undefined" not in line
