@@ -4,7 +4,8 @@ Two per-iteration clocks: the *step* (``ITERATION_STARTED`` -> ``ITERATION_COMPL
 data loading excluded) and the *iteration* (``GET_BATCH_STARTED`` -> ``ITERATION_COMPLETED``: fetching the batch from
 the loader, i.e. the random transforms of a ``CacheDataset`` and the collation, plus the step). Their ratio says how
 much the data pipeline adds to the network's work. ``progress.json`` (rewritten at every epoch end) lets a caller
-such as the benchmark harness report per-epoch progress of a run in another process.
+such as the benchmark harness report per-epoch progress of a run in another process; each epoch end also logs a
+progress line with the estimated time left (:func:`estimate_seconds_left`).
 """
 
 from __future__ import annotations
@@ -19,15 +20,36 @@ import torch
 from ignite.engine import Engine, Events
 
 from custom.distributed import is_main_process
+from custom.handlers.log_filters import install_fresh_run_filter
 from custom.io import write_json
 
-__all__ = ["RunStatsHandler", "peak_rss_mb"]
+__all__ = ["RunStatsHandler", "estimate_seconds_left", "format_duration", "peak_rss_mb"]
 
 
 def peak_rss_mb() -> float:
     """Peak resident memory of this process in MB (Linux reports KiB, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def estimate_seconds_left(elapsed_seconds: float, epochs_done: int, epochs_left: int) -> float | None:
+    """Seconds left at this run's mean epoch time so far (validation and handlers included): ``elapsed_seconds /
+    epochs_done * epochs_left``; ``None`` before the first epoch of this process ends.
+
+    Raises:
+        ValueError: for a negative number of epochs or elapsed seconds.
+    """
+    if epochs_done < 0 or epochs_left < 0 or elapsed_seconds < 0:
+        raise ValueError(f"need non-negative values, got {elapsed_seconds=}, {epochs_done=}, {epochs_left=}.")
+    if epochs_done == 0:
+        return None
+    return elapsed_seconds / epochs_done * epochs_left
+
+
+def format_duration(seconds: float) -> str:
+    """``h:mm:ss`` (``3725.2`` -> ``1:02:05``)."""
+    whole = int(round(seconds))
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
 
 
 class RunStatsHandler:
@@ -45,8 +67,11 @@ class RunStatsHandler:
         self._start = 0.0
         self._batch_start = 0.0
         self._wall = 0.0
+        self._start_epoch = 0
 
     def attach(self, engine: Engine) -> None:
+        # before the run starts: ignite's first line of a fresh run would read "resuming from iteration 0"
+        install_fresh_run_filter()
         engine.add_event_handler(Events.STARTED, self._started)
         engine.add_event_handler(Events.GET_BATCH_STARTED, self._get_batch_started)
         engine.add_event_handler(Events.ITERATION_STARTED, self._iteration_started)
@@ -56,6 +81,7 @@ class RunStatsHandler:
 
     def _started(self, engine: Engine) -> None:
         self._wall = time.perf_counter()
+        self._start_epoch = int(engine.state.epoch)  # > 0 when resumed: the estimate uses this process's epochs
 
     def _get_batch_started(self, engine: Engine) -> None:
         self._batch_start = time.perf_counter()
@@ -74,15 +100,22 @@ class RunStatsHandler:
         if not is_main_process():
             return
         state = engine.state
+        elapsed = time.perf_counter() - self._wall
+        left = estimate_seconds_left(elapsed, int(state.epoch) - self._start_epoch,
+                                     max(int(state.max_epochs or state.epoch) - int(state.epoch), 0))
         write_json(
             {
                 "epoch": state.epoch,
                 "max_epochs": state.max_epochs,
                 "iteration": state.iteration,
-                "elapsed_seconds": round(time.perf_counter() - self._wall, 1),
+                "elapsed_seconds": round(elapsed, 1),
+                "estimated_seconds_left": None if left is None else round(left, 1),
             },
             self.progress_path,
         )
+        if left is not None:
+            engine.logger.info(f"progress: epoch {state.epoch}/{state.max_epochs}, {format_duration(elapsed)} "
+                               f"elapsed, about {format_duration(left)} left")
 
     def _completed(self, engine: Engine) -> None:
         if not is_main_process():
