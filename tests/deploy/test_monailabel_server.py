@@ -8,7 +8,6 @@ The server listens on 127.0.0.1 only, every wait is bounded, and the server is s
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import shutil
@@ -79,58 +78,6 @@ def _random_bundle(root: Path) -> Path:
     )
 
 
-def finetune_train_config(inference_config: dict[str, Any]) -> dict[str, Any]:
-    """A ``configs/train.json`` that MONAI Label's ``BundleTrainTask`` can run: plain supervised fine-tuning
-    (Dice + CE) of ``network_def`` on the datastore's labelled images, saving ``models/model.pt`` (a plain
-    ``state_dict``) at the end. Uses only MONAI and the bundle's ``scripts/``; ids MONAI Label overrides:
-    ``bundle_root``, ``device``, ``train#trainer#max_epochs``, ``train#dataset#data``, ``train#handlers``."""
-    keys = ["image", "label"]
-    return {
-        # the inference config's imports: its bundle_root expression (overridden by MONAI Label) needs them
-        "imports": list(inference_config["imports"]),
-        "bundle_root": inference_config["bundle_root"],
-        "bundle_scripts": inference_config["bundle_scripts"],
-        "device": inference_config["device"],
-        "pixdim": inference_config["pixdim"],
-        "patch_size": inference_config["patch_size"],
-        "network_def": copy.deepcopy(inference_config["network_def"]),
-        "network": "$@network_def.to(@device)",
-        "loss": {"_target_": "DiceCELoss", "to_onehot_y": True, "softmax": True},
-        "optimizer": {"_target_": "torch.optim.SGD", "params": "$@network.parameters()", "lr": 0.01,
-                      "momentum": 0.9, "weight_decay": 0.0001},
-        "train": {
-            "preprocessing": {
-                "_target_": "Compose",
-                "transforms": [
-                    {"_target_": "LoadImaged", "keys": keys, "image_only": True},
-                    {"_target_": "EnsureChannelFirstd", "keys": keys},
-                    {"_target_": "Orientationd", "keys": keys, "axcodes": "RAS"},
-                    {"_target_": "Spacingd", "keys": keys, "pixdim": "@pixdim", "mode": ["bilinear", "nearest"]},
-                    {"_target_": "NormalizeIntensityd", "keys": "image"},
-                    {"_target_": "SpatialPadd", "keys": keys, "spatial_size": "@patch_size"},
-                    {"_target_": "RandSpatialCropd", "keys": keys, "roi_size": "@patch_size", "random_size": False},
-                    {"_target_": "EnsureTyped", "keys": keys},
-                ],
-            },
-            "dataset": {"_target_": "Dataset", "data": [], "transform": "@train#preprocessing"},
-            "dataloader": {"_target_": "DataLoader", "dataset": "@train#dataset", "batch_size": 2, "shuffle": True,
-                           "num_workers": 0},
-            "inferer": {"_target_": "SimpleInferer"},
-            "handlers": [
-                {"_target_": "StatsHandler", "tag_name": "train_loss",
-                 "output_transform": "$monai.handlers.from_engine(['loss'], first=True)"},
-            ],
-            "final_saver": {"_target_": "CheckpointSaver", "save_dir": "$@bundle_root + '/models'",
-                            "save_dict": {"model": "@network"}, "save_final": True, "final_filename": "model.pt"},
-            "trainer": {"_target_": "SupervisedTrainer", "max_epochs": 1, "device": "@device",
-                        "train_data_loader": "@train#dataloader", "network": "@network", "loss_function": "@loss",
-                        "optimizer": "@optimizer", "inferer": "@train#inferer",
-                        "train_handlers": "$@train#handlers + [@train#final_saver]"},
-        },
-        "run": ["$@bundle_scripts", "$@train#trainer.run()"],
-    }
-
-
 # ---------------------------------------------------------------------------------------------
 # HTTP helpers (standard library only; bounded by timeouts)
 
@@ -151,10 +98,7 @@ def deployment(monailabel_python, tmp_path_factory):
                     "--output", str(apps)], check=True, cwd=root, env=_clean_env(), capture_output=True, timeout=120)
     app = apps / "monaibundle"
     served = app / "model" / MODEL_NAME
-    shutil.copytree(bundle, served)
-    # fine-tuning config for the training test (our bundles ship none; see docs/deploy.md)
-    inference_config = json.loads((served / "configs" / "inference.json").read_text())
-    (served / "configs" / "train.json").write_text(json.dumps(finetune_train_config(inference_config), indent=2))
+    shutil.copytree(bundle, served)  # with the configs/train.json that every bundle ships
 
     studies = root / "studies"
     (studies / "labels" / "final").mkdir(parents=True)
@@ -162,20 +106,22 @@ def deployment(monailabel_python, tmp_path_factory):
     nib.save(nib.Nifti1Image(image, STUDY_AFFINE), str(studies / f"{CASE_ID}.nii.gz"))
     label = (image > 1.0).astype(np.uint8)
     nib.save(nib.Nifti1Image(label, STUDY_AFFINE), str(studies / "labels" / "final" / f"{CASE_ID}.nii.gz"))
+    # a second labelled study, so that MONAI Label's default validation split has a case to validate on
+    nib.save(nib.Nifti1Image(np.flip(image, 0).copy(), STUDY_AFFINE), str(studies / f"{CASE_ID}_b.nii.gz"))
+    nib.save(nib.Nifti1Image(np.flip(label, 0).copy(), STUDY_AFFINE),
+             str(studies / "labels" / "final" / f"{CASE_ID}_b.nii.gz"))
 
     with running_server(monailabel_python, app, studies, root, MODEL_NAME) as (base_url, info, log_path):
         yield {"url": base_url, "info": info, "bundle": bundle, "served": served, "studies": studies,
                "root": root, "log": log_path}
 
 
-@pytest.fixture(scope="module")
-def batch_seg(deployment) -> Path:
-    """The bundle's own folder batch inference in the project environment (this interpreter), outside the repo."""
-    root = deployment["root"]
-    inputs, outputs = root / "batch_in", root / "batch_out"
+def _batch_inference(bundle: Path, root: Path, studies: Path, name: str) -> Path:
+    """``bundle``'s own folder batch inference of the study in the project environment (this interpreter), outside
+    the repo; returns the label file."""
+    inputs, outputs = root / f"{name}_in", root / f"{name}_out"
     inputs.mkdir()
-    shutil.copy(deployment["studies"] / f"{CASE_ID}.nii.gz", inputs)
-    bundle = deployment["bundle"]
+    shutil.copy(studies / f"{CASE_ID}.nii.gz", inputs)
     proc = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file",
          str(bundle / "configs" / "inference.json"), "--bundle_root", str(bundle), "--dataset_dir", str(inputs),
@@ -186,6 +132,12 @@ def batch_seg(deployment) -> Path:
     out = outputs / f"{CASE_ID}_seg.nii.gz"
     assert out.is_file(), proc.stderr[-4000:]
     return out
+
+
+@pytest.fixture(scope="module")
+def batch_seg(deployment) -> Path:
+    """The trained bundle's batch inference (before any fine-tuning)."""
+    return _batch_inference(deployment["bundle"], deployment["root"], deployment["studies"], "batch")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,11 +202,12 @@ def test_unknown_model_is_refused(deployment):
     assert status >= 400
 
 
-def test_train_one_epoch_updates_served_weights(deployment, batch_seg):
+def test_train_updates_served_weights(deployment, batch_seg):
     # runs after the inference tests (file order): it changes the served copy's models/model.pt
     model_file = deployment["served"] / "models" / "model.pt"
     before = hashlib.sha256(model_file.read_bytes()).hexdigest()
-    params = json.dumps({"max_epochs": 1, "val_split": -1, "device": "cpu", "multi_gpu": False}).encode()
+    # MONAI Label's defaults (pretrained weights, a 0.2 validation split) with the bundle's shipped train.json
+    params = json.dumps({"max_epochs": 3, "device": "cpu", "multi_gpu": False}).encode()
     status, body = _request("POST", f"{deployment['url']}/train/{MODEL_NAME}", body=params,
                             headers={"Content-Type": "application/json"})
     assert status == 200, body[:2000]
@@ -278,6 +231,8 @@ def test_train_one_epoch_updates_served_weights(deployment, batch_seg):
     assert status == 200, body[:2000]
     served_file = deployment["root"] / "served_after_training.nii.gz"
     served_file.write_bytes(body)
-    served = nib.load(str(served_file))
-    assert served.shape == STUDY_SHAPE
-    np.testing.assert_allclose(served.affine, STUDY_AFFINE, atol=1e-5)
+    # voxel for voxel what the fine-tuned weights give in batch inference, and not what the old ones gave
+    after = _batch_inference(deployment["served"], deployment["root"], deployment["studies"], "after_training")
+    _assert_same_label_image(served_file, after)
+    old_labels = np.asanyarray(nib.load(str(batch_seg)).dataobj).astype(np.int64)
+    assert not np.array_equal(np.asanyarray(nib.load(str(after)).dataobj).astype(np.int64), old_labels)
