@@ -33,7 +33,7 @@ Common mechanics (:class:`CoTeachingTrainer`):
 ``trust_hq`` *(decision, not in the papers, which have no HQ set)*: the HQ samples of a batch (``batch["quality"]``
 entries ``"hq"``) keep every voxel and only the LQ samples' voxels are ranked, with ``R_c`` the precision of the LQ
 labels alone (:func:`estimate_training_keep_ratio` with ``count_hq=False``). Off in the trainer (the papers'
-selection); on in the family's configs, where the validation split preferred it (issue 15, docs/methods/spguided.md).
+selection); on in the family's configs, where the validation split preferred it (docs/methods/spguided.md).
 
 ``keep_ratio_source`` of the configs is resolved by :func:`resolve_keep_ratio`: ``"config"`` (the given ``R_c``),
 ``"hq_estimate"`` (:func:`estimate_training_keep_ratio`: the datalist's noise simulator applied to the HQ cases'
@@ -340,7 +340,9 @@ class SPGuidedTrainer(JoCoRTrainer):
         pool: ``"superpixel"`` (reference code: a piece gets its whole superpixel's mean) or ``"piece"``.
         superpixel_key: batch key of the supervoxel ids.
         count_key: batch key of the per-sample supervoxel counts (``None``: infer).
-        kwargs: :class:`JoCoRTrainer` arguments (``lam`` is used in Eq. 2 and Eq. 4).
+        lam: the weight of Eq. 2 and Eq. 4 (configs/spguided_la.json's default, chosen on the validation split;
+            JoCoR's own default is 0.65).
+        kwargs: :class:`JoCoRTrainer` arguments.
     """
 
     use_superpixels: bool = True
@@ -351,11 +353,12 @@ class SPGuidedTrainer(JoCoRTrainer):
         pool: str = "superpixel",
         superpixel_key: str = "superpixel",
         count_key: str | None = "superpixel_count",
+        lam: float = 0.3,
         **kwargs: Any,
     ) -> None:
         if pool not in POOLING_MODES:
             raise ValueError(f"pool must be one of {POOLING_MODES}, got {pool!r}.")
-        super().__init__(**kwargs)
+        super().__init__(lam=lam, **kwargs)
         self.pool = pool
         self.superpixel_key = superpixel_key
         self.count_key = count_key
@@ -452,8 +455,8 @@ def estimate_training_keep_ratio(
     Resolution: ``scripts/prepare_la.py`` / ``prepare_nifti.py`` simulate the noise at native resolution and
     downsample afterwards (``meta["downsample"]`` = K). The estimate does the same: each HQ label is upsampled K
     times per axis (nearest), corrupted at the native spacing, and pooled back with the preparation's own majority
-    vote (:func:`custom.data.prepare.downsample_label`), so that a voxel-sized simulator parameter (MTCL's radii)
-    means what it meant when the LQ labels were made. Simulating at the stored resolution instead would apply K
+    vote (:func:`custom.transforms.resampling.downsample_label`), so that a voxel-sized simulator parameter (MTCL's
+    radii) means what it meant when the LQ labels were made. Simulating at the stored resolution instead would apply K
     times the physical noise (measured at K = 2 on ``mtcl_hq25``: R_fg 0.548 against a true precision of 0.767).
     Only the datalist's own simulator is known.
 

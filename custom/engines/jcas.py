@@ -148,7 +148,7 @@ def estimate_training_transition(
     num_classes: int,
     draws_per_case: int = 4,
 ) -> torch.Tensor:
-    """Estimate the ``T_C`` of a training set from its HQ cases *(decision, issue 17)*.
+    """Estimate the ``T_C`` of a training set from its HQ cases *(decision, docs/methods/jcas.md)*.
 
     The datalist's noise simulator is applied ``draws_per_case`` times to every HQ case's clean label (at native
     resolution, see :func:`custom.noise.hq_draws.hq_noise_draws`); the summed confusion counts give

@@ -109,11 +109,11 @@ class MeanTeacherTrainer(NoisyLabelTrainer):
         uncertainty_threshold: float = 0.5,
         selection_ratio: float = 0.5,
         lambda_sel: float = 5.0,
-        lambda_noisy: float = 0.5,
+        lambda_noisy: float = 5.0,
         teacher_batch_norm: str = "batch",
         refine_min_agreement: float | None = None,
         consistency_target: str = "all_samples",
-        lq_loss_reduction: str = "group",
+        lq_loss_reduction: str = "batch",
         **kwargs: Any,
     ):
         super().__init__(**kwargs)

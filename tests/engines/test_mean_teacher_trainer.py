@@ -56,6 +56,9 @@ def _trainer(num_classes: int, batches, batch_hq: int, max_epochs: int = 1, drop
         num_samples=3,
         rampup_iterations=4,
         decollate=False,
+        # the loss-composition checks below are written for per-group means (the configs use "batch")
+        lq_loss_reduction="group",
+        lambda_noisy=0.5,
     )
     arguments.update(kwargs)
     return MeanTeacherTrainer(**arguments)
