@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import logging
 import os
 import re
 import sys
@@ -224,7 +225,26 @@ def _make_hook(previous: Callable) -> Callable:
     return hook
 
 
+def _quiet_record_factory(previous: Callable) -> Callable:
+    """A log-record factory that drops the traceback of a fixable error (MONAI's ``StatsHandler`` logs every exception
+    that ends an engine run with ``logger.exception``, on the engine's logger): the message line stays, the hook's
+    last line says the rest."""
+
+    def factory(*args, **kwargs) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and os.environ.get("NOISYSEG_TRACEBACK", "") in ("", "0") and _fixable(exc):
+            record.exc_info = None
+        return record
+
+    factory.noisyseg_factory = True  # type: ignore[attr-defined]
+    return factory
+
+
 def install_excepthook() -> None:
-    """Make an uncaught error end with ``noisyseg: error: <root cause>`` (see the module docstring); idempotent."""
+    """Make an uncaught error end with ``noisyseg: error: <root cause>`` (see the module docstring), and keep the
+    log records from printing the traceback of a fixable error; idempotent."""
     if not getattr(sys.excepthook, "noisyseg_hook", False):
         sys.excepthook = _make_hook(sys.excepthook)
+    if not getattr(logging.getLogRecordFactory(), "noisyseg_factory", False):
+        logging.setLogRecordFactory(_quiet_record_factory(logging.getLogRecordFactory()))

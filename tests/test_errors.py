@@ -262,3 +262,55 @@ def test_missing_model_names_the_file(run_id, demo_dataset, tmp_path):
     assert last.startswith(PREFIX + "FileNotFoundError") and str(out / "models" / "model.pt") in last, last
     assert not (out / "predictions").exists() and not (out / "eval" / "metrics_summary.json").exists()
     assert len(proc.stderr.splitlines()) < 20
+
+
+# ------------------------------------------------------------------------------------------- run faults
+
+
+def test_logged_user_error_has_no_traceback(caplog):
+    import logging
+
+    install_excepthook()
+    logger = logging.getLogger("ignite.engine.engine.Probe")
+    with caplog.at_level(logging.ERROR):
+        for exc in (DataError("/x.pt", "cannot write the checkpoint"), ZeroDivisionError("bug")):
+            try:
+                raise exc
+            except Exception as error:
+                logger.exception(f"Exception: {error}")
+    user, bug = caplog.records[-2:]
+    assert user.exc_info is None and bug.exc_info is not None  # a bug keeps its traceback
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 900 KiB tmpfs: room for the first checkpoint's start, not for the run (needs root and mount rights)."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=900k", "tmpfs", str(folder)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_full_disk_during_training_leaves_no_partial_file(demo_dataset, small_disk):
+    out = small_disk / "run"
+    proc = _bundle("training", "--dataset_dir", str(demo_dataset.parent), "--datalist", str(demo_dataset),
+                   "--output_dir", str(out), config="['configs/supervised_la.json','configs/quick.json']")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = _last_line(proc)
+    assert last.startswith(PREFIX + str(out / "checkpoints")) and "cannot write the checkpoint: no space left on " \
+        "the device (" in last, last
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert list(small_disk.iterdir()) == []  # no partial checkpoint, and the run folder of the failed run removed
+
+
+def test_mistyped_run_id_names_the_valid_ones(tmp_path):
+    proc = _bundle("trainnig", "--output_dir", str(tmp_path / "bundle"))
+    assert proc.returncode == 1
+    last = _last_line(proc)
+    expected = "run trainnig: no such run id in the config; did you mean training? (run ids: "
+    assert last.startswith(PREFIX + expected), last
+    assert "evaluating" in last and "inference" in last
+    assert "Traceback" not in proc.stderr
