@@ -20,6 +20,7 @@ from typing import Any
 __all__ = [
     "FAMILIES",
     "BASELINES",
+    "IGNORING_BASELINES",
     "MethodSpec",
     "METHODS",
     "Setting",
@@ -28,6 +29,9 @@ __all__ = [
     "PROTOCOL_PREPARE_ARGS",
     "PROTOCOL_SEEDS",
     "PROTOCOL_RUNS",
+    "PROTOCOL_V2_PREPARE_ARGS",
+    "Protocol",
+    "PROTOCOLS",
     "SETTING_INDEPENDENT_METHODS",
     "AUDIT_SOURCES",
 ]
@@ -40,7 +44,10 @@ FAMILIES: dict[str, str] = {
     "jcas": "JCAS",
 }
 #: the baselines every family is compared with (drawn in every learning-curve panel)
-BASELINES = ("h_sup", "hl_sup", "clean")
+BASELINES = ("h_sup", "ssl_mt", "hl_sup", "clean")
+#: the methods that ignore the noisy labels (H-Sup: the HQ cases alone; ssl_mt: the HQ cases and the LQ images): every
+#: method is paired with each, and the better of them by mean Dice is the bar of a setting (docs/protocol.md)
+IGNORING_BASELINES = ("h_sup", "ssl_mt")
 
 
 @dataclass(frozen=True)
@@ -109,6 +116,10 @@ def _spec(key: str, label: str, family: str, configs: Sequence[str], **kwargs: A
 METHODS: dict[str, MethodSpec] = dict(
     [
         _spec("h_sup", "H-Sup", "baseline", _SUPERVISED, overrides={"label_mode": "hq"}),
+        # HQ exposure (cpu_la.json, 1400 iterations): H-Sup draws about 4200 HQ patches (batch 4 of HQ only), the
+        # two-stream methods, ssl_mt among them, 2800 (batch_hq 2) beside 2800 LQ patches (docs/protocol.md)
+        _spec("ssl_mt", "SSL mean teacher (LQ labels unused)", "baseline",
+              ["configs/alc_la.json", "configs/ablations/ssl_mt.json"]),
         _spec("hl_sup", "HL-Sup", "baseline", _SUPERVISED, overrides={"label_mode": "hq+lq"},
               audit_source="disagreement"),
         _spec("clean", "Clean (upper bound)", "baseline", _SUPERVISED, overrides={"label_mode": "clean"}),
@@ -140,8 +151,10 @@ METHODS: dict[str, MethodSpec] = dict(
 #: methods with a label audit, and its source (``scripts/audit_labels.py --source``)
 AUDIT_SOURCES: dict[str, str] = {k: s.audit_source for k, s in METHODS.items() if s.audit_source is not None}
 # methods whose training data do not depend on the noise: H-Sup trains on the HQ cases only, the clean upper bound on
-# every case's clean label, and which cases are HQ / validation follows the seed and the HQ fraction, not the simulator
-SETTING_INDEPENDENT_METHODS = ("h_sup", "clean")
+# every case's clean label, ssl_mt on the HQ cases and the LQ images (tests/benchmark/test_ssl_mt.py: its step does
+# not change with the LQ labels), and which cases are HQ / validation follows the seed and the HQ fraction, not the
+# simulator
+SETTING_INDEPENDENT_METHODS = ("h_sup", "ssl_mt", "clean")
 
 
 # The protocol's case lists (scripts/prepare_la.py --train-list / --test-list / --val-count): 20 test cases (the 6 of
@@ -199,4 +212,72 @@ PROTOCOL_RUNS: dict[str, list[str]] = {
     "sp_a0.7_b0.7": ["alc", "spguided", "coteaching", "jcas", "jcas_warmup_only"],
     "mtcl_hq25": ["alc", "alc_no_lr", "alc_no_ls", "spguided", "coteaching", "mtcl", "jcas", "mean_teacher",
                   "jcas_warmup_only", "spguided_voxel", "jocor", "trinet"],
+}
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A benchmark protocol: case lists, seeds, runs and the paired interval its report uses.
+
+    Runs of two protocols are never paired with each other: each has its own work folder and archive
+    (``scripts/benchmark.py --protocol``, docs/protocol.md).
+
+    Attributes:
+        name: ``scripts/benchmark.py --protocol`` value.
+        description: one line for the results document.
+        prepare_args: ``scripts/prepare_la.py`` case-list arguments of every dataset.
+        seeds: the seeds every (setting, method) of ``runs`` runs with.
+        runs: ``{setting: [method, ...]}`` of ``--protocol-runs`` (longest first within a setting).
+        interval: :data:`custom.benchmark.paired.INTERVALS` entry of the report's paired intervals.
+        n_test_cases / n_validation_cases: the sizes the lists give.
+        archive: the run archive of its runs (``--archive-dir``).
+    """
+
+    name: str
+    description: str
+    prepare_args: tuple[str, ...]
+    seeds: tuple[int, ...]
+    runs: Mapping[str, Sequence[str]]
+    interval: str
+    n_test_cases: int
+    n_validation_cases: int
+    archive: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data (the results document's ``"protocol"`` entry)."""
+        return {
+            "name": self.name, "description": self.description, "prepare_args": list(self.prepare_args),
+            "seeds": list(self.seeds), "runs": {k: list(v) for k, v in self.runs.items()}, "interval": self.interval,
+            "n_test_cases": self.n_test_cases, "n_validation_cases": self.n_validation_cases, "archive": self.archive,
+        }
+
+
+# The second protocol (docs/protocol.md): the training pool of the first (train.list + extra.list:14:16, 26 cases, 4 of
+# them validation), 8 more validation cases from the unused extra.list[16:24] (12 in all; they leave the pool's split
+# as it is), and 46 test cases: test.list (6) + extra.list::14 (14) + extra.list:24:50 (26). 8 seeds: the expected
+# 95% half-width of a paired difference over seeds and cases is about 0.016-0.021 Dice with 46 cases
+# (scripts/protocol_power.py on the first protocol's archive); 3 seeds would give 0.023-0.028.
+PROTOCOL_V2_PREPARE_ARGS: list[str] = [
+    "--train-list", "train.list", "extra.list:14:16",
+    "--test-list", "test.list", "extra.list::14", "extra.list:24:50",
+    "--val-count", "4",
+    "--val-list", "extra.list:16:24",
+]
+_V2_MTCL = ["alc", "alc_no_ls", "spguided", "hl_sup", "mtcl", "ssl_mt", "h_sup", "clean", "mean_teacher"]
+PROTOCOLS: dict[str, Protocol] = {
+    "v1": Protocol(
+        "v1", "20 test cases, 4 validation cases, 3 seeds; paired intervals over cases (the seeds fixed)",
+        tuple(PROTOCOL_PREPARE_ARGS), tuple(PROTOCOL_SEEDS), PROTOCOL_RUNS, "cases", 20, 4,
+        "docs/benchmark_runs_converged",
+    ),
+    "v2": Protocol(
+        "v2", "46 test cases, 12 validation cases, 8 seeds; paired intervals over seeds, then cases",
+        tuple(PROTOCOL_V2_PREPARE_ARGS), tuple(range(8)),
+        {
+            "sp_a0.7_b0.7": ["alc", "spguided", "coteaching", "hl_sup", "ssl_mt", "h_sup", "clean"],
+            "mtcl_hq25": list(_V2_MTCL),
+            "mtcl_hq10": list(_V2_MTCL),
+        },
+        "seeds_and_cases", 46, 12, "docs/benchmark_runs_v2",
+    ),
 }

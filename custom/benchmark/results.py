@@ -27,6 +27,15 @@ and, for our score (``audit``) and cleanlab's (``cleanlab``), the mean and std o
                               "cleanlab": {...}}}
 
 A setting without any such file has no ``"audit_ranking"`` key (and the report no ranking table).
+
+Every method is also paired with the methods that ignore the noisy labels
+(:data:`~custom.benchmark.registry.IGNORING_BASELINES`: ``h_sup``, ``ssl_mt``) where their runs exist: their entries
+join the method's ``"diff_to"``. A setting with such runs gets ``"best_ignoring"``, the better of them by mean Dice::
+
+    "best_ignoring": {"method": "ssl_mt", "dice_mean": ...}
+
+and each other method ``"diff_to_best_ignoring"`` (its ``diff_to`` entry for that baseline) and, with clean runs,
+``"gap_recovery_vs_best_ignoring"`` = (method - best_ignoring) / (clean - best_ignoring) on the mean Dice.
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ from typing import Any
 
 from custom.benchmark.audit_ranking import AUDIT_RANKING_FILE
 from custom.benchmark.paired import compare_to_baseline, seed_mean_std
-from custom.benchmark.registry import PRIMARY_SETTINGS
+from custom.benchmark.registry import IGNORING_BASELINES, PRIMARY_SETTINGS
 from custom.benchmark.run_record import method_specs, read_run_record, report_order
 from custom.handlers.validation_curve import plateau_delta, read_validation_curve
 
@@ -273,12 +282,31 @@ def _diff_entry(comparison: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return {k: comparison[k] for k in ("mean", "ci_low", "ci_high", "verdict", "cases_better", "n_cases", "seeds")}
 
 
+def _add_best_ignoring(setting_out: dict[str, Any], methods_out: Mapping[str, dict[str, Any]]) -> None:
+    """``best_ignoring`` of a setting and each method's difference and gap recovery against it (module docstring);
+    nothing without a run of a label-ignoring baseline."""
+    present = [m for m in IGNORING_BASELINES if methods_out.get(m, {}).get("dice_mean") is not None]
+    if not present:
+        return
+    best = max(present, key=lambda m: methods_out[m]["dice_mean"])  # ties: the first of IGNORING_BASELINES
+    best_dice = methods_out[best]["dice_mean"]
+    setting_out["best_ignoring"] = {"method": best, "dice_mean": best_dice}
+    clean = methods_out.get("clean", {}).get("dice_mean")
+    for method, entry in methods_out.items():
+        if method == best:
+            continue
+        entry["diff_to_best_ignoring"] = (entry.get("diff_to") or {}).get(best)
+        if clean is not None and abs(clean - best_dice) > 1e-9 and entry["dice_mean"] is not None:
+            entry["gap_recovery_vs_best_ignoring"] = (entry["dice_mean"] - best_dice) / (clean - best_dice)
+
+
 def build_results(
     runs: Sequence[Mapping[str, Any]],
     method_order: Sequence[str] | None = None,
     primary_settings: Mapping[str, str] | None = None,
     protocol: Mapping[str, Any] | None = None,
     n_boot: int = 10000,
+    interval: str = "cases",
 ) -> dict[str, Any]:
     """The results document (module docstring) from :func:`collect_runs` records.
 
@@ -291,7 +319,15 @@ def build_results(
         primary_settings: ``{"mtcl": ..., "sp": ...}`` (default :data:`PRIMARY_SETTINGS`).
         protocol: free-form description stored under ``"protocol"`` (lists, resolution, profile, command).
         n_boot: bootstrap resamples of the paired intervals.
+        interval: the paired intervals (:data:`custom.benchmark.paired.INTERVALS`): ``"cases"`` (the first
+            protocol's) or ``"seeds_and_cases"``.
     """
+
+    def compare(method: str, other: str) -> dict[str, Any] | None:
+        return _diff_entry(
+            compare_to_baseline(case_dice[method], case_dice[other], n_boot=n_boot, interval=interval)
+        )
+
     specs = method_specs(runs)
     if method_order is None:
         method_order = report_order(specs)
@@ -323,14 +359,12 @@ def build_results(
                 [{"v": seed_mean_std(list(r["case_dice"].values()))[1]} for r in group], "v"
             )
             entry["diff_to_hl_sup"] = (
-                _diff_entry(compare_to_baseline(case_dice[method], case_dice["hl_sup"], n_boot=n_boot))
-                if method != "hl_sup" and "hl_sup" in case_dice
-                else None
+                compare(method, "hl_sup") if method != "hl_sup" and "hl_sup" in case_dice else None
             )
             entry["diff_to"] = {
-                other: _diff_entry(compare_to_baseline(case_dice[method], case_dice[other], n_boot=n_boot))
-                for other in specs[method].diff_to
-                if other in case_dice
+                other: compare(method, other)
+                for other in dict.fromkeys([*specs[method].diff_to, *IGNORING_BASELINES])
+                if other in case_dice and other != method
             }
             entry["noisy_label_dice"] = _mean_of(group, "noisy_label_dice")
             entry["refined_label_dice"] = _mean_of(group, "refined_label_dice")
@@ -358,7 +392,7 @@ def build_results(
         if "clean" in methods_out and "hl_sup" in methods_out:
             gap = {
                 "clean_minus_hl_sup": methods_out["clean"]["dice_mean"] - methods_out["hl_sup"]["dice_mean"],
-                "paired": _diff_entry(compare_to_baseline(case_dice["clean"], case_dice["hl_sup"], n_boot=n_boot)),
+                "paired": compare("clean", "hl_sup"),
             }
             if abs(gap["clean_minus_hl_sup"]) > 1e-9:
                 for entry in methods_out.values():
@@ -367,6 +401,7 @@ def build_results(
                             entry["dice_mean"] - methods_out["hl_sup"]["dice_mean"]
                         ) / gap["clean_minus_hl_sup"]
         setting_out["noise_gap"] = gap
+        _add_best_ignoring(setting_out, methods_out)
         rankings = {
             method: summary
             for method in method_order
