@@ -314,3 +314,25 @@ def test_mistyped_run_id_names_the_valid_ones(tmp_path):
     assert last.startswith(PREFIX + expected), last
     assert "evaluating" in last and "inference" in last
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("run_id", ["training", "evaluating"])
+def test_bad_label_is_refused_before_the_run(run_id, demo_dataset, tmp_path):
+    datalist = _copy_dataset(demo_dataset, tmp_path / "data")
+    split = "training" if run_id == "training" else "test"
+    item = json.loads(datalist.read_text())[split][-1]
+    label = datalist.parent / item["label"]
+    source = nib.load(str(label))
+    array = np.asarray(source.dataobj).astype(np.uint8)
+    array[array > 0] = 255
+    nib.save(nib.Nifti1Image(array, source.affine), str(label))
+    out = tmp_path / "bundle"
+    if run_id == "evaluating":
+        _model(out)
+    proc = _bundle(run_id, "--dataset_dir", str(datalist.parent), "--datalist", str(datalist),
+                   "--output_dir", str(out), config="['configs/supervised_la.json','configs/quick.json']")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert _last_line(proc) == PREFIX + f"{label}: label values [255] are outside the task's classes 0..1 " \
+        "(num_classes 2 in the datalist)"
+    assert "Traceback" not in proc.stderr
+    assert not (out / "checkpoints").exists() and not (out / "eval").exists()
