@@ -6,6 +6,13 @@
     python scripts/benchmark.py --profile gpu        # the papers' scale (configs/paper_la.json), for a GPU
     python scripts/benchmark.py --report-only        # rebuild the report from finished runs
     python scripts/benchmark.py --protocol-runs      # the protocol's runs (PROTOCOL_RUNS), 3 seeds
+    python scripts/benchmark.py --protocol v2 --protocol-runs --work-dir runs/benchmark_v2 \
+        --archive-dir docs/benchmark_runs_v2         # the second protocol (docs/protocol.md): 46 test cases, 8 seeds
+
+Protocols (``--protocol``, custom/benchmark/registry.py ``PROTOCOLS``): v1 is the archived one (20 test cases, 4
+validation cases, 3 seeds, intervals over cases); v2 has 46 test cases, 12 validation cases, 8 seeds and intervals
+over seeds and cases. Their runs are never paired: a work folder or archive holds one protocol's runs, named in its
+``protocol.json`` (a folder with runs and no such file holds v1 runs), and the harness refuses to mix them.
 
 Runs are skipped when already finished, so re-running after an interruption continues where it stopped.
 Seeds, commands, timings and the run's own record (``run_record.json``: the method's configs, overrides, label and
@@ -26,24 +33,21 @@ report states the wall time of the latest full invocation (every run trained in 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import signal
 import sys
 import time
 from pathlib import Path
 
-from custom.benchmark.registry import (
-    AUDIT_SOURCES,
-    METHODS,
-    PROTOCOL_PREPARE_ARGS,
-    PROTOCOL_RUNS,
-    PROTOCOL_SEEDS,
-    SETTINGS,
-)
+from custom.benchmark.registry import AUDIT_SOURCES, METHODS, PROTOCOLS, SETTINGS
 from custom.benchmark.report import write_outputs
 from custom.benchmark.run_archive import export_runs, import_runs
 from custom.benchmark.scheduler import available_cpus, run_benchmark
 from custom.errors import PREFIX
+from custom.io import write_json
+
+PROTOCOL_FILE = "protocol.json"
 
 # cpu_converged (the CPU protocol): cpu_la.json's data, patch, width and batch with 1400 iterations in bfloat16
 # autocast (docs/benchmark_notes.md "How the profile was chosen"); cpu: the superseded float32 profile (docs/float32/)
@@ -61,21 +65,36 @@ def _run(args: argparse.Namespace, argv: list[str] | None, jobs: int, extra: dic
     # SIGTERM ends the run like Ctrl-C: children stopped, the timing record marked "interrupted"
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     command = shlex.join(["python", "scripts/benchmark.py", *(sys.argv[1:] if argv is None else argv)])
+    protocol = PROTOCOLS[args.protocol]
     run_benchmark(
         args.h5_dir,
         args.work_dir,
-        list(PROTOCOL_RUNS) if args.protocol_runs else args.settings,
-        PROTOCOL_RUNS if args.protocol_runs else args.methods,
+        list(protocol.runs) if args.protocol_runs else args.settings,
+        protocol.runs if args.protocol_runs else args.methods,
         PROFILES[args.profile],
         args.seeds,
         args.downsample,
         extra,
         jobs=jobs,
         threads=args.threads_per_job,
-        record={"command": command, "profile_name": args.profile},
-        prepare_args=PROTOCOL_PREPARE_ARGS if args.lists == "protocol" else (),
+        record={"command": command, "profile_name": args.profile, "protocol": args.protocol},
+        prepare_args=list(protocol.prepare_args) if args.lists == "protocol" else (),
         audit_methods=args.audit_methods,
     )
+
+
+def folder_protocol(folder: Path) -> str | None:
+    """The protocol whose runs ``folder`` holds: its ``protocol.json``, else ``"v1"`` when it holds setting folders
+    (runs made before the file existed), else None (a new or empty folder)."""
+    marker = folder / PROTOCOL_FILE
+    if marker.is_file():
+        try:
+            return str(json.loads(marker.read_text())["protocol"])
+        except (ValueError, KeyError, TypeError):
+            return f"unreadable {marker}"
+    if folder.is_dir() and any((folder / s).is_dir() for s in SETTINGS):
+        return "v1"
+    return None
 
 
 def _check_args(args: argparse.Namespace) -> str | None:
@@ -90,6 +109,11 @@ def _check_args(args: argparse.Namespace) -> str | None:
     archive = Path(args.archive_dir) if args.archive_dir is not None else None
     if archive is not None and archive.exists() and not archive.is_dir():
         return f"--archive-dir: {archive} is not a folder"
+    for option, folder in (("--work-dir", Path(args.work_dir)), ("--archive-dir", archive)):
+        found = folder_protocol(folder) if folder is not None else None
+        if found is not None and found != args.protocol:
+            return (f"{option}: {folder} holds runs of protocol {found}, not {args.protocol}; runs of two protocols "
+                    f"are never paired (give another folder, or --protocol {found})")
     if args.notes and not Path(args.notes).is_file():
         return f"--notes: {args.notes} not found (give an existing markdown file, or '' for no link)"
     if args.report_only:
@@ -129,7 +153,17 @@ def main(argv: list[str] | None = None) -> int:
         "default), cpu = the float32 1000-iteration profile of the previous protocol, gpu = the papers' scale, quick = "
         "smoke",
     )
-    parser.add_argument("--seeds", nargs="+", type=int, default=list(PROTOCOL_SEEDS), help="training and noise seeds")
+    parser.add_argument(
+        "--protocol",
+        choices=sorted(PROTOCOLS),
+        default="v1",
+        help="case lists, seeds, protocol runs and paired interval (docs/protocol.md): v1 = the archived protocol (20 "
+        "test cases, 3 seeds; default), v2 = 46 test cases, 12 validation cases, 8 seeds, intervals over seeds and "
+        "cases",
+    )
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, default=None, help="training and noise seeds (default: the protocol's)"
+    )
     parser.add_argument(
         "--downsample", type=int, default=3, help="LA resolution factor (3 = 1.875 mm, the CPU protocol)"
     )
@@ -137,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         "--lists",
         choices=["protocol", "legacy"],
         default="protocol",
-        help="case lists: protocol = 20 test cases (test.list + extra.list::14), 4 validation, 22 training; "
-        "legacy = train.list / test.list (6 test cases, 2 validation)",
+        help="case lists: protocol = the --protocol's (v1: 20 test cases, test.list + extra.list::14, 4 validation, 22 "
+        "training; v2: 46 test cases, 12 validation, 22 training); legacy = train.list / test.list (6 test cases, 2 "
+        "validation)",
     )
     parser.add_argument(
         "--report",
@@ -189,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         help="extra config overrides for every run, e.g. max_epochs=2",
     )
     args = parser.parse_args(argv)
+    if args.seeds is None:
+        args.seeds = list(PROTOCOLS[args.protocol].seeds)
     if args.report is None:
         args.report = "docs/benchmarks.md" if args.write_docs else str(Path(args.work_dir) / "benchmarks.md")
     problem = _check_args(args)
@@ -199,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     jobs = args.jobs if args.jobs is not None else (1 if args.profile == "gpu" else min(2, available_cpus()))
     archive = Path(args.archive_dir) if args.archive_dir is not None else None
     start = time.perf_counter()
+    if args.protocol != "v1" and not args.report_only:  # name the protocol of a new folder before any run lands in it
+        for folder in (Path(args.work_dir), archive):
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+                write_json({"protocol": args.protocol}, folder / PROTOCOL_FILE)
     if archive is not None and archive.is_dir():  # a new archive is made by the export below
         imported = import_runs(args.archive_dir, args.work_dir)
         print(f"imported {len(imported)} run(s) from {args.archive_dir}")
@@ -217,11 +259,12 @@ def main(argv: list[str] | None = None) -> int:
         "profile_configs": PROFILES[args.profile],
         "downsample": args.downsample,
         "lists": args.lists,
-        "prepare_args": PROTOCOL_PREPARE_ARGS if args.lists == "protocol" else [],
+        "prepare_args": list(PROTOCOLS[args.protocol].prepare_args) if args.lists == "protocol" else [],
         "work_dir": str(args.work_dir),
     }
     results, report = write_outputs(
-        args.work_dir, Path(args.report), results_path, figures_dir, notes, protocol, args.profile, args.archive_dir
+        args.work_dir, Path(args.report), results_path, figures_dir, notes, protocol, args.profile, args.archive_dir,
+        protocol_name=args.protocol,
     )
     n_runs = sum(e["n_seeds"] for st in results["settings"].values() for e in st["methods"].values())
     print(f"results: {results_path}")

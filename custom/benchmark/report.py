@@ -20,8 +20,7 @@ from custom.benchmark.registry import (
     BASELINES,
     FAMILIES,
     PRIMARY_SETTINGS,
-    PROTOCOL_RUNS,
-    PROTOCOL_SEEDS,
+    PROTOCOLS,
     SETTING_INDEPENDENT_METHODS,
     SETTINGS,
 )
@@ -96,6 +95,12 @@ def setting_tables(name: str, setting: Mapping[str, Any], labels: Mapping[str, s
             f"- Noise gap clean - HL-Sup: **{gap['clean_minus_hl_sup']:+.3f}** (paired: "
             f"{format_difference(gap.get('paired'))})."
         )
+    best = setting.get("best_ignoring")
+    if best:
+        lines.append(
+            f"- Best method that ignores the noisy labels: **{labels.get(best['method'], best['method'])}** "
+            f"(Dice {best['dice_mean']:.4f}); the gain column pairs every method with it."
+        )
     if setting.get("clean_plateau_delta") is not None:
         per_seed = ", ".join(
             f"seed {c['seed']}: trend {c['trend']:+.4f}, first to last {c['change']:+.4f}, "
@@ -110,9 +115,11 @@ def setting_tables(name: str, setting: Mapping[str, Any], labels: Mapping[str, s
     lines += [
         "",
         "| method | Dice (mean " + PM + " std over seeds) | seeds | vs HL-Sup: paired diff [95% CI] (cases better) "
-        "| gap recovery | noisy-label Dice | refined-label Dice | LQ volumes before -> after refinement "
+        "| gap recovery | gain over the best method that ignores the noisy labels [95% CI] (cases better) "
+        "| gap recovery vs best ignoring | noisy-label Dice | refined-label Dice "
+        "| LQ volumes before -> after refinement "
         "| worst loss, uncorrupted LQ case | HD95 (mm) | ASD (mm) | s/iter (step) | iteration / step |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     others = []
     for method, e in setting["methods"].items():
@@ -128,6 +135,8 @@ def setting_tables(name: str, setting: Mapping[str, Any], labels: Mapping[str, s
             f"{e['n_seeds']}",
             format_difference(e.get("diff_to_hl_sup")),
             format_number(e.get("gap_recovery"), 2),
+            format_difference(e.get("diff_to_best_ignoring")),
+            format_number(e.get("gap_recovery_vs_best_ignoring"), 2),
             format_number(e.get("noisy_label_dice"), 3),
             format_number(e.get("refined_label_dice"), 3),
             refinement,
@@ -193,7 +202,9 @@ _READING = (
     "Test Dice against clean labels, last checkpoint (never selected on test), mean +- std over seeds; paired diff = "
     "mean over test cases of (method - baseline), each case averaged over the common seeds, with a 95% percentile "
     "bootstrap interval over cases (10000 resamples): *better*/*worse* only when the interval excludes 0, else *not "
-    "resolved*; (k/n) = cases where the method is better. Gap recovery = (method - HL-Sup) / (clean - HL-Sup). Label "
+    "resolved*; (k/n) = cases where the method is better. Gap recovery = (method - HL-Sup) / (clean - HL-Sup). The "
+    "best method that ignores the noisy labels is the better of H-Sup and the SSL mean teacher by mean Dice; gap "
+    "recovery vs best ignoring = (method - best ignoring) / (clean - best ignoring). Label "
     "Dice = last epoch's training-patch labels vs clean. s/iter = median training step; iteration / step = median "
     "iteration with data loading over median step, in the same run."
 )
@@ -208,6 +219,7 @@ def write_outputs(
     protocol: Mapping[str, Any],
     profile: str,
     runs_from: str | Path | None = None,
+    protocol_name: str = "v1",
 ) -> tuple[dict, Path]:
     """Build the results document from the finished runs of ``work_dir``, then write it (JSON), the figures and the
     markdown report generated from the same document.
@@ -223,22 +235,32 @@ def write_outputs(
         profile: the profile's name, for the report's heading.
         runs_from: where the report says the runs and their timing records are kept (the run archive they were
             imported from; default ``work_dir``).
+        protocol_name: the :data:`~custom.benchmark.registry.PROTOCOLS` entry of the runs: its runs and seeds for
+            the time budget, its paired interval; stored under ``"protocol"`` with ``protocol``.
+
+    Raises:
+        ValueError: for an unknown protocol name.
 
     Returns:
         ``(results, report path)``.
     """
+    if protocol_name not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol_name!r}; choose from {sorted(PROTOCOLS)}")
+    chosen = PROTOCOLS[protocol_name]
     runs_from = Path(work_dir if runs_from is None else runs_from)
     settings = [s for s in SETTINGS if (Path(work_dir) / s).is_dir()]
     runs = collect_runs(work_dir, settings)
     specs = method_specs(runs)
     order = report_order(specs)
     labels = {k: spec.label for k, spec in specs.items()}
-    results = build_results(runs, order, PRIMARY_SETTINGS, protocol)
+    # the first protocol's results document keeps its shape; a later one records its definition
+    described = dict(protocol) if protocol_name == "v1" else {**dict(protocol), "definition": chosen.to_dict()}
+    results = build_results(runs, order, PRIMARY_SETTINGS, described, interval=chosen.interval)
     records = read_timing(work_dir)
-    required = [(s, m, seed) for s, methods in PROTOCOL_RUNS.items() for m in methods for seed in PROTOCOL_SEEDS]
+    required = [(s, m, seed) for s, methods in chosen.runs.items() for m in methods for seed in chosen.seeds]
     results["run_time_budget"] = {
         "method_issues": {  # the key other tooling reads: the protocol's runs
-            "runs": {s: list(m) for s, m in PROTOCOL_RUNS.items()}, "seeds": list(PROTOCOL_SEEDS),
+            "runs": {s: list(m) for s, m in chosen.runs.items()}, "seeds": list(chosen.seeds),
             **run_time_budget(records, required, SETTING_INDEPENDENT_METHODS),
         }
     }
@@ -249,7 +271,7 @@ def write_outputs(
         made = [
             plot_learning_curves(  # the protocol's rows; one-seed tuning and diagnostic runs are in the tables
                 runs, name, order, labels, figures_dir / f"learning_curves_{name}.png", families=families,
-                family_titles=FAMILIES, baselines=BASELINES, min_seeds=len(PROTOCOL_SEEDS),
+                family_titles=FAMILIES, baselines=BASELINES, min_seeds=len(chosen.seeds),
             ),
             plot_paired_differences(results["settings"][name], name, labels, figures_dir / f"paired_diff_{name}.png"),
         ]
@@ -264,10 +286,17 @@ def write_outputs(
     if notes:
         link = os.path.relpath(Path(notes), Path(report_path).parent)
         header += f"The protocol, how it was chosen and how to read the results: [{Path(notes).name}]({link}). "
-    header += f"{_READING} Machine-readable: `{results_path.name}` beside this file."
+    header += _READING
+    if chosen.interval == "seeds_and_cases":
+        header += (
+            f" Protocol {protocol_name}: the paired intervals resample the seeds, then the cases (the seed-to-seed "
+            "variance included; docs/protocol.md), not the cases alone."
+        )
+    header += f" Machine-readable: `{results_path.name}` beside this file."
     timing = describe_timing(records, str(runs_from / TIMING_FILE))
     timing += "\n\n" + describe_run_time_budget(
-        results["run_time_budget"]["method_issues"], "the protocol's runs (3 seeds; `PROTOCOL_RUNS`)"
+        results["run_time_budget"]["method_issues"],
+        f"the protocol's runs ({len(chosen.seeds)} seeds; `PROTOCOLS['{protocol_name}'].runs`)",
     )
     report = write_markdown(results, report_path, labels, header, timing, figures)
     return results, report
