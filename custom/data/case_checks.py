@@ -32,7 +32,16 @@ import numpy as np
 
 from custom.io import DataError
 
-__all__ = ["AFFINE_TOLERANCE", "SPACING_RANGE", "check_case", "check_cases", "check_label_values"]
+__all__ = [
+    "AFFINE_TOLERANCE",
+    "SPACING_RANGE",
+    "check_case",
+    "check_case_arrays",
+    "check_cases",
+    "check_label_values",
+    "require_meta",
+    "require_streams",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +165,30 @@ def check_case(
             check_label_values(np.asanyarray(nib.load(label_path).dataobj), num_classes, label_path)
 
 
+def check_case_arrays(
+    image: np.ndarray, label: np.ndarray, affine: np.ndarray, image_origin: str, label_origin: str,
+    spacing_range: Sequence[float] = SPACING_RANGE,
+) -> None:
+    """Check a case loaded in memory (dataset preparation: ``scripts/prepare_nifti.py``, ``scripts/prepare_la.py``):
+    image and label 3D and of one shape, the spacing within ``spacing_range`` mm, every image voxel finite (one NaN
+    voxel would be copied into the prepared image and turn its whole normalised volume into NaN).
+
+    Raises:
+        DataError: naming the image's or label's origin and the problem.
+    """
+    _check_3d(tuple(np.shape(image)), image_origin)
+    _check_3d(tuple(np.shape(label)), label_origin)
+    if np.shape(label) != np.shape(image):
+        raise DataError(label_origin, f"shape {list(np.shape(label))} differs from its image's "
+                        f"{list(np.shape(image))} ({image_origin})")
+    _check_spacing(tuple(np.shape(image)), np.asarray(affine, dtype=np.float64), image_origin, None, spacing_range,
+                   1, None)
+    bad = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
+    if bad:
+        raise DataError(image_origin, f"{bad} non-finite voxel(s) (NaN or Inf); replace them (e.g. with 0) before "
+                        "preparing the dataset")
+
+
 def check_cases(items: Iterable[Mapping[str, Any]], num_classes: int, pixdim: Sequence[float] | None = None,
                 **kwargs: Any) -> int:
     """:func:`check_case` for every item; returns how many were checked.
@@ -168,3 +201,37 @@ def check_cases(items: Iterable[Mapping[str, Any]], num_classes: int, pixdim: Se
         check_case(item, int(num_classes), pixdim, **kwargs)
         count += 1
     return count
+
+
+# datalist entries the configs read, with what they mean (for the message)
+_REQUIRED_META = {
+    "num_classes": "the number of classes, background included",
+    "spacing": "the training voxel size in mm, [x, y, z]",
+}
+
+
+def require_meta(meta: Mapping[str, Any], datalist: str) -> Mapping[str, Any]:
+    """``meta`` (:func:`custom.data.read_datalist_meta`), if it has the entries the configs read.
+
+    Raises:
+        DataError: naming the datalist and the missing entry (a KeyError without a file before).
+    """
+    for key, meaning in _REQUIRED_META.items():
+        if meta.get(key) is None:
+            raise DataError(datalist, f"lacks '{key}' ({meaning}); add it, or write the datalist with "
+                            "scripts/prepare_nifti.py")
+    return meta
+
+
+def require_streams(split: tuple[list, list], datalist: str) -> tuple[list, list]:
+    """``(hq_items, lq_items)`` of a two-stream method (ALC, MTCL, ...), if both streams have a case.
+
+    Raises:
+        DataError: naming the datalist and the empty stream (``num_samples=0`` from the DataLoader before).
+    """
+    for items, name, hint in ((split[0], "HQ", "'quality': 'hq'"), (split[1], "LQ", "'quality': 'lq'")):
+        if not items:
+            raise DataError(datalist, f"the training split has no {name} case (no item with {hint}), and this "
+                            "method trains on both HQ and LQ cases; use a datalist with both, or a single-stream "
+                            "method (configs/supervised_la.json)")
+    return split

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from custom.data.case_checks import check_case_arrays
 from custom.data.datalist import relative_path
 from custom.data.la_tasks import DEFAULT_BAND_MM, task_labels, task_params
 from custom.data.noise_report import (
@@ -259,6 +260,7 @@ def prepare_dataset(
         for index, source in enumerate(ordered, start=1):
             case_id, group = source.case_id, role[source.case_id]
             image, clean, affine, header = source.load()
+            check_case_arrays(image, clean, affine, source.image_origin, source.label_origin)
             clean = check_label_values(clean, num_classes, source.label_origin)
             noisy, noise_used, params_used, check = None, "none", {}, dict(NO_CHECK)
             if group == "lq":

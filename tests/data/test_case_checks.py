@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from custom.data.case_checks import check_case, check_cases, check_label_values
+from custom.data.case_checks import (
+    check_case,
+    check_case_arrays,
+    check_cases,
+    check_label_values,
+    require_meta,
+    require_streams,
+)
 from custom.io import DataError
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SPACING = np.diag([1.25, 1.25, 1.25, 1.0])
 
 
@@ -102,3 +112,48 @@ def test_image_must_be_3d_with_a_sane_spacing(tmp_path):
     assert "shrinks to [2, 2, 1] voxels at the training spacing [1.25, 1.25, 1.25] mm" in _problem(
         _case(tmp_path, image_affine=small, label_affine=small))
     assert "over the limit of 1,000 voxels (max_voxels)" in _problem(_case(tmp_path), max_voxels=1000)
+
+
+def test_case_arrays_in_preparation(tmp_path):
+    image = np.zeros((8, 8, 6), np.float32)
+    label = np.zeros((8, 8, 6), np.uint8)
+    check_case_arrays(image, label, SPACING, "img", "lab")
+    image[1, 2, 3] = np.inf
+    with pytest.raises(DataError, match=r"^img: 1 non-finite voxel\(s\) \(NaN or Inf\); replace them"):
+        check_case_arrays(image, label, SPACING, "img", "lab")
+    with pytest.raises(DataError, match=r"^lab: shape \[8, 8, 5\] differs from its image's \[8, 8, 6\] \(img\)"):
+        check_case_arrays(image, label[:, :, :5], SPACING, "img", "lab")
+
+
+def test_prepare_nifti_refuses_a_non_finite_image(tmp_path):
+    root = tmp_path / "msd"
+    for folder in ("imagesTr", "labelsTr"):
+        (root / folder).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        image = rng.random((24, 24, 16)).astype(np.float32)
+        label = np.zeros((24, 24, 16), np.uint8)
+        label[8:14, 8:14, 4:10] = 1
+        if i == 3:
+            image[1, 2, 3] = np.nan
+        _save(root / "imagesTr" / f"c{i}_0000.nii.gz", image, np.eye(4))
+        _save(root / "labelsTr" / f"c{i}.nii.gz", label, np.eye(4))
+    out = tmp_path / "prepared"
+    proc = subprocess.run([sys.executable, "scripts/prepare_nifti.py", "--root", str(root), "--out", str(out),
+                           "--noise", "none"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {root / 'imagesTr' / 'c3_0000.nii.gz'}: 1 non-finite voxel(s) (NaN or Inf); replace them (e.g. "
+        "with 0) before preparing the dataset")
+    assert not out.exists()
+
+
+def test_datalist_entries_and_streams_the_configs_need():
+    meta = {"num_classes": 2, "spacing": [1.0, 1.0, 1.0]}
+    assert require_meta(meta, "d.json") is meta
+    with pytest.raises(DataError, match=r"^d.json: lacks 'spacing' \(the training voxel size in mm"):
+        require_meta({"num_classes": 2}, "d.json")
+    split = ([{"quality": "hq"}], [{"quality": "lq"}])
+    assert require_streams(split, "d.json") is split
+    with pytest.raises(DataError, match=r"^d.json: the training split has no HQ case \(no item with 'quality': 'hq'\)"):
+        require_streams(([], split[1]), "d.json")
