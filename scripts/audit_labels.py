@@ -157,10 +157,10 @@ def load_bundle(bundle: str | Path, device: str | None) -> dict[str, Any]:
     Raises:
         custom.errors.OptionError: when ``bundle`` has no ``configs/inference.json`` or no ``models/model.pt``.
     """
-    import torch
     from monai.bundle import ConfigParser
 
     from custom.errors import OptionError
+    from custom.init_from import load_weights
 
     root = Path(bundle).resolve()
     for needed in ("configs/inference.json", "models/model.pt"):
@@ -173,7 +173,7 @@ def load_bundle(bundle: str | Path, device: str | None) -> dict[str, Any]:
         parser["device"] = f"$torch.device({device!r})"
     device_obj = parser.get_parsed_content("device")
     network = parser.get_parsed_content("network_def").to(device_obj)
-    network.load_state_dict(torch.load(str(root / "models" / "model.pt"), map_location=device_obj, weights_only=True))
+    load_weights(network, root / "models" / "model.pt")  # checked: names the file and what it holds
     return {
         "root": root,
         "device": device_obj,
@@ -304,6 +304,7 @@ def audit(args: argparse.Namespace) -> Path:
     import torch
 
     from custom.errors import OptionError
+    from custom.init_from import load_weights
     from custom.io import write_json
     from custom.refinement.label_audit import latest_refined_labels, write_label_audit
 
@@ -333,8 +334,7 @@ def audit(args: argparse.Namespace) -> Path:
     teacher = generator = None
     if source == "alc":
         teacher = bundle["new_network"]().to(bundle["device"])
-        teacher.load_state_dict(torch.load(str(bundle["root"] / TEACHER_FILE), map_location=bundle["device"],
-                                           weights_only=True))
+        load_weights(teacher, bundle["root"] / TEACHER_FILE)
         torch.manual_seed(int(args.seed))
         generator = torch.Generator(device=bundle["device"]).manual_seed(int(args.seed))
     refined_files = latest_refined_labels(bundle["root"]) if source == "spguided" else {}
