@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from custom.init_from import load_weights
 from custom.io import DataError, load_nifti, save_nifti, write_csv
 
 __all__ = [
@@ -253,8 +254,7 @@ def export_alc_audit(
     """Load the teacher's weights (``checkpoint``, e.g. ``<run>/models/extra/teacher.pt``) if given, then write the ALC
     audit (:func:`alc_audit_cases` keyword arguments pass through). Returns the CSV path."""
     if checkpoint is not None:
-        device = next(iter(teacher.parameters())).device
-        teacher.load_state_dict(torch.load(str(checkpoint), map_location=device, weights_only=True))
+        load_weights(teacher, checkpoint)  # checked: a bad file is named with what it holds
     cases = alc_audit_cases(teacher, items, load_transform, inferer, **kwargs)
     return write_label_audit(cases, audit_dir, "teacher_uncertainty", num_classes)
 
