@@ -179,6 +179,10 @@ def _run(kind: str, argv: Sequence[str] | None) -> int:
     except ValueError as exc:  # options that only the data can contradict (e.g. too few cases for the splits)
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk or a read-only output: nothing is left half-written (staged output)
+        where = exc.filename or args.out
+        print(f"error: {where}: cannot write the prepared dataset ({exc.strerror or exc})", file=sys.stderr)
+        return 2
     return 0
 
 

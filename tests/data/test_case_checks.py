@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -125,8 +126,7 @@ def test_case_arrays_in_preparation(tmp_path):
         check_case_arrays(image, label[:, :, :5], SPACING, "img", "lab")
 
 
-def test_prepare_nifti_refuses_a_non_finite_image(tmp_path):
-    root = tmp_path / "msd"
+def _msd(root: Path, nan_case: int | None) -> Path:
     for folder in ("imagesTr", "labelsTr"):
         (root / folder).mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -134,13 +134,22 @@ def test_prepare_nifti_refuses_a_non_finite_image(tmp_path):
         image = rng.random((24, 24, 16)).astype(np.float32)
         label = np.zeros((24, 24, 16), np.uint8)
         label[8:14, 8:14, 4:10] = 1
-        if i == 3:
+        if i == nan_case:
             image[1, 2, 3] = np.nan
         _save(root / "imagesTr" / f"c{i}_0000.nii.gz", image, np.eye(4))
         _save(root / "labelsTr" / f"c{i}.nii.gz", label, np.eye(4))
-    out = tmp_path / "prepared"
-    proc = subprocess.run([sys.executable, "scripts/prepare_nifti.py", "--root", str(root), "--out", str(out),
+    return root
+
+
+def _prepare(root: Path, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "scripts/prepare_nifti.py", "--root", str(root), "--out", str(out),
                            "--noise", "none"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_prepare_nifti_refuses_a_non_finite_image(tmp_path):
+    root = _msd(tmp_path / "msd", nan_case=3)
+    out = tmp_path / "prepared"
+    proc = _prepare(root, out)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
         f"error: {root / 'imagesTr' / 'c3_0000.nii.gz'}: 1 non-finite voxel(s) (NaN or Inf); replace them (e.g. "
@@ -157,3 +166,21 @@ def test_datalist_entries_and_streams_the_configs_need():
     assert require_streams(split, "d.json") is split
     with pytest.raises(DataError, match=r"^d.json: the training split has no HQ case \(no item with 'quality': 'hq'\)"):
         require_streams(([], split[1]), "d.json")
+
+
+def test_prepare_nifti_on_a_full_disk_exits_2_and_leaves_nothing(tmp_path):
+    root = _msd(tmp_path / "msd", nan_case=None)
+    small = tmp_path / "small"
+    small.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=120k", "tmpfs", str(small)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        proc = _prepare(root, small / "prepared")
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr.strip().splitlines()[-1] == (
+            f"error: {small / 'prepared'}: cannot write the prepared dataset (No space left on device)")
+        assert "Traceback" not in proc.stderr
+        assert list(small.iterdir()) == []
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
