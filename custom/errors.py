@@ -193,6 +193,9 @@ def describe(exc: BaseException) -> str:
         message = str(cause.args[0])
     if _marked(cause):
         return message
+    if _out_of_memory(cause):  # a memory limit, not the file being read when it was hit
+        return (f"out of memory ({type(cause).__name__}: {message[:200]}); reduce --patch_size, --batch_size (or "
+                "--batch_hq/--batch_lq) or --num_samples, or use a machine with more memory")
     message = f"{type(cause).__name__}: {message}"
     path = source_file(cause)
     if path and path not in message:
@@ -200,8 +203,20 @@ def describe(exc: BaseException) -> str:
     return message
 
 
+_OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "defaultcpuallocator")
+
+
+def _out_of_memory(cause: BaseException) -> bool:
+    text = str(cause).lower()
+    return isinstance(cause, MemoryError) or (
+        isinstance(cause, RuntimeError) and any(marker in text for marker in _OUT_OF_MEMORY)
+    )
+
+
 def _user_error(cause: BaseException) -> bool:
-    return _marked(cause) or isinstance(cause, (FileNotFoundError, NotADirectoryError, PermissionError))
+    return _marked(cause) or _out_of_memory(cause) or isinstance(
+        cause, (FileNotFoundError, NotADirectoryError, PermissionError)
+    )
 
 
 def _fixable(exc: BaseException) -> bool:

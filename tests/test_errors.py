@@ -336,3 +336,21 @@ def test_bad_label_is_refused_before_the_run(run_id, demo_dataset, tmp_path):
         "(num_classes 2 in the datalist)"
     assert "Traceback" not in proc.stderr
     assert not (out / "checkpoints").exists() and not (out / "eval").exists()
+
+
+def test_out_of_memory_names_no_file_and_the_options_to_change(tmp_path):
+    label = tmp_path / "label.nii.gz"
+    label.write_bytes(b"x")
+
+    def cache(filename):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried "
+                           "to allocate 68719476736 bytes")
+
+    try:
+        cache(str(label))
+    except RuntimeError as exc:
+        message = describe(exc)
+    assert message.startswith("out of memory (RuntimeError: [enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator")
+    assert message.endswith("reduce --patch_size, --batch_size (or --batch_hq/--batch_lq) or --num_samples, or use a "
+                            "machine with more memory")
+    assert str(label) not in message
