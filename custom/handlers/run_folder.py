@@ -198,8 +198,10 @@ class RunFolderHandler:
 
     * marks the :class:`RunFolder` that :func:`claim_run_folder` returned for ``output_dir`` finished when the
       trainer completes (so that its folder is kept);
-    * deletes ``resumed_from`` (the checkpoint a resumed run loaded) once the run has saved a newer training
-      checkpoint; being attached after the saver, the new checkpoint is on disk before the old one goes.
+    * in a resumed run, deletes the training checkpoints that were in ``resumed_from``'s folder when the run started
+      (the one it loaded, e.g. the pre-kill ``checkpoint_epoch=3.pt``, and older ones) once the run has saved a newer
+      checkpoint; being attached after the saver, the new checkpoint is on disk before the old ones go. A file the
+      run has rewritten since (``checkpoint_final.pt``) is kept.
 
     Args:
         output_dir: the run's folder.
@@ -209,24 +211,32 @@ class RunFolderHandler:
     def __init__(self, output_dir: str | os.PathLike, resumed_from: str | os.PathLike | None = None):
         self.output_dir = Path(output_dir).resolve()
         self.resumed_from = Path(resumed_from) if resumed_from else None
+        self.previous: dict[Path, int] = {}
+
+    def _checkpoints(self) -> dict[Path, int]:
+        folder = self.resumed_from.parent if self.resumed_from is not None else None
+        if folder is None or not folder.is_dir():
+            return {}
+        return {p: p.stat().st_mtime_ns for p in folder.glob("checkpoint*.pt") if p.is_file()}
 
     def attach(self, engine: Engine) -> None:
         folder = _CLAIMED.get(self.output_dir)
         if folder is not None:
             folder.attach(engine)
         if self.resumed_from is not None:
+            self.previous = self._checkpoints()
             engine.add_event_handler(Events.EPOCH_COMPLETED, self)
             engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        old = self.resumed_from
-        if old is None or not old.is_file():
+        if not self.previous:
             return
-        newer = [
-            p for p in old.parent.glob("checkpoint*.pt")
-            if p != old and p.is_file() and p.stat().st_mtime_ns > old.stat().st_mtime_ns
-        ]
-        if newer:
-            old.unlink()
-            logger.info(f"removed {old}: the resumed run has saved {max(newer, key=lambda p: p.stat().st_mtime_ns)}")
-            self.resumed_from = None
+        current = self._checkpoints()
+        if not any(self.previous.get(path) != mtime for path, mtime in current.items()):
+            return  # nothing saved since the run started
+        stale = sorted(path for path, mtime in self.previous.items() if current.get(path) == mtime)
+        for path in stale:
+            path.unlink()
+        if stale:
+            logger.info(f"removed the checkpoints the resumed run started from: {', '.join(p.name for p in stale)}")
+        self.previous = {}

@@ -91,20 +91,22 @@ def test_unfinished_run_removes_the_folder_it_created_or_its_empty_subfolders(tm
     assert sorted(p.name for p in kept.iterdir()) == ["checkpoints"]
 
 
-def test_resumed_run_removes_its_starting_checkpoint_once_it_saved_a_newer_one(tmp_path):
+def test_resumed_run_removes_its_starting_checkpoints_once_it_saved_a_newer_one(tmp_path):
     checkpoints = tmp_path / "checkpoints"
     checkpoints.mkdir()
-    old = checkpoints / "checkpoint_epoch=3.pt"
-    old.write_bytes(b"old")
+    for name in ("checkpoint_epoch=2.pt", "checkpoint_epoch=3.pt", "checkpoint_final.pt", "model_best_val.pt"):
+        (checkpoints / name).write_bytes(b"old")
     engine = Engine(lambda e, b: None)
-    handler = RunFolderHandler(tmp_path, resumed_from=old)
+    handler = RunFolderHandler(tmp_path, resumed_from=checkpoints / "checkpoint_epoch=3.pt")
     handler.attach(engine)
     handler(engine)
-    assert old.is_file()  # nothing newer yet
+    assert len(list(checkpoints.iterdir())) == 4  # nothing newer yet
     time.sleep(0.01)
     (checkpoints / "checkpoint_epoch=4.pt").write_bytes(b"new")
+    (checkpoints / "checkpoint_final.pt").write_bytes(b"rewritten")
     handler(engine)
-    assert not old.exists() and (checkpoints / "checkpoint_epoch=4.pt").is_file()
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        "checkpoint_epoch=4.pt", "checkpoint_final.pt", "model_best_val.pt"]
 
 
 def _train(out: Path, demo_dataset: Path, *args: str) -> subprocess.CompletedProcess:
@@ -132,3 +134,7 @@ def test_second_training_into_a_finished_bundle_is_refused(demo_dataset, tmp_pat
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
         "checkpoint_epoch=2.pt", "checkpoint_final.pt", "model_best_val.pt"]
     assert not (out / LOCK_FILE).exists()
+    resumed = _train(out, demo_dataset, "--max_epochs", "3", "--resume", "true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [  # epoch 2's checkpoint went
+        "checkpoint_epoch=3.pt", "checkpoint_final.pt", "model_best_val.pt"]
