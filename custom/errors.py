@@ -213,8 +213,17 @@ def _out_of_memory(cause: BaseException) -> bool:
     )
 
 
+# a library's error while reading a file (a truncated or corrupt .nii.gz): fixable when the file is known
+_READ_ERRORS = ("EOFError", "BadGzipFile", "ImageFileError", "HeaderDataError")
+
+
+def _unreadable_file(cause: BaseException) -> bool:
+    named = type(cause).__name__ in _READ_ERRORS or type(cause).__module__ == "zlib"
+    return named and source_file(cause) is not None
+
+
 def _user_error(cause: BaseException) -> bool:
-    return _marked(cause) or _out_of_memory(cause) or isinstance(
+    return _marked(cause) or _out_of_memory(cause) or _unreadable_file(cause) or isinstance(
         cause, (FileNotFoundError, NotADirectoryError, PermissionError)
     )
 
