@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointSaver
@@ -61,6 +62,8 @@ class AtomicDiskSaver(DiskSaver):
         self.filename = filename
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        if idist.get_rank() != self.save_on_rank:  # under DDP one rank writes, as ignite's DiskSaver does
+            return
         path = Path(self.dirname) / (self.filename or filename)
         with atomic_output(path) as tmp:
             try:

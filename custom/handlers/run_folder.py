@@ -220,6 +220,10 @@ class RunFolderHandler:
         return {p: p.stat().st_mtime_ns for p in folder.glob("checkpoint*.pt") if p.is_file()}
 
     def attach(self, engine: Engine) -> None:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() > 0:
+            return  # rank 0 owns the folder
         folder = _CLAIMED.get(self.output_dir)
         if folder is not None:
             folder.attach(engine)
@@ -236,7 +240,8 @@ class RunFolderHandler:
             return  # nothing saved since the run started
         stale = sorted(path for path, mtime in self.previous.items() if current.get(path) == mtime)
         for path in stale:
-            path.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
         if stale:
             logger.info(f"removed the checkpoints the resumed run started from: {', '.join(p.name for p in stale)}")
         self.previous = {}
