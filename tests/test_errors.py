@@ -249,7 +249,8 @@ def test_inference_exits_non_zero_when_a_file_fails(demo_dataset, tmp_path):
     report = out / "predictions" / "inference_report.csv"
     assert last.startswith(PREFIX + f"1 of 2 images failed (report: {report})"), last
     assert "b_2d.nii.gz: ValueError: expected a 3D image" in last
-    assert f"segmented: 1 ok, 1 failed, 0 skipped (earlier outputs); report: {report}" in proc.stderr
+    summary = f"segmented: 1 ok, 1 failed, 0 skipped (earlier outputs); report: {report}"
+    assert summary in proc.stdout + proc.stderr  # logged (stdout) or printed (stderr) once
     assert sorted(p.name for p in (out / "predictions").iterdir()) == ["a_good_seg.nii.gz", "inference_report.csv"]
 
 
