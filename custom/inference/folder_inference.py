@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -436,6 +438,33 @@ def _cause_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+# a full, over-quota or read-only output folder: every following case would fail the same way
+_OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+class OutputError(OSError):
+    """The output folder cannot take more files (full disk, quota, read-only): batch inference stops there, naming
+    the folder and how far it got, instead of blaming each remaining input."""
+
+    user_error = True  # custom.errors prints only its message, no traceback
+
+
+def _output_error(exc: BaseException, path: Path, done: int, total: int) -> OutputError | None:
+    """An :class:`OutputError` for ``exc`` when it is a full or read-only output (None otherwise)."""
+    if not (isinstance(exc, OSError) and exc.errno in _OUTPUT_ERRNOS):
+        return None
+    try:
+        free = f", {shutil.disk_usage(path.parent).free:,} bytes free"
+    except OSError:
+        free = ""
+    error = OutputError(
+        f"{path.parent}: cannot write {path.name}: {exc.strerror}{free}; {done} of {total} images were segmented "
+        "before it (their outputs are kept)"
+    )
+    error.errno = exc.errno
+    return error
+
+
 class BatchInferenceError(RuntimeError):
     """Some images of a folder could not be segmented (the others were written); the message says which and why."""
 
@@ -617,13 +646,22 @@ def infer_folder(
                 written.add(case)
                 row["output"] = str(output_path)
             except Exception as exc:  # one bad case must not stop the folder
+                full = _output_error(exc, output_path, len(written), len(files))
+                if full is not None:  # ... but a full or read-only output stops every case: say so once
+                    raise full from exc
                 row["status"] = "error"
                 row["message"] = _cause_message(exc)
                 logger.warning(f"{path}: {row['message']}")
             row["seconds"] = round(time.perf_counter() - start, 3)
             rows.append(row)
             if report_path is not None:
-                _write_report(rows, report_path)  # rewritten after every case: a crash keeps the progress
+                try:
+                    _write_report(rows, report_path)  # rewritten after every case: a crash keeps the progress
+                except OSError as exc:
+                    full = _output_error(exc, report_path, len(written), len(files))
+                    if full is None:
+                        raise
+                    raise full from exc
     finally:
         network.train(was_training)
     n_ok = sum(r["status"] == "ok" for r in rows)
