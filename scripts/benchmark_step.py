@@ -212,10 +212,15 @@ def build_layout_steps(args: argparse.Namespace, device) -> dict[str, Callable[[
     """``"<method> <layout>"``: one step of every method of :data:`LAYOUT_METHODS` in each layout of
     :data:`custom.engines.memory_format.MEMORY_FORMATS` (the co-teaching family's steps come from
     ``scripts/benchmark_spguided.py``, with real SLIC supervoxels; batch ``batch_hq + batch_lq``)."""
-    import benchmark_spguided  # the sibling script: its SP-guided and co-teaching steps
+    import importlib.util
 
     from custom.engines.memory_format import MEMORY_FORMATS
 
+    # the sibling script's SP-guided and co-teaching steps (loaded by path: this script may be imported as a file)
+    sibling = Path(__file__).with_name("benchmark_spguided.py")
+    spec = importlib.util.spec_from_file_location("benchmark_spguided", sibling)
+    benchmark_spguided = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark_spguided)
     steps: dict[str, Callable[[], Any]] = {}
     for layout in MEMORY_FORMATS:
         layout_args = argparse.Namespace(**{**vars(args), "memory_format": layout})
@@ -284,12 +289,13 @@ def report_layouts(args: argparse.Namespace, device) -> dict[str, float]:
     measured = interleaved_step_times(steps, args.warmup, args.repeats, device)
     wall = {name: statistics.median(t["wall"]) for name, t in measured.items()}
     cpu = {name: statistics.median(t["cpu"]) for name, t in measured.items()}
+    header = f"{'method':<12} {'contiguous s/it':>16} {'channels_last_3d s/it':>22} {'ratio wall':>10} {'ratio CPU':>9}"
     print("\n" + header)
     results: dict[str, float] = {}
     for method in LAYOUT_METHODS:
         before, after = f"{method} contiguous", f"{method} channels_last_3d"
         ratio_wall, ratio_cpu = wall[after] / wall[before], cpu[after] / cpu[before]
-        print(f"{method:<12} {wall[before]:>16.3f} {wall[after]:>22.3f} {ratio_wall:>11.3f} {ratio_cpu:>10.3f}")
+        print(f"{method:<12} {wall[before]:>16.3f} {wall[after]:>22.3f} {ratio_wall:>10.3f} {ratio_cpu:>9.3f}")
         results.update({before: wall[before], after: wall[after], f"{method} ratio": ratio_wall,
                         f"{method} ratio_cpu": ratio_cpu})
     flops = supervised_step_flops(args, device)

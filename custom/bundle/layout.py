@@ -27,7 +27,13 @@ SHIPPED_NETWORKS: dict[str, tuple[tuple[str, ...], str]] = {
         "scripts.deep_supervision.JcasVNet",
     ),
 }
-SHIPPED_ALWAYS = {"inference/folder_inference.py": "folder_inference.py", "errors.py": "errors.py"}
+SHIPPED_ALWAYS = {
+    "inference/folder_inference.py": "folder_inference.py",
+    # what folder_inference imports, as its siblings in scripts/
+    "inference/input_checks.py": "input_checks.py",
+    "io.py": "io.py",
+    "errors.py": "errors.py",
+}
 
 
 def network_def(network_class: str, network_kwargs: Mapping[str, Any]) -> dict[str, Any]:

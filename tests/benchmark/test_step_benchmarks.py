@@ -19,6 +19,20 @@ def _load(name: str):
     return module
 
 
+def test_benchmark_step_compares_the_layouts_of_every_method(capsys):
+    result = _load("benchmark_step").main(
+        ["--patch", "32", "32", "16", "--base-filters", "2", "--batch-hq", "1", "--batch-lq", "2", "--num-samples",
+         "2", "--compare-layouts", "--warmup", "0", "--repeats", "1", "--threads", "1", "--device", "cpu"]
+    )
+    out = capsys.readouterr().out
+    for method in ("supervised", "alc", "mtcl", "coteaching", "spguided", "jcas"):
+        assert f"{method} contiguous" in result and f"{method} channels_last_3d" in result
+        ratio = result[f"{method} ratio"]
+        assert ratio == result[f"{method} channels_last_3d"] / result[f"{method} contiguous"] and ratio > 0
+    assert "GFLOP/s achieved" in out and "measured matmul rate" in out
+    assert result["supervised_gflop"] > 0 and result["matmul_gflops_float32"] > 0
+
+
 def test_benchmark_step_prints_the_mtcl_split(capsys):
     result = _load("benchmark_step").main(
         ["--patch", "16", "16", "16", "--base-filters", "4", "--batch-hq", "1", "--batch-lq", "2", "--num-samples",

@@ -215,23 +215,36 @@ def test_label_dtype_and_pixdim_validation():
         default_inference_transforms(pixdim=(1.0, 1.0))
 
 
-def test_module_imports_only_what_bundles_ship():
-    # the file is copied verbatim into bundles' scripts/: no `custom` imports, only these packages
+@pytest.mark.parametrize("shipped", ["custom.inference.folder_inference", "custom.inference.input_checks",
+                                     "custom.io", "custom.errors"])
+def test_shipped_modules_import_only_what_bundles_ship(shipped):
+    # these files are copied verbatim into bundles' scripts/: third-party packages that a bundle needs anyway, and
+    # project modules only when they are shipped too (as `custom.X` in the source tree, `.X` in the bundle)
     import ast
+    import importlib
     import sys
     from pathlib import Path
 
-    import custom.inference.folder_inference as module
+    from custom.bundle.layout import SHIPPED_ALWAYS
 
+    module = importlib.import_module(shipped)
+    shipped_names = {Path(name).stem for name in SHIPPED_ALWAYS.values()}
+    shipped_paths = {"custom." + src[: -len(".py")].replace("/", ".") for src in SHIPPED_ALWAYS}
+    assert shipped in shipped_paths
     allowed = {"torch", "numpy", "nibabel", "monai", "tqdm", "__future__"} | set(sys.stdlib_module_names)
     tree = ast.parse(Path(module.__file__).read_text())
     imported = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 1:
+            assert node.module in shipped_names, f"relative import of a module bundles do not ship: {node.module}"
         elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, "relative imports break the verbatim copy"
-            imported.add(node.module.split(".")[0])
+            assert node.level == 0
+            if node.module.startswith("custom"):
+                assert node.module in shipped_paths, f"{node.module} is not shipped with bundles"
+            else:
+                imported.add(node.module.split(".")[0])
     assert imported <= allowed, imported - allowed
 
 
