@@ -50,7 +50,8 @@ from custom.io import write_json
 PROTOCOL_FILE = "protocol.json"
 
 # cpu_converged (the CPU protocol): cpu_la.json's data, patch, width and batch with 1400 iterations in bfloat16
-# autocast (docs/benchmark_notes.md "How the profile was chosen"); cpu: the superseded float32 profile (docs/float32/)
+# autocast (docs/benchmark_notes.md "How the profile was chosen"); cpu: the previous protocol's float32 profile (its
+# results: git show 48d32fd:docs/float32/benchmarks.md)
 PROFILES = {
     "cpu": ["configs/cpu_la.json"],
     "cpu_converged": ["configs/cpu_la.json", "configs/cpu_converged.json"],

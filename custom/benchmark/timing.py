@@ -81,7 +81,7 @@ def _what(record: Mapping[str, Any]) -> str:
     what = f"`{command}`" if command else "the harness"
     if not methods:
         listed = "every method"
-    elif isinstance(methods, Mapping):  # per setting (--method-issue-runs)
+    elif isinstance(methods, Mapping):  # per setting (--protocol-runs)
         listed = "methods " + "; ".join(f"{s}: {', '.join(m)}" for s, m in methods.items())
     else:
         listed = "methods " + ", ".join(methods)
