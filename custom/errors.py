@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from types import FrameType, TracebackType
 
@@ -42,6 +43,7 @@ __all__ = [
     "source_file",
     "describe",
     "install_excepthook",
+    "quiet_unactionable_warnings",
     "startup_problem",
 ]
 
@@ -49,6 +51,14 @@ PREFIX = "noisyseg: error: "
 
 # MONAI's wrappers: their own message says nothing about the problem
 _WRAPPER_PREFIXES = ("Failed to instantiate component", "applying transform", "Failed to evaluate")
+
+# Third-party warnings printed on every run that the user of the configs or a bundle cannot act on: (category,
+# regex matched at the start of the message). MONAI's Orientationd warns, each time one is built without `labels`,
+# that the argument's default will change; the configs and the bundles build it (the axis labels are RAS either
+# way for the NIfTI images they read), so the warning is addressed to the project's code, not to its user.
+_UNACTIONABLE_WARNINGS = (
+    (FutureWarning, r"monai\.transforms\.spatial\.dictionary Orientationd\.__init__:labels: Current default value"),
+)
 
 
 class OptionError(ValueError):
@@ -265,9 +275,18 @@ def _quiet_record_factory(previous: Callable) -> Callable:
     return factory
 
 
+def quiet_unactionable_warnings() -> None:
+    """Ignore exactly the third-party warnings listed in ``_UNACTIONABLE_WARNINGS`` (by category and message);
+    every other warning is shown as before. Idempotent (``warnings.filterwarnings`` replaces an identical filter)."""
+    for category, message in _UNACTIONABLE_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+
+
 def install_excepthook() -> None:
-    """Make an uncaught error end with ``noisyseg: error: <root cause>`` (see the module docstring), and keep the
-    log records from printing the traceback of a fixable error; idempotent."""
+    """Make an uncaught error end with ``noisyseg: error: <root cause>`` (see the module docstring), keep the log
+    records from printing the traceback of a fixable error, and silence the third-party warnings a user cannot act on
+    (:func:`quiet_unactionable_warnings`; it is the first call of every run list); idempotent."""
+    quiet_unactionable_warnings()
     if not getattr(sys.excepthook, "noisyseg_hook", False):
         sys.excepthook = _make_hook(sys.excepthook)
     if not getattr(logging.getLogRecordFactory(), "noisyseg_factory", False):
