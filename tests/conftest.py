@@ -1,8 +1,11 @@
-"""Shared fixtures: the repository root, the synthetic demo set (generated once per session), LA data location."""
+"""Shared fixtures: the repository root, the synthetic demo set (generated once per session), LA data location, a
+small tmpfs (a full disk)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -47,3 +50,24 @@ def la_h5_dir() -> Path:
     if not (LA_H5_DIR / "train.list").is_file():
         pytest.skip(f"LA data not found at {LA_H5_DIR} (it lives in ../shared/data/la2018_h5 beside the repo)")
     return LA_H5_DIR
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path) -> Iterator[Callable[[str], Path]]:
+    """``small_tmpfs(size)`` mounts a tmpfs of ``size`` (mount's syntax: ``"4k"``, ``"900k"``) at ``tmp_path /
+    "small"`` and returns that folder: a disk that fills up, for what a failed write leaves behind. Once per test;
+    unmounted after it. Needs root and mount rights: the test is skipped otherwise."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        folder = tmp_path / "small"
+        folder.mkdir()
+        if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                                               capture_output=True).returncode != 0:
+            pytest.skip("cannot mount a small tmpfs here")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -168,19 +167,12 @@ def test_datalist_entries_and_streams_the_configs_need():
         require_streams(([], split[1]), "d.json")
 
 
-def test_prepare_nifti_on_a_full_disk_exits_2_and_leaves_nothing(tmp_path):
+def test_prepare_nifti_on_a_full_disk_exits_2_and_leaves_nothing(tmp_path, small_tmpfs):
     root = _msd(tmp_path / "msd", nan_case=None)
-    small = tmp_path / "small"
-    small.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=120k", "tmpfs", str(small)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here")
-    try:
-        proc = _prepare(root, small / "prepared")
-        assert proc.returncode == 2, proc.stderr[-2000:]
-        assert proc.stderr.strip().splitlines()[-1] == (
-            f"error: {small / 'prepared'}: cannot write the prepared dataset (No space left on device)")
-        assert "Traceback" not in proc.stderr
-        assert list(small.iterdir()) == []
-    finally:
-        subprocess.run(["umount", "-l", str(small)], check=False)
+    small = small_tmpfs("120k")
+    proc = _prepare(root, small / "prepared")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {small / 'prepared'}: cannot write the prepared dataset (No space left on device)")
+    assert "Traceback" not in proc.stderr
+    assert list(small.iterdir()) == []

@@ -3,9 +3,6 @@ each remaining input file and end without a summary), and leaves no partial outp
 
 from __future__ import annotations
 
-import os
-import subprocess
-
 import nibabel as nib
 import numpy as np
 import pytest
@@ -23,19 +20,8 @@ class _Threshold(torch.nn.Module):
         return torch.cat([0.5 - x, x - 0.5], dim=1)
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 4 KiB tmpfs: room for one small label file (needs root and mount rights; skipped otherwise)."""
-    folder = tmp_path / "small"
-    folder.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(folder)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here")
-    yield folder
-    subprocess.run(["umount", "-l", str(folder)], check=False)
-
-
-def test_full_output_folder_stops_the_batch_once(tmp_path, small_disk):
+def test_full_output_folder_stops_the_batch_once(tmp_path, small_tmpfs):
+    small_disk = small_tmpfs("4k")  # room for one small label file
     inputs = tmp_path / "in"
     inputs.mkdir()
     rng = np.random.default_rng(0)
