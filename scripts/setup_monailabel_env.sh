@@ -41,6 +41,7 @@ if [ -z "${BUILD}" ]; then
     if has_cuda; then BUILD=cuda; else BUILD=cpu; fi
 fi
 ARCH="$(uname -m)"
+NOTE=""  # one plain line for the CPU machine that gets the CUDA builds (printed by --print and before building)
 case "${BUILD}" in
     cuda)
         TORCH_PACKAGES=("torch==2.14.1" "torchvision==0.29.1")
@@ -58,6 +59,11 @@ case "${BUILD}" in
             TORCH_PACKAGES=("torch==2.14.1" "torchvision==0.29.1")
             WHY="no CUDA, ${ARCH}, no TORCH_INDEX_URL: PyPI has no CPU torchvision for ${ARCH}, so the CUDA builds"
             WHY="${WHY} (about 8 GB; they run on the CPU). For CPU builds set TORCH_INDEX_URL to PyTorch's CPU index"
+            NOTE="note: no CUDA GPU to use (nvidia-smi lists none, or NOISYSEG_TORCH_BUILD=cpu), yet this installs torch"
+            NOTE="${NOTE} 2.14.1 + torchvision 0.29.1, the CUDA builds (about 8 GB; they run on the CPU), because the package indexes pip uses have no CPU"
+            NOTE="${NOTE} torchvision for ${ARCH} that imports beside the CPU torch 2.13.0 (MONAI Label needs"
+            NOTE="${NOTE} torchvision); TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu picks the CPU builds"
+            NOTE="${NOTE} (torch 2.13.0 + torchvision 0.28.0, about 3.5 GB) where that index is reachable"
         fi
         ;;
     *)
@@ -80,6 +86,7 @@ PACKAGES=(
 )
 
 if [ "${PRINT_ONLY}" = 1 ]; then
+    if [ -n "${NOTE}" ]; then echo "${NOTE}"; fi
     echo "torch build: ${BUILD} (${WHY})"
     echo "venv: ${VENV_DIR}"
     if [ -n "${TORCH_INDEX_URL:-}" ]; then echo "index for torch: ${TORCH_INDEX_URL}"; fi
@@ -101,6 +108,7 @@ if [ -x "${VENV_DIR}/bin/python" ] && ready; then
     exit 0
 fi
 
+if [ -n "${NOTE}" ]; then echo "${NOTE}"; fi
 echo "building the MONAI Label environment in ${VENV_DIR} (torch build: ${WHY}; several minutes)"
 "${PYTHON}" -m venv "${VENV_DIR}"
 "${VENV_DIR}/bin/python" -m pip install --quiet --upgrade pip

@@ -45,6 +45,7 @@ def _print(tmp_path: Path, gpu: bool, arch: str = "x86_64", **env: str) -> str:
 def test_cpu_x86_64_with_a_cpu_index_gets_the_cpu_torch(tmp_path):
     out = _print(tmp_path, gpu=False, TORCH_INDEX_URL="https://example.invalid/whl/cpu")
     assert "torch build: cpu" in out and "torch==2.13.0 torchvision==0.28.0" in out
+    assert "note:" not in out
     assert "index for torch: https://example.invalid/whl/cpu" in out
 
 
@@ -53,6 +54,12 @@ def test_cpu_x86_64_without_an_index_says_why_it_takes_the_cuda_build(tmp_path):
     out = _print(tmp_path, gpu=False)
     assert "torch==2.14.1 torchvision==0.29.1" in out
     assert "no CPU torchvision" in out and "TORCH_INDEX_URL" in out
+    # the plain first line: what it installs, why, how big, and the CPU index that avoids it
+    note = out.splitlines()[0]
+    assert note.startswith("note: no CUDA GPU to use")
+    for part in ("torch 2.14.1 + torchvision 0.29.1", "about 8 GB", "no CPU torchvision",
+                 "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu"):
+        assert part in note
 
 
 def test_cpu_aarch64_gets_pypi_cpu_wheels(tmp_path):
@@ -63,6 +70,7 @@ def test_cpu_aarch64_gets_pypi_cpu_wheels(tmp_path):
 def test_gpu_gets_the_cuda_build(tmp_path):
     out = _print(tmp_path, gpu=True)
     assert "torch build: cuda" in out and "torch==2.14.1 torchvision==0.29.1" in out
+    assert "note:" not in out
 
 
 def test_override_and_bad_value(tmp_path):
