@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DataError", "atomic_output", "load_nifti", "save_nifti", "write_json", "write_csv"]
+__all__ = ["DataError", "atomic_output", "load_nifti", "save_nifti", "read_json", "write_json", "write_csv"]
 
 
 class DataError(ValueError):
@@ -105,6 +105,19 @@ def save_nifti(
     with atomic_output(path) as tmp:
         nib.save(img, str(tmp))
     return Path(path)
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON") -> Any:
+    """The parsed content of the JSON file ``path`` (any JSON value: the caller checks its type).
+
+    Raises:
+        DataError: the file cannot be read, is not UTF-8 text or not JSON: ``<path>: cannot read <what> (<error>)``,
+            e.g. ``what="datalist JSON"``.
+    """
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(path, f"cannot read {what} ({type(exc).__name__}: {exc})") from exc
 
 
 def write_json(obj: Any, path: str | os.PathLike, indent: int = 2) -> Path:

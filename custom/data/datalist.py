@@ -16,13 +16,12 @@ metadata of the ``image`` key.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from custom.io import DataError
+from custom.io import DataError, read_json
 
 __all__ = [
     "SPLITS",
@@ -55,10 +54,7 @@ def _is_file_reference(key: str, value: Any) -> bool:
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(path, "datalist not found")
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(path, f"cannot read datalist JSON ({type(exc).__name__}: {exc})") from exc
+    content = read_json(path, "datalist JSON")
     if not isinstance(content, dict):
         raise DataError(path, f"a datalist must be a JSON object, got {type(content).__name__}")
     return content

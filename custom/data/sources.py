@@ -7,7 +7,6 @@ IDs listed twice, class names in ``dataset.json``.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ import numpy as np
 
 from custom.data.la_h5 import la_affine, read_h5_case, read_id_list
 from custom.data.la_tasks import apply_task
-from custom.io import DataError, load_nifti
+from custom.io import DataError, load_nifti, read_json
 
 __all__ = [
     "AFFINE_TOLERANCE",
@@ -262,10 +261,7 @@ def read_dataset_labels(path: str | os.PathLike) -> dict[str, str] | None:
     path = Path(path)
     if not path.exists():
         return None
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(path, f"cannot read JSON ({type(exc).__name__}: {exc})") from exc
+    content = read_json(path)
     if not isinstance(content, dict):
         raise DataError(path, f"must be a JSON object with a 'labels' entry, got a {type(content).__name__}")
     raw = content.get("labels")
