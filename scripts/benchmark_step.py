@@ -249,25 +249,30 @@ def supervised_step_flops(args: argparse.Namespace, device) -> int:
     return counter.get_total_flops()
 
 
-def matmul_rate(dtype, device, size: int = 2048, repeats: int = 5) -> float:
-    """Measured FLOP/s of a ``size`` x ``size`` matmul in ``dtype`` (median of ``repeats``, after one warm-up): the
-    hardware's dense-arithmetic rate at the current thread count, the ceiling a convolution step can approach."""
+def matmul_rate(dtype, device, max_size: int = 2048, min_seconds: float = 0.05, repeats: int = 5) -> float:
+    """Measured FLOP/s of a square matmul in ``dtype`` (median of ``repeats``, after one warm-up): the hardware's
+    dense-arithmetic rate at the current thread count, the ceiling a convolution step can approach. The side
+    doubles from 256 until one product takes ``min_seconds`` (or reaches ``max_size``), so that an emulated dtype
+    (bfloat16 on a CPU without it, about 100x slower) is measured in seconds, not minutes."""
     import time
 
     import torch
 
     from custom.benchmark.step_timing import synchronize
 
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    times = []
-    for index in range(repeats + 1):
+    def seconds(size: int) -> float:
+        a = torch.randn(size, size, device=device).to(dtype)
+        b = torch.randn(size, size, device=device).to(dtype)
         synchronize(device)
         start = time.perf_counter()
         a @ b
         synchronize(device)
-        if index:
-            times.append(time.perf_counter() - start)
+        return time.perf_counter() - start
+
+    size = 256
+    while size < max_size and seconds(size) < min_seconds:
+        size *= 2
+    times = [seconds(size) for _ in range(repeats)]
     return 2 * size**3 / statistics.median(times)
 
 

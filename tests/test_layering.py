@@ -18,13 +18,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "custom"
 # bottom to top; the same list as docs/architecture.md's "Layers"
 FLOORS: tuple[frozenset[str], ...] = (
     frozenset({"__init__", "errors", "io", "seeding", "host_memory", "distributed"}),
-    frozenset({"transforms", "evaluation", "networks", "inference"}),
+    frozenset({"transforms", "evaluation", "networks", "inference", "init_from"}),
     frozenset({"noise", "losses"}),
     frozenset({"data", "selection"}),
     frozenset({"refinement"}),
     frozenset({"engines", "bundle"}),
     frozenset({"handlers"}),
-    frozenset({"annotation", "benchmark", "options", "init_from"}),
+    frozenset({"annotation", "benchmark", "options"}),
 )
 MAX_LINES = 600
 

@@ -71,6 +71,10 @@ def method_spec(method: str | MethodSpec) -> MethodSpec:
 
 REUSED_FILE = "reused_from.json"
 
+# the checkout whose configs and scripts the children run (their paths are relative to it), the same one whose
+# commit the run records name (run_record.current_commit), whatever the caller's working directory
+CHECKOUT = Path(__file__).resolve().parents[2]
+
 # child processes of the runs in progress, so that an interrupted benchmark can stop them
 _CHILDREN: set[subprocess.Popen] = set()
 _CHILDREN_LOCK = threading.Lock()
@@ -80,6 +84,7 @@ def run_child(cmd: Sequence[str], env: Mapping[str, str] | None = None, stdout: 
     """Run ``cmd`` to completion (output to ``stdout``, stderr merged into it when given); returns its exit code."""
     proc = subprocess.Popen(
         list(cmd),
+        cwd=CHECKOUT,
         env=None if env is None else dict(env),
         stdout=stdout,
         stderr=None if stdout is None else subprocess.STDOUT,
