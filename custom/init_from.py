@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ import torch
 from torch import nn
 
 from custom.errors import OptionError
-from custom.io import DataError
+from custom.io import DataError, weights_file_problem
 
 __all__ = [
     "BUNDLE_WEIGHTS",
@@ -79,29 +78,6 @@ def _error(option: str | None, path: Path, problem: str) -> ValueError:
     """The user error for a bad weights file: an OptionError naming ``--option`` (``--init_from``) or, for the files
     a bundle or run folder holds, a DataError naming the file."""
     return OptionError(option, f"{path}: {problem}") if option else DataError(path, problem)
-
-
-def weights_file_problem(path: str | os.PathLike) -> str | None:
-    """What is wrong with ``path`` as a ``torch.save`` file, read without unpickling anything: missing, empty, not a
-    zip archive (text, a pickle of an old torch, another format; its first bytes are named) or a cut-short or
-    corrupt archive; None when it is a complete archive."""
-    path = Path(path)
-    if not path.is_file():
-        return "no such file"
-    size = path.stat().st_size
-    if size == 0:
-        return "an empty file (0 bytes)"
-    if not zipfile.is_zipfile(path):
-        head = path.read_bytes()[:16]
-        kind = "text" if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else "binary data"
-        return f"not a readable PyTorch file: it holds {kind} starting {head!r} ({size} bytes), not the zip archive " \
-            "torch.save writes"
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-    except (OSError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError) as exc:
-        return f"a cut-short or corrupt PyTorch file ({type(exc).__name__}: {exc})"
-    return None if bad is None else f"a corrupt PyTorch file (member {bad} fails its checksum)"
 
 
 def _load(path: Path, option: str | None = OPTION, checkpoint: bool = True) -> Any:

@@ -11,13 +11,15 @@ import csv
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["DataError", "atomic_output", "load_nifti", "save_nifti", "read_json", "write_json", "write_csv"]
+__all__ = ["DataError", "atomic_output", "load_nifti", "save_nifti", "read_json", "weights_file_problem",
+           "write_json", "write_csv"]
 
 
 class DataError(ValueError):
@@ -154,3 +156,26 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def weights_file_problem(path: str | os.PathLike) -> str | None:
+    """What is wrong with ``path`` as a ``torch.save`` file, read without unpickling anything: missing, empty, not a
+    zip archive (text, a pickle of an old torch, another format; its first bytes are named) or a cut-short or
+    corrupt archive; None when it is a complete archive."""
+    path = Path(path)
+    if not path.is_file():
+        return "no such file"
+    size = path.stat().st_size
+    if size == 0:
+        return "an empty file (0 bytes)"
+    if not zipfile.is_zipfile(path):
+        head = path.read_bytes()[:16]
+        kind = "text" if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else "binary data"
+        return f"not a readable PyTorch file: it holds {kind} starting {head!r} ({size} bytes), not the zip archive " \
+            "torch.save writes"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError) as exc:
+        return f"a cut-short or corrupt PyTorch file ({type(exc).__name__}: {exc})"
+    return None if bad is None else f"a corrupt PyTorch file (member {bad} fails its checksum)"

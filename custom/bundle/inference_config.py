@@ -164,8 +164,16 @@ def inference_config(
             "missing_ok": False,
             "_requires_": "@bundle_scripts",
         },
-        "run_evaluator": ["@install_excepthook", "@check_inputs", "$@evaluator.run()"],
-        "load_weights": "$@network.load_state_dict(torch.load(@ckpt_path, map_location=@device, weights_only=True))",
+        "run_evaluator": ["@install_excepthook", "@check_inputs", "@load_weights", "$@evaluator.run()"],
+        # checks what models/model.pt holds before anything loads it (one line naming the file otherwise); the
+        # evaluator's CheckpointLoader then loads the checked file (MONAI Label runs these handlers too)
+        "load_weights": {
+            "_target_": "scripts.folder_inference.load_bundle_weights",
+            "network": "@network",
+            "path": "@ckpt_path",
+            "device": "@device",
+            "_requires_": "@bundle_scripts",
+        },
         # a component, not a "$__import__(...)" expression: MONAI 1.6.1 parses every expression that contains the
         # word "import" as an import statement before substituting references, and "@network" is no Python
         "infer_folder": {

@@ -49,7 +49,7 @@ if __package__ and __package__.startswith("custom"):
         SetAsideStrayKeysd,
         default_inference_transforms,
     )
-    from custom.io import atomic_output
+    from custom.io import DataError, atomic_output, weights_file_problem
 else:  # the copy in a trained bundle's scripts/ package, beside the copies of these two modules
     from .input_checks import (  # noqa: F401 (re-exported for the bundles' configs)
         DEFAULT_MAX_VOXELS,
@@ -58,7 +58,7 @@ else:  # the copy in a trained bundle's scripts/ package, beside the copies of t
         SetAsideStrayKeysd,
         default_inference_transforms,
     )
-    from .io import atomic_output
+    from .io import DataError, atomic_output, weights_file_problem
 
 __all__ = [
     "DEFAULT_MAX_VOXELS",
@@ -70,6 +70,7 @@ __all__ = [
     "SetAsideStrayKeysd",
     "default_inference_transforms",
     "infer_folder",
+    "load_bundle_weights",
     "list_nifti_files",
     "nifti_datalist",
 ]
@@ -319,6 +320,39 @@ def _check_and_cast(labels: np.ndarray, result: Any, shape: tuple[int, ...], aff
     if not np.allclose(rounded, labels):
         raise ValueError("postprocessed prediction is not an integer label map (add AsDiscreted(argmax=True))")
     return rounded.astype(_label_dtype(rounded))
+
+
+def load_bundle_weights(
+    network: torch.nn.Module, path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> torch.nn.Module:
+    """Load a bundle's ``models/model.pt`` (a plain state_dict of tensors) into ``network``, checking first what the
+    file is: a :class:`DataError` naming the file says what it holds instead (missing, empty, text, a cut-short
+    archive, Python objects, tensors of another network). Never unpickles anything but tensors."""
+    import pickle
+
+    problem = weights_file_problem(path)
+    if problem:
+        raise DataError(path, problem)
+    try:
+        state = torch.load(str(path), map_location=device, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise DataError(path, "holds Python objects besides tensors (a pickled network or a training checkpoint?); "
+                              "a bundle's model.pt is a plain state_dict of tensors") from error
+    except (RuntimeError, EOFError, OSError) as error:
+        raise DataError(path, f"not a readable PyTorch file ({type(error).__name__}: {error})") from error
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DataError(path, f"holds a {type(state).__name__}, not a state_dict of tensors")
+    expected = network.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    resized = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or resized:
+        found = ((missing, "missing tensors"), (unexpected, "unexpected tensors"), (resized, "resized tensors"))
+        parts = [f"{len(keys)} {what} (e.g. {keys[0]})" for keys, what in found if keys]
+        raise DataError(path, "does not fit this bundle's network: " + ", ".join(parts) +
+                        " (weights of another network or width?)")
+    network.load_state_dict(state)
+    return network
 
 
 def infer_folder(

@@ -321,3 +321,34 @@ def test_monai_wrapper_is_unwrapped_in_the_report(tmp_path):
     rows = infer_folder(_threshold_net(), folder, tmp_path / "out", pre, SimpleInferer(), post)
     assert rows[0]["status"] == "error"
     assert not rows[0]["message"].startswith("RuntimeError: applying transform"), rows[0]["message"]
+
+
+def test_load_bundle_weights_says_what_a_bad_weights_file_holds(tmp_path):
+    from custom.inference.folder_inference import load_bundle_weights
+    from custom.io import DataError
+    from custom.networks import PaperVNet
+
+    network = PaperVNet(base_filters=2, dropout=0.0)
+    good = tmp_path / "model.pt"
+    torch.save(network.state_dict(), good)
+    fresh = PaperVNet(base_filters=2, dropout=0.0)
+    assert load_bundle_weights(fresh, good) is fresh
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), network.state_dict().values()))
+
+    text = tmp_path / "text.pt"
+    text.write_text("not weights")
+    wider = tmp_path / "wider.pt"
+    torch.save(PaperVNet(base_filters=4, dropout=0.0).state_dict(), wider)
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"network": network, "epoch": 3}, pickled)
+    cases = {
+        tmp_path / "missing.pt": "no such file",
+        text: "not a readable PyTorch file: it holds text",
+        wider: "does not fit this bundle's network:",
+        pickled: "holds Python objects besides tensors",
+    }
+    for path, problem in cases.items():
+        with pytest.raises(DataError) as raised:
+            load_bundle_weights(PaperVNet(base_filters=2, dropout=0.0), path)
+        assert str(raised.value).startswith(f"{path}: {problem}"), str(raised.value)
+        assert "weights_only=False" not in str(raised.value)
