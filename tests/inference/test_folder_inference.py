@@ -281,6 +281,18 @@ def test_non_finite_voxels_are_a_per_file_error_never_all_background(tmp_path, b
     assert err[-1] == f"segmented: 1 ok, 1 failed, 0 skipped (earlier outputs); report: {out / 'inference_report.csv'}"
 
 
+def test_the_summary_line_appears_once_where_logging_shows_it(tmp_path, capsys, caplog):
+    # a bundle run configures logging at INFO: the summary goes through the logger only, not a second time to stderr
+    folder = _folder_with(tmp_path, {"a_good": (_cube(), np.eye(4))})
+    pre, post = default_inference_transforms(pixdim=(1.0, 1.0, 1.0), normalize=False)
+    with caplog.at_level("INFO", logger="custom.inference.folder_inference"):
+        infer_folder(_threshold_net(), folder, tmp_path / "out", pre, SimpleInferer(), post)
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("segmented:")]
+    report = tmp_path / "out" / "inference_report.csv"
+    assert logged == [f"segmented: 1 ok, 0 failed, 0 skipped (earlier outputs); report: {report}"]
+    assert "segmented:" not in capsys.readouterr().err
+
+
 def test_grid_too_large_once_resampled_names_file_spacing_and_size(tmp_path):
     affine = np.diag([50.0, 50.0, 50.0, 1.0])
     folder = _folder_with(tmp_path, {"coarse": (_cube(), affine)})
