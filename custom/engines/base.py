@@ -107,7 +107,12 @@ class NoisyLabelTrainer(SupervisedTrainer):
         with torch.no_grad():
             for module in self.synced_modules():
                 for tensor in [*module.parameters(), *module.buffers()]:
-                    dist.broadcast(tensor, src=0)
+                    if tensor.is_contiguous():
+                        dist.broadcast(tensor, src=0)
+                    else:  # channels-last weights (memory_format): collectives need a row-major buffer
+                        buffer = tensor.contiguous()
+                        dist.broadcast(buffer, src=0)
+                        tensor.copy_(buffer)
 
     def _average_gradients(self) -> None:
         # every trainable tensor of every optimiser (peers, T matrices included), so that each procedure's

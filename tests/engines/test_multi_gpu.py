@@ -34,18 +34,17 @@ dist.init_process_group('gloo')
 wf = ConfigWorkflow(config_file=configs, workflow_type='train', dataset_dir=dataset_dir, datalist=datalist,
                     output_dir=out, device='cpu', max_epochs=1, epoch_length=3, val_interval=100)
 wf.initialize()
-trainer = wf.parser.get_parsed_content('train::trainer')
-state = {}
-def keep(engine):
-    rank = dist.get_rank()
-    for i, opt in enumerate([engine.optimizer, *engine.extra_optimizers()]):
-        for j, group in enumerate(opt.param_groups):
-            for k, p in enumerate(group['params']):
-                state[f'{i}.{j}.{k}'] = p.detach().clone()
-    torch.save(state, f'{out}/rank{rank}.pt')
-from ignite.engine import Events
-trainer.add_event_handler(Events.COMPLETED, keep)
+# the trainer is read after the run, not built before it: the run claims its output folder before anything
+# (TensorBoard's logs/) is written there
 wf.run()
+trainer = wf.parser.get_parsed_content('train::trainer')
+rank = dist.get_rank() if dist.is_initialized() else int(__import__('os').environ['RANK'])
+state = {}
+for i, opt in enumerate([trainer.optimizer, *trainer.extra_optimizers()]):
+    for j, group in enumerate(opt.param_groups):
+        for k, p in enumerate(group['params']):
+            state[f'{i}.{j}.{k}'] = p.detach().clone()
+torch.save(state, f'{out}/rank{rank}.pt')
 """
 
 VALIDATION_SCRIPT = """
