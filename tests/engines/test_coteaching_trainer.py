@@ -152,8 +152,9 @@ def test_voxel_ablation_equals_jocor_selection():
     # with voxels as pieces, Eq. 2 on (unpooled) probabilities is the per-voxel joint loss: the same voxels
     batch = _batches(num_batches=1)[0]
     logits = [torch.randn(2, 2, SIDE, SIDE, SIDE) for _ in range(2)]
-    voxel = _trainer(SPGuidedVoxelTrainer).selection_terms(logits, batch["label"], batch)[0][1]
-    jocor = _trainer(JoCoRTrainer).selection_terms(logits, batch["label"], batch)[0][1]
+    # (the same lam: SP-guided's default is its config's 0.3, JoCoR's 0.65)
+    voxel = _trainer(SPGuidedVoxelTrainer, lam=0.65).selection_terms(logits, batch["label"], batch)[0][1]
+    jocor = _trainer(JoCoRTrainer, lam=0.65).selection_terms(logits, batch["label"], batch)[0][1]
     assert (voxel != jocor).float().mean() < 1e-3
 
 
