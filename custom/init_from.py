@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from custom.errors import OptionError
-from custom.io import DataError, weights_file_problem
+from custom.io import DataError, listed, state_dict_problems, weights_file_problem
 
 __all__ = [
     "BUNDLE_WEIGHTS",
@@ -139,8 +139,7 @@ def load_network_state(
 
 
 def _listed(keys: list[str]) -> str:
-    shown = ", ".join(keys[:_SHOWN_KEYS])
-    return shown + (f" and {len(keys) - _SHOWN_KEYS} more" if len(keys) > _SHOWN_KEYS else "")
+    return listed(keys, _SHOWN_KEYS)
 
 
 def init_network(network: nn.Module, init_from: str | os.PathLike | None) -> nn.Module:
@@ -175,21 +174,7 @@ def check_state(state: Mapping[str, torch.Tensor], network: nn.Module, path: Pat
         OptionError (``option`` given) or DataError naming ``path``: missing or unexpected keys, shapes that differ
             (e.g. a bundle of another ``--network_width``), or NaN/Inf values.
     """
-    expected = network.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong_shape = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys {_listed(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys {_listed(unexpected)}")
-    if wrong_shape:
-        problems.append(f"shape mismatch (file vs network) {_listed(wrong_shape)}")
+    problems = state_dict_problems(state, network.state_dict())
     if problems:
         if option:
             raise OptionError(

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DataError", "atomic_output", "load_nifti", "save_nifti", "read_json", "weights_file_problem",
-           "write_json", "write_csv"]
+__all__ = ["DataError", "atomic_output", "listed", "load_nifti", "save_nifti", "read_json", "state_dict_problems",
+           "weights_file_problem", "write_json", "write_csv"]
 
 
 class DataError(ValueError):
@@ -179,3 +179,29 @@ def weights_file_problem(path: str | os.PathLike) -> str | None:
     except (OSError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError) as exc:
         return f"a cut-short or corrupt PyTorch file ({type(exc).__name__}: {exc})"
     return None if bad is None else f"a corrupt PyTorch file (member {bad} fails its checksum)"
+
+
+def listed(keys: Sequence[str], shown: int = 3) -> str:
+    """The first ``shown`` of ``keys``, comma-separated, with how many more there are."""
+    text = ", ".join(keys[:shown])
+    return text + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
+
+
+def state_dict_problems(state: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
+    """What keeps ``state`` (tensors read from a file) from loading into a module whose ``state_dict()`` is
+    ``expected``: missing keys, unexpected keys, shapes that differ (file vs network); empty when it fits."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {listed(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {listed(unexpected)}")
+    if wrong_shape:
+        problems.append(f"shape mismatch (file vs network) {listed(wrong_shape)}")
+    return problems

@@ -2,8 +2,9 @@
 
 ``"channels_last_3d"`` (the default) stores every 5D weight as ``(O, D, H, W, I)`` in memory; oneDNN (CPU) and cuDNN
 (CUDA) then run the convolutions and BatchNorm in the channels-last layout, which avoids the reorders that the
-default layout costs them on every convolution (``scripts/benchmark_step.py --compare-layouts``; docs/benchmarks.md
-gives the measured ratios). ``"contiguous"`` keeps PyTorch's default layout.
+default layout costs them on every convolution (``scripts/benchmark_step.py --compare-layouts``;
+docs/benchmark_notes.md, "Training step speed", gives the measured ratios). ``"contiguous"`` keeps PyTorch's
+default layout.
 
 Only the modules are converted, once, before the first iteration: a convolution whose weight is channels-last
 computes its output channels-last whatever the input's layout, and the images have one channel, for which both

@@ -49,7 +49,7 @@ if __package__ and __package__.startswith("custom"):
         SetAsideStrayKeysd,
         default_inference_transforms,
     )
-    from custom.io import DataError, atomic_output, weights_file_problem
+    from custom.io import DataError, atomic_output, state_dict_problems, weights_file_problem
 else:  # the copy in a trained bundle's scripts/ package, beside the copies of these two modules
     from .input_checks import (  # noqa: F401 (re-exported for the bundles' configs)
         DEFAULT_MAX_VOXELS,
@@ -58,7 +58,7 @@ else:  # the copy in a trained bundle's scripts/ package, beside the copies of t
         SetAsideStrayKeysd,
         default_inference_transforms,
     )
-    from .io import DataError, atomic_output, weights_file_problem
+    from .io import DataError, atomic_output, state_dict_problems, weights_file_problem
 
 __all__ = [
     "DEFAULT_MAX_VOXELS",
@@ -342,15 +342,9 @@ def load_bundle_weights(
         raise DataError(path, f"not a readable PyTorch file ({type(error).__name__}: {error})") from error
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise DataError(path, f"holds a {type(state).__name__}, not a state_dict of tensors")
-    expected = network.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    resized = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-    if missing or unexpected or resized:
-        found = ((missing, "missing tensors"), (unexpected, "unexpected tensors"), (resized, "resized tensors"))
-        parts = [f"{len(keys)} {what} (e.g. {keys[0]})" for keys, what in found if keys]
-        raise DataError(path, "does not fit this bundle's network: " + ", ".join(parts) +
-                        " (weights of another network or width?)")
+    problems = state_dict_problems(state, network.state_dict())  # the same check as training's --init_from
+    if problems:
+        raise DataError(path, f"does not match the network {type(network).__name__}: {'; '.join(problems)}")
     network.load_state_dict(state)
     return network
 

@@ -359,7 +359,7 @@ def test_load_bundle_weights_says_what_a_bad_weights_file_holds(tmp_path):
     cases = {
         tmp_path / "missing.pt": "no such file",
         text: "not a readable PyTorch file: it holds text",
-        wider: "does not fit this bundle's network:",
+        wider: "does not match the network PaperVNet: shape mismatch (file vs network)",
         pickled: "holds Python objects besides tensors",
     }
     for path, problem in cases.items():
