@@ -238,14 +238,13 @@ def build_layout_steps(args: argparse.Namespace, device) -> dict[str, Callable[[
     return steps
 
 
-def supervised_step_flops(args: argparse.Namespace, device) -> int:
-    """Floating-point operations of one supervised step (forward + backward), counted by
-    ``torch.utils.flop_counter`` (convolutions and matmuls: what bounds the step)."""
+def step_flops(step: Callable[[], Any]) -> int:
+    """Floating-point operations of one run of ``step`` (forward + backward), counted by ``torch.utils.flop_counter``
+    (convolutions and matmuls: what bounds the step)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    steps, _ = build_steps(argparse.Namespace(**{**vars(args), "memory_format": "contiguous"}), device)
     with FlopCounterMode(display=False) as counter:
-        steps["supervised"]()
+        step()
     return counter.get_total_flops()
 
 
@@ -303,7 +302,7 @@ def report_layouts(args: argparse.Namespace, device) -> dict[str, float]:
         print(f"{method:<12} {wall[before]:>16.3f} {wall[after]:>22.3f} {ratio_wall:>10.3f} {ratio_cpu:>9.3f}")
         results.update({before: wall[before], after: wall[after], f"{method} ratio": ratio_wall,
                         f"{method} ratio_cpu": ratio_cpu})
-    flops = supervised_step_flops(args, device)
+    flops = step_flops(steps["supervised contiguous"])  # the step just timed, not a second build
     rates = {"float32": matmul_rate(torch.float32, device), "bfloat16": matmul_rate(torch.bfloat16, device)}
     if device.type == "cuda":
         rates["float16"] = matmul_rate(torch.float16, device)
