@@ -164,7 +164,7 @@ def check_options(options: Mapping[str, Any], network_class: str | None = None) 
     ``epoch_length`` may be None), ``num_workers``, ``seed`` (ints >= 0), ``cache_rate`` (in [0, 1]),
     ``learning_rate`` (> 0 and at most :data:`MAX_LEARNING_RATE`), ``network_width`` (an int in
     [1, :data:`MAX_NETWORK_WIDTH`]), ``dropout`` (in [0, 1)), ``max_voxels`` (an int >= 1), ``device``
-    (:func:`check_device`).
+    (:func:`check_device`), ``memory_format`` (:data:`custom.engines.memory_format.MEMORY_FORMATS`).
 
     Raises:
         OptionError: naming the first bad option.
@@ -197,6 +197,10 @@ def check_options(options: Mapping[str, Any], network_class: str | None = None) 
         positive_int("max_voxels", options["max_voxels"])
     if "device" in options:
         check_device(options["device"])
+    if "memory_format" in options:
+        from custom.engines.memory_format import memory_format_of  # deferred: torch is not needed to parse options
+
+        memory_format_of(options["memory_format"])
     if "patch_size" in options:
         check_patch_size(options["patch_size"], size_divisor(network_class))
     return dict(options)

@@ -163,3 +163,11 @@ def test_option_errors_end_with_one_line(run_id, override, last, demo_dataset, t
     assert lines[-1].startswith("noisyseg: error: " + last), lines[-1]
     assert "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+def test_memory_format_is_checked_with_the_other_options():
+    from custom.options import check_options
+
+    assert check_options({"memory_format": "contiguous"}) == {"memory_format": "contiguous"}
+    with pytest.raises(OptionError, match=r"^--memory_format: expected one of \['channels_last_3d', 'contiguous'\]"):
+        check_options({"memory_format": "channels_last"})
